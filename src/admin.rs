@@ -1,0 +1,157 @@
+//! The admin listener (SPEC §7): JWKS, discovery, health, readiness, metrics, and the
+//! cache API. Kept on its own address so it can stay off the public network.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+
+use crate::app::App;
+use crate::error::{Body, full};
+use crate::metadata::cache::Kind;
+use crate::metrics;
+
+/// Answers one admin request.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/.well-known/jwks.json") => json_response(StatusCode::OK, &app.minter.jwks()),
+        (&Method::GET, "/.well-known/openid-configuration") => json_response(StatusCode::OK, &discovery(app, &req)),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if app.ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if app.draining.load(Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "waiting for issuer keys\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, render_metrics(app).await);
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        (&Method::DELETE, p) if p.starts_with("/cache/users/") || p.starts_with("/cache/clients/") => {
+            cache_delete(app, &req).await
+        }
+        _ if path.starts_with("/cache/") => text(StatusCode::METHOD_NOT_ALLOWED, "use DELETE\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn discovery(app: &App, req: &Request<Incoming>) -> serde_json::Value {
+    let base = match &app.config.admin.public_url {
+        Some(u) => u.clone(),
+        None => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| app.config.admin.addr.to_string());
+            format!("http://{host}")
+        }
+    };
+    json!({
+        "issuer": app.minter.issuer(),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "id_token_signing_alg_values_supported": app.minter.algorithms(),
+        "token_endpoint_auth_signing_alg_values_supported": app.minter.algorithms(),
+    })
+}
+
+async fn cache_delete(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(secret) = &app.config.admin.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), secret.expose().as_bytes())) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith-admin\""));
+            return r;
+        }
+    }
+    let path = req.uri().path();
+    let (kind, raw) = match path.strip_prefix("/cache/users/") {
+        Some(id) => (Kind::User, id),
+        None => (Kind::Client, path.trim_start_matches("/cache/clients/")),
+    };
+    let Ok(id) = percent_decode_str(raw).decode_utf8() else {
+        return text(StatusCode::BAD_REQUEST, "id is not UTF-8\n");
+    };
+    if id.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "id missing\n");
+    }
+    app.cache.evict(kind, None, &id).await;
+    if kind == Kind::Client {
+        for s in &app.named_sources {
+            s.source.forget_client(&id);
+        }
+    }
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn render_metrics(app: &App) -> String {
+    let mut out = String::with_capacity(4096);
+    app.metrics.render(&mut out);
+    let s = &app.cache.stats;
+    metrics::counter(&mut out, "claimsmith_metadata_cache_hits_total", "Metadata cache hits (fresh or stale).", &[(String::new(), s.hits.load(Relaxed) + s.stale_served.load(Relaxed))]);
+    metrics::counter(&mut out, "claimsmith_metadata_cache_misses_total", "Metadata cache misses.", &[(String::new(), s.misses.load(Relaxed))]);
+    metrics::counter(&mut out, "claimsmith_metadata_stale_served_total", "Stale metadata served while refreshing.", &[(String::new(), s.stale_served.load(Relaxed))]);
+    let kinds: Vec<&str> = app.named_sources.iter().map(|n| n.source.kind()).collect();
+    let label = metrics::escape(&kinds.join(","));
+    metrics::counter(
+        &mut out,
+        "claimsmith_metadata_fetches_total",
+        "Metadata source calls by result.",
+        &[
+            (format!("source=\"{label}\",result=\"ok\""), s.fetch_ok.load(Relaxed)),
+            (format!("source=\"{label}\",result=\"not_found\""), s.fetch_not_found.load(Relaxed)),
+            (format!("source=\"{label}\",result=\"error\""), s.fetch_error.load(Relaxed)),
+        ],
+    );
+    let mut jwks = Vec::new();
+    for i in app.verifier.issuers() {
+        let iss = metrics::escape(&i.issuer);
+        jwks.push((format!("issuer=\"{iss}\",result=\"ok\""), i.jwks.fetches_ok.load(Relaxed)));
+        jwks.push((format!("issuer=\"{iss}\",result=\"error\""), i.jwks.fetches_failed.load(Relaxed)));
+    }
+    metrics::counter(&mut out, "claimsmith_jwks_refreshes_total", "JWKS fetches by issuer and result.", &jwks);
+    let (minted, reused) = app.minter.counts();
+    metrics::counter(&mut out, "claimsmith_tokens_minted_total", "Internal tokens signed.", &[(String::new(), minted)]);
+    metrics::counter(&mut out, "claimsmith_tokens_reused_total", "Internal tokens reused instead of signed.", &[(String::new(), reused)]);
+    let (users, clients) = app.cache.sizes().await;
+    out.push_str("# HELP claimsmith_metadata_cache_entries Entries held.\n# TYPE claimsmith_metadata_cache_entries gauge\n");
+    out.push_str(&format!("claimsmith_metadata_cache_entries{{kind=\"user\"}} {users}\nclaimsmith_metadata_cache_entries{{kind=\"client\"}} {clients}\n"));
+    out
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}

@@ -1,0 +1,176 @@
+//! Wires one configuration into the shared state every request uses: routes with
+//! their upstream clients, the verifier, metadata sources and cache, the minter.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, SourceConfig};
+use crate::http_client;
+use crate::metadata::cache::MetadataCache;
+use crate::metadata::file::FileSource;
+use crate::metadata::http::HttpSource;
+use crate::metadata::{Metadata, MetadataSource};
+use crate::metrics::Metrics;
+use crate::mint::Minter;
+use crate::proxy::{Route, hygiene};
+use crate::verify::Verifier;
+
+/// Why the state could not be built from a (valid) configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl ToString) -> BuildError {
+    BuildError::Invalid { key: key.into(), reason: reason.to_string() }
+}
+
+/// A named metadata source and, for file sources, the handle to reload it.
+pub struct NamedSource {
+    pub name: String,
+    pub source: Arc<dyn MetadataSource>,
+    pub file: Option<Arc<FileSource>>,
+}
+
+/// Everything a request needs, built once per configuration.
+pub struct App {
+    pub config: Arc<Config>,
+    pub routes: Vec<Route>,
+    pub verifier: Verifier,
+    /// The metadata source of each issuer, by issuer index.
+    pub sources: Vec<Option<Arc<dyn MetadataSource>>>,
+    pub named_sources: Vec<NamedSource>,
+    pub cache: MetadataCache,
+    pub minter: Minter,
+    pub metrics: Metrics,
+    /// `token.header` in canonical form, for hygiene.
+    pub token_header_canonical: String,
+    /// The shared empty metadata object (stable identity for token reuse).
+    pub empty: Arc<Metadata>,
+    /// Set when shutdown starts: readiness answers 503.
+    pub draining: AtomicBool,
+}
+
+impl App {
+    /// Builds the state. Reads file sources and CA files; makes no network call.
+    pub fn build(config: Config) -> Result<App, BuildError> {
+        let mut clients: BTreeMap<Option<std::path::PathBuf>, http_client::Connector> = BTreeMap::new();
+        let mut connector = |ca: &Option<std::path::PathBuf>, key: String| -> Result<http_client::Connector, BuildError> {
+            if let Some(c) = clients.get(ca) {
+                return Ok(c.clone());
+            }
+            let c = http_client::connector(ca.as_deref()).map_err(|e| invalid(key, e))?;
+            clients.insert(ca.clone(), c.clone());
+            Ok(c)
+        };
+        let mut named_sources = Vec::new();
+        for (name, sc) in &config.sources {
+            let key = format!("metadata.{name}");
+            let (source, file): (Arc<dyn MetadataSource>, _) = match sc {
+                SourceConfig::File(f) => {
+                    let fs = Arc::new(FileSource::load(&f.path).map_err(|e| invalid(format!("{key}.path"), e))?);
+                    (fs.clone(), Some(fs))
+                }
+                SourceConfig::Http(h) => {
+                    let c = connector(&h.ca_file, format!("{key}.ca_file"))?;
+                    (Arc::new(HttpSource::new(h, http_client::client(c))), None)
+                }
+                SourceConfig::Auth0(a) => {
+                    let c = connector(&a.ca_file, format!("{key}.ca_file"))?;
+                    (Arc::new(crate::metadata::auth0::Auth0Source::new(a, http_client::client(c))), None)
+                }
+            };
+            named_sources.push(NamedSource { name: name.clone(), source, file });
+        }
+        let sources = config
+            .issuers
+            .iter()
+            .map(|i| {
+                i.metadata
+                    .as_ref()
+                    .and_then(|m| named_sources.iter().find(|s| &s.name == m).map(|s| s.source.clone()))
+            })
+            .collect();
+        let mut issuer_clients = Vec::new();
+        for (i, iss) in config.issuers.iter().enumerate() {
+            issuer_clients.push(http_client::client(connector(&iss.ca_file, format!("issuer[{i}].ca_file"))?));
+        }
+        let verifier = Verifier::new(&config.issuers, &issuer_clients);
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let c = connector(&r.ca_file, format!("route {}", r.path_prefix))?;
+            let name = format!("route {}", r.path_prefix);
+            routes.push(Route::new(r.clone(), http_client::client(c)).map_err(|e| invalid(name, e))?);
+        }
+        let minter = Minter::new(&config.token).map_err(|e| invalid("token.key_files", e))?;
+        let token_header_canonical = hygiene::canonical(config.token.header.name().as_str()).into_owned();
+        Ok(App {
+            cache: MetadataCache::new(&config.cache),
+            config: Arc::new(config),
+            routes,
+            verifier,
+            sources,
+            named_sources,
+            minter,
+            metrics: Metrics::default(),
+            token_header_canonical,
+            empty: Arc::new(Metadata::new()),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the proxy can verify tokens: every issuer's JWKS is held.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::Relaxed) && self.verifier.ready()
+    }
+
+    /// Starts the background work: JWKS fetch and refresh, metadata file watching.
+    pub fn spawn_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for iss in self.verifier.issuers() {
+            tasks.push(tokio::spawn(iss.jwks.clone().keep_fresh()));
+        }
+        let files: Vec<_> = self.named_sources.iter().filter(|s| s.file.is_some()).map(|s| s.name.clone()).collect();
+        if !files.is_empty() {
+            let app = Arc::downgrade(self);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let Some(app) = app.upgrade() else { return };
+                    app.reload_changed_files().await;
+                }
+            }));
+        }
+        tasks
+    }
+
+    /// Re-reads metadata files whose modification time changed and drops the cached
+    /// entries that came from them.
+    pub async fn reload_changed_files(&self) {
+        for s in &self.named_sources {
+            let Some(f) = &s.file else { continue };
+            match f.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(source = %s.name, "metadata file changed; reloaded");
+                    self.evict_source(&s.name).await;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(source = %s.name, error = %e, "metadata file changed but cannot be used; keeping the old content"),
+            }
+        }
+    }
+
+    /// Drops cached entries of every issuer that uses source `name`.
+    pub async fn evict_source(&self, name: &str) {
+        for iss in &self.config.issuers {
+            if iss.metadata.as_deref() == Some(name) {
+                self.cache.evict_issuer(&Arc::from(iss.issuer.as_str())).await;
+            }
+        }
+    }
+}

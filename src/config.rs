@@ -1,0 +1,1106 @@
+//! TOML configuration (SPEC §2): a raw serde mirror of the file, then a validated,
+//! typed [`Config`] that the rest of the crate uses.
+//!
+//! Validation collects *every* problem it finds, each naming the key and why, so that
+//! `claimsmith check` can report them all in one run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use url::Url;
+
+use crate::mint::SigningKey;
+
+/// One problem in a configuration, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `route[0].upstream`.
+    pub key: String,
+    /// Why it is wrong, in plain words.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret read from an environment variable or a file. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a value (used by the demo and tests, which make their own secrets).
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret's value. Callers must never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub cache: CacheConfig,
+    pub token: TokenConfig,
+    /// Sorted longest `path_prefix` first, so the first match is the longest.
+    pub routes: Vec<RouteConfig>,
+    /// Where the configuration was read from, for reloads and messages.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub token_cookie: Option<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_header_bytes: usize,
+    pub request_timeout: Duration,
+    /// How long a client may take to send its request head (slowloris guard).
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    pub public_url: Option<String>,
+    pub token: Option<Secret>,
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery,
+    Uri(Url),
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: JwksLocation,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub hmac_secret: Option<Secret>,
+    pub metadata: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Auth0(Auth0SourceConfig),
+    File(FileSourceConfig),
+    Http(HttpSourceConfig),
+}
+
+impl SourceConfig {
+    /// The `kind` as written in the file, for metrics labels and messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Auth0(_) => "auth0",
+            SourceConfig::File(_) => "file",
+            SourceConfig::Http(_) => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth0SourceConfig {
+    pub domain: String,
+    pub base_url: Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub audience: String,
+    pub max_requests_per_second: u32,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSourceConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSourceConfig {
+    pub user_url: String,
+    pub client_url: String,
+    pub token: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+    pub max_requests_per_second: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub max_stale: Duration,
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+/// Where the internal token goes on the forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenHeader {
+    /// `Authorization: Bearer <token>`.
+    Authorization,
+    /// Any other header, carrying the bare token.
+    Custom(HeaderName),
+}
+
+impl TokenHeader {
+    pub fn name(&self) -> HeaderName {
+        match self {
+            TokenHeader::Authorization => http::header::AUTHORIZATION,
+            TokenHeader::Custom(h) => h.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub ttl: Duration,
+    pub algorithm: Algorithm,
+    /// The first key signs; all are published. Empty: an ephemeral key.
+    pub keys: Vec<Arc<SigningKey>>,
+    pub key_files: Vec<PathBuf>,
+    pub header: TokenHeader,
+    pub copy_claims: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Index in the file, for messages and metrics.
+    pub name: Arc<str>,
+    pub path_prefix: String,
+    pub upstream: Url,
+    pub ca_file: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub auth: AuthMode,
+    pub strip_prefix: bool,
+    pub app_metadata: Option<Vec<String>>,
+    pub client_metadata: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------------------
+// Raw mirror of the file.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default, rename = "issuer")]
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    metadata: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    token: RawToken,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    addr: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    token_cookie: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    max_header_bytes: Option<i64>,
+    request_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    addr: Option<String>,
+    public_url: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    jwks_uri: Option<String>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    hmac_secret_env: Option<String>,
+    hmac_secret_file: Option<PathBuf>,
+    metadata: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: Option<String>,
+    // auth0
+    domain: Option<String>,
+    base_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    audience: Option<String>,
+    // auth0 + http
+    max_requests_per_second: Option<i64>,
+    timeout: Option<String>,
+    ca_file: Option<PathBuf>,
+    // file
+    path: Option<PathBuf>,
+    // http
+    user_url: Option<String>,
+    client_url: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl: Option<String>,
+    max_stale: Option<String>,
+    negative_ttl: Option<String>,
+    max_entries: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    issuer: Option<String>,
+    ttl: Option<String>,
+    algorithm: Option<String>,
+    #[serde(default)]
+    key_files: Vec<PathBuf>,
+    header: Option<String>,
+    copy_claims: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: Option<String>,
+    upstream: Option<String>,
+    ca_file: Option<PathBuf>,
+    audience: Option<String>,
+    auth: Option<String>,
+    #[serde(default)]
+    strip_prefix: bool,
+    app_metadata: Option<Vec<String>>,
+    client_metadata: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Collects errors while validating; each names its key.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError { key: key.into(), reason: reason.into() });
+    }
+}
+
+/// Resolves relative paths in the config against the config file's directory.
+struct PathBase(Option<PathBuf>);
+
+impl PathBase {
+    fn resolve(&self, p: &Path) -> PathBuf {
+        match &self.0 {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`. A missing or unreadable file is an
+    /// invalid config (SPEC §8).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                reason: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        let base = path.parent().map(Path::to_path_buf);
+        let mut cfg = Self::parse_with_base(&text, base)?;
+        cfg.path = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against the working dir.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_with_base(text, None)
+    }
+
+    fn parse_with_base(text: &str, base: Option<PathBuf>) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError { key: toml_error_key(&e), reason: toml_error_reason(&e) }])
+        })?;
+        let base = PathBase(base.filter(|b| !b.as_os_str().is_empty()));
+        let mut errs = Errors::default();
+        let listen = validate_listen(raw.listen, &mut errs);
+        let admin = validate_admin(raw.admin, &base, &mut errs);
+        let sources = validate_sources(raw.metadata, &base, &mut errs);
+        let issuers = validate_issuers(raw.issuers, &sources, &base, &mut errs);
+        let cache = validate_cache(raw.cache, &mut errs);
+        let token = validate_token(raw.token, &base, &mut errs);
+        let routes = validate_routes(raw.routes, &issuers, &base, &mut errs);
+        if !errs.0.is_empty() {
+            return Err(ConfigErrors(errs.0));
+        }
+        Ok(Config { listen, admin, issuers, sources, cache, token, routes, path: None })
+    }
+
+    /// One line for `claimsmith check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "config ok: {} route(s), {} issuer(s), {} metadata source(s), {} signing key(s) ({:?}), proxy on {}, admin on {}",
+            self.routes.len(),
+            self.issuers.len(),
+            self.sources.len(),
+            self.token.keys.len().max(1),
+            self.token.algorithm,
+            self.listen.addr,
+            self.admin.addr
+        )
+    }
+}
+
+fn toml_error_key(e: &toml::de::Error) -> String {
+    // toml names the unknown or mistyped key in its message; keep it as the key when
+    // it can be found, else point at the file position.
+    let msg = e.message();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            return rest[..end].to_string();
+        }
+    }
+    match e.span() {
+        Some(span) => format!("config (byte {})", span.start),
+        None => "config".to_string(),
+    }
+}
+
+fn toml_error_reason(e: &toml::de::Error) -> String {
+    e.to_string().trim().replace('\n', " | ")
+}
+
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; write a whole number and a unit, like \"500ms\", \"30s\", \"5m\" or \"1h\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit; use ms, s, m or h (like \"30s\")"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+fn duration(key: &str, v: Option<String>, default: Duration, errs: &mut Errors) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match parse_duration(&s) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(key, e);
+                default
+            }
+        },
+    }
+}
+
+fn socket_addr(key: &str, v: Option<String>, default: &str, errs: &mut Errors) -> SocketAddr {
+    let s = v.unwrap_or_else(|| default.to_string());
+    match s.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            errs.push(key, format!("`{s}` is not an address like \"127.0.0.1:8080\""));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    }
+}
+
+/// Reads a secret from `*_env` or `*_file`; exactly one may be set.
+fn secret(
+    prefix: &str,
+    env: Option<String>,
+    file: Option<PathBuf>,
+    base: &PathBase,
+    errs: &mut Errors,
+) -> Option<Secret> {
+    match (env, file) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            errs.push(format!("{prefix}_env"), format!("set only one of {prefix}_env and {prefix}_file"));
+            None
+        }
+        (Some(var), None) => match std::env::var(&var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            Ok(_) => {
+                errs.push(format!("{prefix}_env"), format!("environment variable {var} is empty"));
+                None
+            }
+            Err(_) => {
+                errs.push(format!("{prefix}_env"), format!("environment variable {var} is not set"));
+                None
+            }
+        },
+        (None, Some(path)) => {
+            let path = base.resolve(&path);
+            match std::fs::read_to_string(&path) {
+                // Kubernetes Secret mounts and editors add a trailing newline.
+                Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
+                    Some(Secret::new(v.trim_end_matches(['\r', '\n'])))
+                }
+                Ok(_) => {
+                    errs.push(format!("{prefix}_file"), format!("{} is empty", path.display()));
+                    None
+                }
+                Err(e) => {
+                    errs.push(format!("{prefix}_file"), format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn readable_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut Errors) -> Option<PathBuf> {
+    let p = base.resolve(&p?);
+    if let Err(e) = std::fs::metadata(&p) {
+        errs.push(key, format!("cannot read {}: {e}", p.display()));
+    }
+    Some(p)
+}
+
+fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig {
+    let addr = socket_addr("listen.addr", raw.addr, "0.0.0.0:8080", errs);
+    let tls = match (raw.tls_cert_file, raw.tls_key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            for (key, p) in [("listen.tls_cert_file", &c), ("listen.tls_key_file", &k)] {
+                if let Err(e) = std::fs::metadata(p) {
+                    errs.push(key, format!("cannot read {}: {e}", p.display()));
+                }
+            }
+            Some(TlsFiles { cert_file: c, key_file: k })
+        }
+        (Some(_), None) => {
+            errs.push("listen.tls_key_file", "tls_cert_file is set, so tls_key_file is required too");
+            None
+        }
+        (None, Some(_)) => {
+            errs.push("listen.tls_cert_file", "tls_key_file is set, so tls_cert_file is required too");
+            None
+        }
+    };
+    if let Some(c) = &raw.token_cookie {
+        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
+            errs.push("listen.token_cookie", format!("`{c}` is not a valid cookie name"));
+        }
+    }
+    let mut trusted = Vec::new();
+    for (i, s) in raw.trusted_proxies.iter().enumerate() {
+        let parsed = s.parse::<IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => trusted.push(n),
+            Err(_) => errs.push(format!("listen.trusted_proxies[{i}]"), format!("`{s}` is not a CIDR like \"10.0.0.0/8\"")),
+        }
+    }
+    let max_header_bytes = match raw.max_header_bytes {
+        None => 32 * 1024,
+        Some(n) if (1024..=1024 * 1024).contains(&n) => n as usize,
+        Some(n) => {
+            errs.push("listen.max_header_bytes", format!("{n} is outside 1024..=1048576"));
+            32 * 1024
+        }
+    };
+    let request_timeout = duration("listen.request_timeout", raw.request_timeout, Duration::from_secs(30), errs);
+    if request_timeout.is_zero() {
+        errs.push("listen.request_timeout", "must be more than zero");
+    }
+    let header_read_timeout =
+        duration("listen.header_read_timeout", raw.header_read_timeout, Duration::from_secs(10), errs);
+    if header_read_timeout.is_zero() {
+        errs.push("listen.header_read_timeout", "must be more than zero");
+    }
+    ListenConfig {
+        addr,
+        tls,
+        token_cookie: raw.token_cookie,
+        trusted_proxies: trusted,
+        max_header_bytes,
+        request_timeout,
+        header_read_timeout,
+    }
+}
+
+fn validate_admin(raw: RawAdmin, base: &PathBase, errs: &mut Errors) -> AdminConfig {
+    let addr = socket_addr("admin.addr", raw.addr, "127.0.0.1:9090", errs);
+    if let Some(u) = &raw.public_url {
+        match Url::parse(u) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+            _ => errs.push("admin.public_url", format!("`{u}` is not an http(s) URL")),
+        }
+    }
+    let token = secret("admin.token", raw.token_env, raw.token_file, base, errs);
+    AdminConfig { addr, public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()), token }
+}
+
+fn parse_algorithm(s: &str) -> Option<Algorithm> {
+    use std::str::FromStr;
+    // `none` is not an Algorithm at all, so it can never be configured.
+    Algorithm::from_str(s).ok()
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+fn validate_issuers(
+    raw: Vec<RawIssuer>,
+    sources: &BTreeMap<String, SourceConfig>,
+    base: &PathBase,
+    errs: &mut Errors,
+) -> Vec<IssuerConfig> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let k = |f: &str| format!("issuer[{i}].{f}");
+        let issuer = match r.issuer {
+            Some(s) => match Url::parse(&s) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => s,
+                _ => {
+                    errs.push(k("issuer"), format!("`{s}` is not an http(s) URL"));
+                    s
+                }
+            },
+            None => {
+                errs.push(k("issuer"), "is required (the exact `iss` of the tokens)");
+                String::new()
+            }
+        };
+        if !seen.insert(issuer.clone()) {
+            errs.push(k("issuer"), format!("`{issuer}` is configured twice"));
+        }
+        if r.audiences.is_empty() {
+            errs.push(k("audiences"), "needs at least one audience (the application's client id)");
+        }
+        let jwks = match r.jwks_uri {
+            None => JwksLocation::Discovery,
+            Some(s) => match Url::parse(&s) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => JwksLocation::Uri(u),
+                _ => {
+                    errs.push(k("jwks_uri"), format!("`{s}` is not an http(s) URL"));
+                    JwksLocation::Discovery
+                }
+            },
+        };
+        let hmac_secret = secret(&k("hmac_secret"), r.hmac_secret_env, r.hmac_secret_file, base, errs);
+        let mut algorithms = Vec::new();
+        for (j, a) in r.algorithms.unwrap_or_else(|| vec!["RS256".into()]).iter().enumerate() {
+            match parse_algorithm(a) {
+                Some(alg) if is_hmac(alg) && hmac_secret.is_none() => errs.push(
+                    format!("issuer[{i}].algorithms[{j}]"),
+                    format!("{a} needs hmac_secret_env or hmac_secret_file on this issuer"),
+                ),
+                Some(alg) => algorithms.push(alg),
+                None => errs.push(
+                    format!("issuer[{i}].algorithms[{j}]"),
+                    format!("`{a}` is not a supported algorithm (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512)"),
+                ),
+            }
+        }
+        if algorithms.is_empty() {
+            errs.push(k("algorithms"), "needs at least one algorithm");
+        }
+        let leeway = duration(&k("leeway"), r.leeway, Duration::from_secs(30), errs);
+        if leeway > Duration::from_secs(600) {
+            errs.push(k("leeway"), "more than 10 minutes of clock skew is not allowed");
+        }
+        if let Some(m) = &r.metadata {
+            if !sources.contains_key(m) {
+                errs.push(k("metadata"), format!("no [metadata.{m}] source is configured"));
+            }
+        }
+        let ca_file = readable_file(&k("ca_file"), r.ca_file, base, errs);
+        out.push(IssuerConfig {
+            issuer,
+            audiences: r.audiences,
+            jwks,
+            algorithms,
+            leeway,
+            hmac_secret,
+            metadata: r.metadata,
+            ca_file,
+        });
+    }
+    out
+}
+
+fn validate_sources(
+    raw: BTreeMap<String, RawSource>,
+    base: &PathBase,
+    errs: &mut Errors,
+) -> BTreeMap<String, SourceConfig> {
+    let mut out = BTreeMap::new();
+    for (name, r) in raw {
+        let k = |f: &str| format!("metadata.{name}.{f}");
+        // Keys that belong to another kind are reported rather than silently ignored.
+        let set: Vec<(&str, bool)> = vec![
+            ("domain", r.domain.is_some()),
+            ("base_url", r.base_url.is_some()),
+            ("client_id", r.client_id.is_some()),
+            ("client_secret_env", r.client_secret_env.is_some()),
+            ("client_secret_file", r.client_secret_file.is_some()),
+            ("audience", r.audience.is_some()),
+            ("max_requests_per_second", r.max_requests_per_second.is_some()),
+            ("timeout", r.timeout.is_some()),
+            ("ca_file", r.ca_file.is_some()),
+            ("path", r.path.is_some()),
+            ("user_url", r.user_url.is_some()),
+            ("client_url", r.client_url.is_some()),
+            ("token_env", r.token_env.is_some()),
+            ("token_file", r.token_file.is_some()),
+        ];
+        let allowed: &[&str] = match r.kind.as_deref() {
+            Some("auth0") => &[
+                "domain", "base_url", "client_id", "client_secret_env", "client_secret_file", "audience",
+                "max_requests_per_second", "timeout", "ca_file",
+            ],
+            Some("file") => &["path"],
+            Some("http") => &[
+                "user_url", "client_url", "token_env", "token_file", "ca_file", "max_requests_per_second", "timeout",
+            ],
+            Some(other) => {
+                errs.push(k("kind"), format!("`{other}` is not a source kind (auth0, file or http)"));
+                continue;
+            }
+            None => {
+                errs.push(k("kind"), "is required (auth0, file or http)");
+                continue;
+            }
+        };
+        let kind = r.kind.clone().unwrap_or_default();
+        for (key, present) in &set {
+            if *present && !allowed.contains(key) {
+                errs.push(k(key), format!("is not a key of a `{kind}` source"));
+            }
+        }
+        let rps = match r.max_requests_per_second {
+            None => 5,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(n) => {
+                errs.push(k("max_requests_per_second"), format!("{n} is outside 1..=10000"));
+                5
+            }
+        };
+        let timeout = duration(&k("timeout"), r.timeout.clone(), Duration::from_secs(5), errs);
+        let ca_file = readable_file(&k("ca_file"), r.ca_file.clone(), base, errs);
+        let src = match kind.as_str() {
+            "auth0" => {
+                let domain = r.domain.clone().unwrap_or_default();
+                if domain.is_empty() || domain.contains('/') || domain.contains(':') && r.base_url.is_none() {
+                    errs.push(k("domain"), "is required: the tenant's host name, like \"tenant.eu.auth0.com\"");
+                }
+                let base_url = match &r.base_url {
+                    Some(u) => match Url::parse(u) {
+                        Ok(p) if matches!(p.scheme(), "http" | "https") => p,
+                        _ => {
+                            errs.push(k("base_url"), format!("`{u}` is not an http(s) URL"));
+                            continue;
+                        }
+                    },
+                    None => match Url::parse(&format!("https://{domain}")) {
+                        Ok(u) => u,
+                        Err(_) => continue,
+                    },
+                };
+                let client_id = r.client_id.clone().unwrap_or_default();
+                if client_id.is_empty() {
+                    errs.push(k("client_id"), "is required (the machine-to-machine application's client id)");
+                }
+                let client_secret = secret(&k("client_secret"), r.client_secret_env.clone(), r.client_secret_file.clone(), base, errs);
+                let Some(client_secret) = client_secret else {
+                    if r.client_secret_env.is_none() && r.client_secret_file.is_none() {
+                        errs.push(k("client_secret_env"), "one of client_secret_env or client_secret_file is required");
+                    }
+                    continue;
+                };
+                let audience = r.audience.clone().unwrap_or_else(|| format!("https://{domain}/api/v2/"));
+                SourceConfig::Auth0(Auth0SourceConfig {
+                    domain,
+                    base_url,
+                    client_id,
+                    client_secret,
+                    audience,
+                    max_requests_per_second: rps,
+                    timeout,
+                    ca_file,
+                })
+            }
+            "file" => match &r.path {
+                Some(p) => SourceConfig::File(FileSourceConfig { path: base.resolve(p) }),
+                None => {
+                    errs.push(k("path"), "is required for a file source");
+                    continue;
+                }
+            },
+            _ => {
+                let mut url = |key: &str, v: &Option<String>, placeholder: &str| -> String {
+                    match v {
+                        Some(u) if u.contains(placeholder) => {
+                            let probe = u.replace(placeholder, "x");
+                            match Url::parse(&probe) {
+                                Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+                                _ => errs.push(k(key), format!("`{u}` is not an http(s) URL")),
+                            }
+                            u.clone()
+                        }
+                        Some(u) => {
+                            errs.push(k(key), format!("`{u}` must contain {placeholder}"));
+                            String::new()
+                        }
+                        None => {
+                            errs.push(k(key), "is required for an http source");
+                            String::new()
+                        }
+                    }
+                };
+                let user_url = url("user_url", &r.user_url, "{user_id}");
+                let client_url = url("client_url", &r.client_url, "{client_id}");
+                let token = secret(&k("token"), r.token_env.clone(), r.token_file.clone(), base, errs);
+                SourceConfig::Http(HttpSourceConfig {
+                    user_url,
+                    client_url,
+                    token,
+                    ca_file,
+                    max_requests_per_second: rps,
+                    timeout,
+                })
+            }
+        };
+        out.insert(name, src);
+    }
+    out
+}
+
+fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheConfig {
+    let ttl = duration("cache.ttl", raw.ttl, Duration::from_secs(300), errs);
+    if ttl.is_zero() {
+        errs.push("cache.ttl", "must be more than zero");
+    }
+    let max_stale = duration("cache.max_stale", raw.max_stale, Duration::from_secs(3600), errs);
+    let negative_ttl = duration("cache.negative_ttl", raw.negative_ttl, Duration::from_secs(30), errs);
+    let max_entries = match raw.max_entries {
+        None => 100_000,
+        Some(n) if n >= 2 => n as u64,
+        Some(n) => {
+            errs.push("cache.max_entries", format!("{n} is too small; at least 2"));
+            100_000
+        }
+    };
+    CacheConfig { ttl, max_stale, negative_ttl, max_entries }
+}
+
+fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) -> TokenConfig {
+    let issuer = raw.issuer.unwrap_or_else(|| "https://claimsmith.internal/".to_string());
+    if issuer.is_empty() {
+        errs.push("token.issuer", "must not be empty");
+    }
+    let ttl = duration("token.ttl", raw.ttl, Duration::from_secs(300), errs);
+    if ttl < Duration::from_secs(2) {
+        errs.push("token.ttl", "must be at least 2s");
+    }
+    let algorithm = match raw.algorithm.as_deref().unwrap_or("EdDSA") {
+        "EdDSA" => Algorithm::EdDSA,
+        "ES256" => Algorithm::ES256,
+        "RS256" => Algorithm::RS256,
+        other => {
+            errs.push("token.algorithm", format!("`{other}` is not one of EdDSA, ES256, RS256"));
+            Algorithm::EdDSA
+        }
+    };
+    let mut keys = Vec::new();
+    let mut key_files = Vec::new();
+    for (i, p) in raw.key_files.iter().enumerate() {
+        let key = format!("token.key_files[{i}]");
+        let path = base.resolve(p);
+        match std::fs::read(&path) {
+            Ok(pem) => match SigningKey::from_pem(&pem) {
+                Ok(k) => {
+                    if i == 0 && k.algorithm() != algorithm {
+                        errs.push(
+                            key,
+                            format!(
+                                "the first key signs, so it must be a {algorithm:?} key, but {} holds a {:?} key",
+                                path.display(),
+                                k.algorithm()
+                            ),
+                        );
+                    } else {
+                        keys.push(Arc::new(k));
+                    }
+                }
+                Err(e) => errs.push(key, format!("{}: {e}", path.display())),
+            },
+            Err(e) => errs.push(key, format!("cannot read {}: {e}", path.display())),
+        }
+        key_files.push(path);
+    }
+    let header = match raw.header.as_deref() {
+        None => TokenHeader::Authorization,
+        Some(h) if h.eq_ignore_ascii_case("authorization") => TokenHeader::Authorization,
+        Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(n) if crate::proxy::hygiene::is_hop_by_hop(n.as_str()) => {
+                errs.push("token.header", format!("`{h}` is a hop-by-hop header"));
+                TokenHeader::Authorization
+            }
+            Ok(n) => TokenHeader::Custom(n),
+            Err(_) => {
+                errs.push("token.header", format!("`{h}` is not a valid header name"));
+                TokenHeader::Authorization
+            }
+        },
+    };
+    let copy_claims = raw
+        .copy_claims
+        .unwrap_or_else(|| vec!["email".into(), "email_verified".into(), "name".into(), "org_id".into()]);
+    for (i, c) in copy_claims.iter().enumerate() {
+        if crate::mint::RESERVED_CLAIMS.contains(&c.as_str()) {
+            errs.push(format!("token.copy_claims[{i}]"), format!("`{c}` is set by claimsmith itself and cannot be copied"));
+        }
+    }
+    TokenConfig { issuer, ttl, algorithm, keys, key_files, header, copy_claims }
+}
+
+fn validate_routes(
+    raw: Vec<RawRoute>,
+    issuers: &[IssuerConfig],
+    base: &PathBase,
+    errs: &mut Errors,
+) -> Vec<RouteConfig> {
+    if raw.is_empty() {
+        errs.push("route", "at least one [[route]] is required");
+    }
+    let mut out: Vec<RouteConfig> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let k = |f: &str| format!("route[{i}].{f}");
+        let path_prefix = r.path_prefix.unwrap_or_default();
+        if !path_prefix.starts_with('/') {
+            errs.push(k("path_prefix"), format!("`{path_prefix}` must start with /"));
+        } else if crate::proxy::path::normalize(&path_prefix).as_deref() != Ok(path_prefix.as_str()) {
+            errs.push(k("path_prefix"), format!("`{path_prefix}` is not a normalised path (no dot segments, %2F, backslash or needless percent-encoding)"));
+        }
+        if out.iter().any(|o| o.path_prefix == path_prefix) {
+            errs.push(k("path_prefix"), format!("`{path_prefix}` is used by another route"));
+        }
+        let upstream = match r.upstream {
+            Some(u) => match Url::parse(&u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") && p.host_str().is_some() => {
+                    if p.query().is_some() || p.fragment().is_some() {
+                        errs.push(k("upstream"), "must not have a query or fragment");
+                    }
+                    p
+                }
+                _ => {
+                    errs.push(k("upstream"), format!("`{u}` is not an http:// or https:// URL"));
+                    continue;
+                }
+            },
+            None => {
+                errs.push(k("upstream"), "is required");
+                continue;
+            }
+        };
+        let auth = match r.auth.as_deref().unwrap_or("required") {
+            "required" => AuthMode::Required,
+            "optional" => AuthMode::Optional,
+            "off" => AuthMode::Off,
+            other => {
+                errs.push(k("auth"), format!("`{other}` is not one of required, optional, off"));
+                AuthMode::Required
+            }
+        };
+        if auth != AuthMode::Off {
+            if r.audience.as_deref().unwrap_or("").is_empty() {
+                errs.push(k("audience"), "is required unless auth = \"off\" (it becomes the internal token's aud)");
+            }
+            if issuers.is_empty() {
+                errs.push(k("auth"), "this route checks tokens, but no [[issuer]] is configured");
+            }
+        }
+        let ca_file = readable_file(&k("ca_file"), r.ca_file, base, errs);
+        out.push(RouteConfig {
+            name: Arc::from(path_prefix.as_str()),
+            path_prefix,
+            upstream,
+            ca_file,
+            audience: r.audience,
+            auth,
+            strip_prefix: r.strip_prefix,
+            app_metadata: r.app_metadata,
+            client_metadata: r.client_metadata,
+        });
+    }
+    out.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[listen]\nadress = \"x\"\n").unwrap_err();
+        assert_eq!(e.0[0].key, "adress");
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let e = Config::parse(
+            r#"
+            [cache]
+            ttl = "5 minutes"
+            [[route]]
+            path_prefix = "api"
+            upstream = "ftp://x"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"cache.ttl"), "{keys:?}");
+        assert!(keys.contains(&"route[0].path_prefix"), "{keys:?}");
+        assert!(keys.contains(&"route[0].upstream"), "{keys:?}");
+    }
+
+    #[test]
+    fn hmac_needs_a_secret() {
+        let e = Config::parse(
+            r#"
+            [[issuer]]
+            issuer = "https://t.example/"
+            audiences = ["a"]
+            algorithms = ["HS256", "none"]
+            [[route]]
+            path_prefix = "/"
+            upstream = "http://127.0.0.1:1"
+            audience = "x"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"issuer[0].algorithms[0]"), "{keys:?}");
+        assert!(keys.contains(&"issuer[0].algorithms[1]"), "{keys:?}");
+    }
+
+    #[test]
+    fn routes_sorted_longest_first() {
+        let c = Config::parse(
+            r#"
+            [[route]]
+            path_prefix = "/"
+            upstream = "http://127.0.0.1:1"
+            auth = "off"
+            [[route]]
+            path_prefix = "/api/v1/"
+            upstream = "http://127.0.0.1:2"
+            auth = "off"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].path_prefix, "/api/v1/");
+    }
+}

@@ -1,0 +1,143 @@
+//! One error type for the request path, turned into an HTTP answer in one place:
+//! RFC 9457 problem+json bodies, RFC 6750 `WWW-Authenticate` on 401.
+//! No answer ever carries a token, a secret or a metadata value: details are fixed strings.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+
+use crate::proxy::path::PathError;
+use crate::verify::VerifyError;
+
+/// The body type of every response claimsmith sends.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A body from bytes.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Why a request was not forwarded, or failed on the way.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadPath(#[from] PathError),
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("no route matches the path")]
+    NoRoute,
+    #[error("the request header section is too large")]
+    HeaderTooLarge,
+    #[error("a bearer token is required")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidToken(VerifyError),
+    #[error("the user or client does not exist")]
+    UnknownSubject,
+    #[error("the identity provider's signing keys are not available yet")]
+    KeysUnavailable,
+    #[error("the metadata source is unavailable")]
+    MetadataUnavailable { retry_after_secs: u64 },
+    #[error("the upstream could not be reached")]
+    UpstreamUnreachable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<VerifyError> for ProxyError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::KeysUnavailable => ProxyError::KeysUnavailable,
+            e => ProxyError::InvalidToken(e),
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadPath(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::MissingToken | ProxyError::InvalidToken(_) | ProxyError::UnknownSubject => {
+                StatusCode::UNAUTHORIZED
+            }
+            ProxyError::KeysUnavailable | ProxyError::MetadataUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable label for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::HeaderTooLarge => "header_too_large",
+            ProxyError::MissingToken => "missing_token",
+            ProxyError::InvalidToken(e) => e.label(),
+            ProxyError::UnknownSubject => "unknown_subject",
+            ProxyError::KeysUnavailable => "keys_unavailable",
+            ProxyError::MetadataUnavailable { .. } => "metadata_unavailable",
+            ProxyError::UpstreamUnreachable => "upstream_unreachable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::Internal => "internal",
+        }
+    }
+
+    fn problem_type(&self) -> &'static str {
+        match self {
+            ProxyError::BadPath(_) | ProxyError::BadRequest(_) => "urn:claimsmith:problem:bad-request",
+            ProxyError::NoRoute => "urn:claimsmith:problem:no-route",
+            ProxyError::HeaderTooLarge => "urn:claimsmith:problem:header-too-large",
+            ProxyError::MissingToken => "urn:claimsmith:problem:missing-token",
+            ProxyError::InvalidToken(_) | ProxyError::UnknownSubject => "urn:claimsmith:problem:invalid-token",
+            ProxyError::KeysUnavailable => "urn:claimsmith:problem:keys-unavailable",
+            ProxyError::MetadataUnavailable { .. } => "urn:claimsmith:problem:metadata-unavailable",
+            ProxyError::UpstreamUnreachable => "urn:claimsmith:problem:upstream-unreachable",
+            ProxyError::UpstreamTimeout => "urn:claimsmith:problem:upstream-timeout",
+            ProxyError::Internal => "urn:claimsmith:problem:internal",
+        }
+    }
+
+    /// The whole HTTP answer.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let detail = self.to_string();
+        let body = serde_json::json!({
+            "type": self.problem_type(),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            ProxyError::MissingToken => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith\""));
+            }
+            ProxyError::InvalidToken(_) | ProxyError::UnknownSubject => {
+                // error_description is one of our fixed strings, never token content.
+                let v = format!("Bearer realm=\"claimsmith\", error=\"invalid_token\", error_description=\"{detail}\"");
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ProxyError::MetadataUnavailable { retry_after_secs } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ProxyError::KeysUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

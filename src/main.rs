@@ -1,0 +1,189 @@
+//! The `claimsmith` command line (SPEC §1). Parsing only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "claimsmith", version, about = "Token-enrichment reverse proxy")]
+struct Cli {
+    /// Log format: text or json (also CLAIMSMITH_LOG_FORMAT).
+    #[arg(long, global = true, env = "CLAIMSMITH_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy and admin listeners until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, env = "CLAIMSMITH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Load and validate a config; print a summary or every error.
+    Check {
+        #[arg(long, env = "CLAIMSMITH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Write a new PKCS#8 PEM signing key.
+    Keygen {
+        #[arg(long, value_parser = ["EdDSA", "ES256", "RS256"])]
+        alg: String,
+        /// Write here (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A complete local loop: issuer, proxy, metadata and backend on loopback.
+    Demo {
+        /// Proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_addr: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    // A panic must not print a backtrace at a user; say it plainly and exit 1.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("claimsmith: internal error: {info}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    init_logging(cli.log_format, matches!(cli.command, Command::Demo { .. }));
+    claimsmith::install_crypto_provider();
+    match cli.command {
+        Command::Check { config } => match claimsmith::Config::load(&config).and_then(check_build) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprintln!("claimsmith: invalid config {}:", config.display());
+                for e in &errs.0 {
+                    eprintln!("  {e}");
+                }
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match claimsmith::Config::load(&config) {
+                Ok(c) => c,
+                Err(errs) => {
+                    eprintln!("claimsmith: invalid config {}:", config.display());
+                    for e in &errs.0 {
+                        eprintln!("  {e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            runtime_then(|rt| rt.block_on(claimsmith::server::run(cfg)).map_err(|e| {
+                let code = if matches!(e, claimsmith::server::StartError::Build(_) | claimsmith::server::StartError::Tls(_)) { 2 } else { 1 };
+                (code, e.to_string())
+            }))
+        }
+        Command::Keygen { alg, out } => keygen(&alg, out),
+        Command::Demo { addr, admin_addr } => runtime_then(|rt| {
+            rt.block_on(claimsmith::demo::run(addr, admin_addr)).map_err(|e| (1, e.to_string()))
+        }),
+    }
+}
+
+/// `check` also builds the runtime state, so unreadable sources and bad CA files show.
+fn check_build(cfg: claimsmith::Config) -> Result<String, claimsmith::config::ConfigErrors> {
+    let summary = cfg.summary();
+    match claimsmith::app::App::build(cfg) {
+        Ok(_) => Ok(summary),
+        Err(claimsmith::app::BuildError::Invalid { key, reason }) => {
+            Err(claimsmith::config::ConfigErrors(vec![claimsmith::config::ConfigError { key, reason }]))
+        }
+    }
+}
+
+fn runtime_then(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), (u8, String)>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("claimsmith: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match f(&rt) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("claimsmith: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn keygen(alg: &str, out: Option<PathBuf>) -> ExitCode {
+    let alg = match alg {
+        "EdDSA" => jsonwebtoken::Algorithm::EdDSA,
+        "ES256" => jsonwebtoken::Algorithm::ES256,
+        _ => jsonwebtoken::Algorithm::RS256,
+    };
+    let pem = match claimsmith::mint::SigningKey::generate(alg) {
+        Ok((_, pem)) => pem,
+        Err(e) => {
+            eprintln!("claimsmith: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match out {
+        None => {
+            print!("{pem}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match write_private(&path, pem.as_bytes()) {
+            Ok(()) => {
+                eprintln!("wrote {alg:?} key to {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("claimsmith: cannot write {}: {e}", path.display());
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(data)
+}
+
+fn init_logging(format: LogFormat, demo: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if demo { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

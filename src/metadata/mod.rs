@@ -1,0 +1,53 @@
+//! Where app_metadata and client_metadata come from (SPEC §6), behind one trait, and
+//! the cache in front of them (SPEC §5).
+
+pub mod auth0;
+pub mod cache;
+pub mod file;
+pub mod http;
+pub mod ratelimit;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// A boxed future, so sources can sit behind `dyn MetadataSource`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A JSON object of metadata.
+pub type Metadata = Map<String, Value>;
+
+/// What a source answers for one id: the metadata, or `None` when the user or client
+/// does not exist.
+pub type Lookup = Option<Metadata>;
+
+/// The source could not answer (network, 429, 5xx, timeout). Never holds a body.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct SourceError {
+    pub reason: String,
+    /// How long the source asked us to wait, when it said so.
+    pub retry_after: Option<Duration>,
+}
+
+impl SourceError {
+    pub fn new(reason: impl Into<String>) -> Self {
+        SourceError { reason: reason.into(), retry_after: None }
+    }
+}
+
+/// A metadata source. Implementations must be cheap to call concurrently; the cache
+/// already makes concurrent misses for one key into one call.
+pub trait MetadataSource: Send + Sync {
+    /// `auth0`, `file` or `http`, for metrics and logs.
+    fn kind(&self) -> &'static str;
+    /// The user's app_metadata.
+    fn user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>>;
+    /// The client's client_metadata.
+    fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>>;
+    /// The admin API evicted this client: the next read must ask the source for this
+    /// one client (sources that bulk-load clients drop it from their bulk copy).
+    fn forget_client(&self, _client_id: &str) {}
+}

@@ -1,0 +1,427 @@
+//! The internal token (SPEC §4): claims, signing keys, the published JWKS.
+//!
+//! Signing uses aws-lc-rs key pairs parsed once at load, so no PEM or DER is parsed
+//! per request. A minted token is reused for the same (ID token, route) while more
+//! than half of its life is left and the metadata it carries is unchanged.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::TokenConfig;
+use crate::verify::VerifiedIdentity;
+
+/// Claims claimsmith sets itself; `copy_claims` may not name them.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ",
+];
+
+/// Why a key could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no PEM private key found (expected a \"PRIVATE KEY\" PKCS#8 block)")]
+    NoPem,
+    #[error("the PEM block is not an Ed25519, P-256 or RSA private key")]
+    Unsupported,
+    #[error("RSA keys must be at least 2048 bits")]
+    RsaTooSmall,
+    #[error("key generation failed")]
+    Generate,
+}
+
+enum KeyPairKind {
+    Ed25519(Ed25519KeyPair),
+    Es256(EcdsaKeyPair),
+    Rs256(RsaKeyPair),
+}
+
+/// A private signing key, parsed once, with its public JWK and RFC 7638 `kid`.
+pub struct SigningKey {
+    pair: KeyPairKind,
+    kid: String,
+    jwk: Value,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("alg", &self.algorithm()).field("kid", &self.kid).finish()
+    }
+}
+
+impl SigningKey {
+    /// Parses a PEM private key: PKCS#8 (Ed25519, P-256 or RSA), PKCS#1 RSA, or SEC1 P-256.
+    pub fn from_pem(pem: &[u8]) -> Result<SigningKey, KeyError> {
+        let mut reader = pem;
+        let item = rustls_pemfile::read_one(&mut reader).map_err(|_| KeyError::NoPem)?;
+        let pair = match item {
+            Some(rustls_pemfile::Item::Pkcs8Key(der)) => {
+                let der = der.secret_pkcs8_der();
+                if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+                    KeyPairKind::Ed25519(k)
+                } else if let Ok(k) = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der) {
+                    KeyPairKind::Es256(k)
+                } else if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
+                    KeyPairKind::Rs256(k)
+                } else {
+                    return Err(KeyError::Unsupported);
+                }
+            }
+            Some(rustls_pemfile::Item::Pkcs1Key(der)) => {
+                KeyPairKind::Rs256(RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(|_| KeyError::Unsupported)?)
+            }
+            Some(rustls_pemfile::Item::Sec1Key(der)) => KeyPairKind::Es256(
+                EcdsaKeyPair::from_private_key_der(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_sec1_der())
+                    .map_err(|_| KeyError::Unsupported)?,
+            ),
+            _ => return Err(KeyError::NoPem),
+        };
+        if let KeyPairKind::Rs256(k) = &pair {
+            if k.public_modulus_len() < 256 {
+                return Err(KeyError::RsaTooSmall);
+            }
+        }
+        Ok(Self::from_pair(pair))
+    }
+
+    /// Makes a new key; its PKCS#8 PEM is returned beside it (for `keygen`).
+    pub fn generate(alg: Algorithm) -> Result<(SigningKey, String), KeyError> {
+        let der: Vec<u8> = match alg {
+            Algorithm::EdDSA => {
+                // PKCS#8 v1: the form jsonwebtoken, openssl and node read.
+                Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new())
+                    .map_err(|_| KeyError::Generate)?
+                    .as_ref()
+                    .to_vec()
+            }
+            Algorithm::ES256 => {
+                EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                    .map_err(|_| KeyError::Generate)?
+                    .as_ref()
+                    .to_vec()
+            }
+            Algorithm::RS256 => {
+                let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(|_| KeyError::Generate)?;
+                let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'static>>::as_der(&kp)
+                    .map_err(|_| KeyError::Generate)?;
+                der.as_ref().to_vec()
+            }
+            _ => return Err(KeyError::Unsupported),
+        };
+        let pem = pem_encode("PRIVATE KEY", &der);
+        let key = SigningKey::from_pem(pem.as_bytes())?;
+        Ok((key, pem))
+    }
+
+    fn from_pair(pair: KeyPairKind) -> SigningKey {
+        let (jwk, thumb_input) = match &pair {
+            KeyPairKind::Ed25519(k) => {
+                let x = B64.encode(k.public_key().as_ref());
+                (
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}),
+                    format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
+                )
+            }
+            KeyPairKind::Es256(k) => {
+                // Uncompressed point: 0x04 || X (32) || Y (32).
+                let p = k.public_key().as_ref();
+                let (x, y) = (B64.encode(&p[1..33]), B64.encode(&p[33..65]));
+                (
+                    json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "alg": "ES256"}),
+                    format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
+                )
+            }
+            KeyPairKind::Rs256(k) => {
+                let pk = k.public_key();
+                let n = B64.encode(pk.modulus().big_endian_without_leading_zero());
+                let e = B64.encode(pk.exponent().big_endian_without_leading_zero());
+                (
+                    json!({"kty": "RSA", "n": n, "e": e, "alg": "RS256"}),
+                    format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
+                )
+            }
+        };
+        // RFC 7638: SHA-256 over the required members in lexicographic order.
+        let kid = B64.encode(Sha256::digest(thumb_input.as_bytes()));
+        let mut jwk = jwk;
+        if let Value::Object(m) = &mut jwk {
+            m.insert("kid".into(), Value::String(kid.clone()));
+            m.insert("use".into(), Value::String("sig".into()));
+        }
+        SigningKey { pair, kid, jwk }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self.pair {
+            KeyPairKind::Ed25519(_) => Algorithm::EdDSA,
+            KeyPairKind::Es256(_) => Algorithm::ES256,
+            KeyPairKind::Rs256(_) => Algorithm::RS256,
+        }
+    }
+
+    /// RFC 7638 thumbprint of the public key.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public JWK, with `kid`, `alg` and `use`.
+    pub fn public_jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, MintError> {
+        let rng = SystemRandom::new();
+        match &self.pair {
+            KeyPairKind::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+            KeyPairKind::Es256(k) => Ok(k.sign(&rng, message).map_err(|_| MintError::Sign)?.as_ref().to_vec()),
+            KeyPairKind::Rs256(k) => {
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig).map_err(|_| MintError::Sign)?;
+                Ok(sig)
+            }
+        }
+    }
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("signing the internal token failed")]
+    Sign,
+    #[error("encoding the internal token failed")]
+    Encode,
+}
+
+/// What the pipeline hands to the minter for one request.
+pub struct MintRequest<'a> {
+    pub identity: &'a VerifiedIdentity,
+    /// The route's internal-token audience.
+    pub audience: &'a str,
+    /// Identifies the route, so projections of different routes are not mixed up.
+    pub route: &'a Arc<str>,
+    pub app_metadata: &'a Arc<Map<String, Value>>,
+    pub client_metadata: &'a Arc<Map<String, Value>>,
+    pub app_keys: Option<&'a [String]>,
+    pub client_keys: Option<&'a [String]>,
+}
+
+/// A signed token and what it was made from (for reuse).
+#[derive(Clone)]
+pub struct Minted {
+    pub token: Arc<str>,
+    issued_at: u64,
+    expires_at: u64,
+    app: Arc<Map<String, Value>>,
+    client: Arc<Map<String, Value>>,
+}
+
+type ReuseKey = ([u8; 32], Arc<str>);
+
+/// Mints internal tokens and publishes the keys that verify them.
+pub struct Minter {
+    issuer: String,
+    ttl: Duration,
+    copy_claims: Vec<String>,
+    signing: Arc<SigningKey>,
+    published: Vec<Arc<SigningKey>>,
+    header_json_b64: String,
+    reuse: moka::sync::Cache<ReuseKey, Minted>,
+    minted: std::sync::atomic::AtomicU64,
+    reused: std::sync::atomic::AtomicU64,
+}
+
+impl Minter {
+    /// Builds from config; with no key_files an ephemeral key of `token.algorithm` is made.
+    pub fn new(cfg: &TokenConfig) -> Result<Minter, KeyError> {
+        let published = if cfg.keys.is_empty() {
+            tracing::warn!(
+                alg = ?cfg.algorithm,
+                "no token.key_files configured: using an ephemeral signing key; internal tokens will not verify after a restart"
+            );
+            vec![Arc::new(SigningKey::generate(cfg.algorithm)?.0)]
+        } else {
+            cfg.keys.clone()
+        };
+        let signing = published[0].clone();
+        let header = json!({"alg": alg_name(signing.algorithm()), "kid": signing.kid(), "typ": "at+jwt"});
+        let header_json_b64 = B64.encode(header.to_string());
+        Ok(Minter {
+            issuer: cfg.issuer.clone(),
+            ttl: cfg.ttl,
+            copy_claims: cfg.copy_claims.clone(),
+            signing,
+            published,
+            header_json_b64,
+            reuse: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cfg.ttl).build(),
+            minted: Default::default(),
+            reused: Default::default(),
+        })
+    }
+
+    /// The issuer placed in `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Algorithms of all published keys, signing key first.
+    pub fn algorithms(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = Vec::new();
+        for k in &self.published {
+            let a = alg_name(k.algorithm());
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
+        v
+    }
+
+    /// `{"keys": [...]}` with every published key.
+    pub fn jwks(&self) -> Value {
+        json!({"keys": self.published.iter().map(|k| k.public_jwk().clone()).collect::<Vec<_>>()})
+    }
+
+    /// (minted, reused) counts, for metrics.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.minted.load(Relaxed), self.reused.load(Relaxed))
+    }
+
+    /// Returns a token for this request: a reused one when still fresh enough, else a new one.
+    pub fn mint(&self, req: &MintRequest<'_>) -> Result<Arc<str>, MintError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = unix_now();
+        let key: ReuseKey = (req.identity.token_hash(), req.route.clone());
+        if let Some(m) = self.reuse.get(&key) {
+            let half = (m.expires_at - m.issued_at) / 2;
+            if now + half < m.expires_at
+                && Arc::ptr_eq(&m.app, req.app_metadata)
+                && Arc::ptr_eq(&m.client, req.client_metadata)
+            {
+                self.reused.fetch_add(1, Relaxed);
+                return Ok(m.token);
+            }
+        }
+        let id = req.identity;
+        let leeway = id.leeway().as_secs();
+        let exp = (now + self.ttl.as_secs()).min(id.exp().saturating_add(leeway));
+        let mut claims = Map::new();
+        claims.insert("iss".into(), Value::String(self.issuer.clone()));
+        claims.insert("aud".into(), Value::String(req.audience.to_string()));
+        claims.insert("sub".into(), Value::String(id.subject().to_string()));
+        claims.insert("client_id".into(), Value::String(id.client_id().to_string()));
+        claims.insert("iat".into(), Value::from(now));
+        claims.insert("exp".into(), Value::from(exp));
+        claims.insert("jti".into(), Value::String(new_jti()));
+        for c in &self.copy_claims {
+            if let Some(v) = id.claim(c) {
+                claims.insert(c.clone(), v.clone());
+            }
+        }
+        claims.insert("app_metadata".into(), Value::Object(project(req.app_metadata, req.app_keys)));
+        claims.insert("client_metadata".into(), Value::Object(project(req.client_metadata, req.client_keys)));
+        let payload = serde_json::to_vec(&claims).map_err(|_| MintError::Encode)?;
+        let mut token = String::with_capacity(self.header_json_b64.len() + payload.len() * 4 / 3 + 400);
+        token.push_str(&self.header_json_b64);
+        token.push('.');
+        B64.encode_string(&payload, &mut token);
+        let sig = self.signing.sign(token.as_bytes())?;
+        token.push('.');
+        B64.encode_string(&sig, &mut token);
+        let token: Arc<str> = Arc::from(token);
+        self.minted.fetch_add(1, Relaxed);
+        if exp > now + 1 {
+            self.reuse.insert(
+                key,
+                Minted {
+                    token: token.clone(),
+                    issued_at: now,
+                    expires_at: exp,
+                    app: req.app_metadata.clone(),
+                    client: req.client_metadata.clone(),
+                },
+            );
+        }
+        Ok(token)
+    }
+}
+
+/// Keeps only `keys` (top-level) when a route lists them.
+fn project(m: &Map<String, Value>, keys: Option<&[String]>) -> Map<String, Value> {
+    match keys {
+        None => m.clone(),
+        Some(keys) => keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone()))).collect(),
+    }
+}
+
+fn new_jti() -> String {
+    let bytes: [u8; 16] = rand::random();
+    B64.encode(bytes)
+}
+
+pub(crate) fn alg_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        _ => "unknown",
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_round_trip_through_pem() {
+        for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+            let (k, pem) = SigningKey::generate(alg).unwrap();
+            let again = SigningKey::from_pem(pem.as_bytes()).unwrap();
+            assert_eq!(k.kid(), again.kid());
+            assert_eq!(again.algorithm(), alg);
+            // The public JWK must verify what the key signs (checked with jsonwebtoken).
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(k.public_jwk().clone()).unwrap();
+            let thumb = jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256).unwrap();
+            assert_eq!(thumb, k.kid(), "kid is the RFC 7638 thumbprint for {alg:?}");
+            let dk = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+            let msg = b"header.payload";
+            let sig = B64.encode(k.sign(msg).unwrap());
+            assert!(jsonwebtoken::crypto::verify(&sig, msg, &dk, alg).unwrap());
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_pem() {
+        assert!(SigningKey::from_pem(b"not a key").is_err());
+    }
+}

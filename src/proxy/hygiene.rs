@@ -1,0 +1,143 @@
+//! Header hygiene (SPEC §3 steps 6 and 7).
+//!
+//! Names are compared case-insensitively and with `_` equal to `-`: many backends
+//! (CGI, nginx with underscores_in_headers, WSGI) merge `X_Internal_Token` into
+//! `x-internal-token`, so a client must not be able to smuggle a copy that way.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// RFC 9110 §7.6.1 and the long-standing hop-by-hop list.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// A header name in canonical form: lower case, `_` as `-`.
+pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b == b'_' || b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase().replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+pub fn is_hop_by_hop(name: &str) -> bool {
+    let c = canonical(name);
+    HOP_BY_HOP.contains(&c.as_ref())
+}
+
+/// Names listed in `Connection` headers, canonical.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| canonical(s.trim()).into_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket).
+pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = connection_listed(headers).iter().any(|c| c == "upgrade");
+    if wants { headers.get(header::UPGRADE).cloned() } else { None }
+}
+
+/// Removes every header whose canonical name satisfies `drop`, plus hop-by-hop
+/// headers and those named in `Connection`.
+pub fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let listed = connection_listed(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let c = canonical(n.as_str());
+            HOP_BY_HOP.contains(&c.as_ref()) || listed.iter().any(|l| *l == c) || drop(&c)
+        })
+        .cloned()
+        .collect();
+    for n in doomed {
+        headers.remove(&n);
+    }
+}
+
+/// Removes the cookie named `name` from every `Cookie` header, keeping the others.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    for v in values {
+        let Ok(s) = v.to_str() else {
+            // Not text: cannot tell what it holds, so it does not travel on.
+            continue;
+        };
+        let kept: Vec<&str> = s
+            .split(';')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && c.split('=').next().map(str::trim) != Some(name))
+            .collect();
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.append(header::COOKIE, v);
+            }
+        }
+    }
+}
+
+/// The value of cookie `name`, if sent.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical("X_Internal_Token"), "x-internal-token");
+        assert_eq!(canonical("x-internal-token"), "x-internal-token");
+    }
+
+    #[test]
+    fn strips_connection_listed_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("x_internal_token", HeaderValue::from_static("forged"));
+        strip(&mut h, |n| n == "x-internal-token");
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; id_token=abc; b=2"));
+        assert_eq!(cookie(&h, "id_token"), Some("abc"));
+        remove_cookie(&mut h, "id_token");
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("id_token=abc"));
+        remove_cookie(&mut h, "id_token");
+        assert!(h.get(header::COOKIE).is_none());
+    }
+}

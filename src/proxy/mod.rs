@@ -1,0 +1,365 @@
+//! The request pipeline (SPEC §3), one phase per function, in call order:
+//!
+//! ```text
+//!  request ─► check_head ─► route ─► authenticate ─► enrich ─► prepare ─► forward ─► respond
+//!               431           400/404   401/503        401/503               502/504
+//! ```
+//!
+//! Any phase may end the request with a [`ProxyError`], which becomes the answer in
+//! `error.rs`. Nothing is sent upstream before every check has passed.
+
+pub mod hygiene;
+pub mod path;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::config::{AuthMode, RouteConfig, TokenHeader};
+use crate::error::{Body, ProxyError};
+use crate::http_client::Connector;
+use crate::metadata::cache::Kind;
+use crate::mint::MintRequest;
+use crate::verify::VerifiedIdentity;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A route with everything the hot path needs precomputed.
+pub struct Route {
+    pub config: RouteConfig,
+    pub name: Arc<str>,
+    audience: Option<Arc<str>>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    host_header: HeaderValue,
+    /// The upstream URL's path without its trailing slash ("" for the root).
+    base_path: String,
+    client: Client<Connector, Incoming>,
+}
+
+impl Route {
+    pub fn new(config: RouteConfig, client: Client<Connector, Incoming>) -> Result<Route, String> {
+        let u = &config.upstream;
+        let scheme = if u.scheme() == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+        let host = u.host_str().ok_or("upstream has no host")?;
+        let authority_s = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let authority: http::uri::Authority = authority_s.parse().map_err(|_| "bad upstream authority")?;
+        let host_header = HeaderValue::from_str(&authority_s).map_err(|_| "bad upstream host")?;
+        Ok(Route {
+            name: config.name.clone(),
+            audience: config.audience.as_deref().map(Arc::from),
+            scheme,
+            authority,
+            host_header,
+            base_path: u.path().trim_end_matches('/').to_string(),
+            client,
+            config,
+        })
+    }
+}
+
+/// Facts about the connection a request came in on.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// What the access log and metrics learn about one request.
+pub struct Outcome {
+    pub route: Option<Arc<str>>,
+    pub upstream_time: Option<Duration>,
+    pub error: Option<&'static str>,
+}
+
+/// Handles one request end to end; never fails (errors become answers).
+pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<Body>, Outcome) {
+    let start = Instant::now();
+    let mut outcome = Outcome { route: None, upstream_time: None, error: None };
+    let request_id = request_id(req.headers());
+    let mut resp = match pipeline(app, req, conn, start, &request_id, &mut outcome).await {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.error = Some(e.label());
+            e.into_response()
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    (resp, outcome)
+}
+
+async fn pipeline(
+    app: &App,
+    mut req: Request<Incoming>,
+    conn: Conn,
+    start: Instant,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    check_head(app, &req)?;
+    let path = path::normalize(req.uri().path())?;
+    let route = route(app, &path)?;
+    outcome.route = Some(route.name.clone());
+    let identity = authenticate(app, route, req.headers()).await?;
+    let internal_token = match &identity {
+        Some(id) => Some(enrich(app, route, id).await?),
+        None => None,
+    };
+    let on_client_upgrade = hygiene::upgrade_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+    let upstream_req = prepare(app, route, req, &path, conn, request_id, internal_token, on_client_upgrade.as_ref().map(|u| &u.0))?;
+    let sent = Instant::now();
+    let remaining = app.config.listen.request_timeout.saturating_sub(start.elapsed());
+    let result = tokio::time::timeout(remaining, route.client.request(upstream_req)).await;
+    outcome.upstream_time = Some(sent.elapsed());
+    let mut resp = match result {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name, error = %crate::http_client::error_chain(&e), "upstream request failed");
+            return Err(ProxyError::UpstreamUnreachable);
+        }
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some((_, client_upgrade)) = on_client_upgrade {
+            return Ok(splice_upgrade(app, client_upgrade, &mut resp).map(|_| resp.map(|b| b.boxed()))?);
+        }
+    }
+    respond(app, &mut resp);
+    Ok(resp.map(|b| b.boxed()))
+}
+
+/// Refuses request heads larger than `listen.max_header_bytes` (431).
+fn check_head(app: &App, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let mut size = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    for (n, v) in req.headers() {
+        size += n.as_str().len() + v.len() + 4;
+    }
+    if size > app.config.listen.max_header_bytes {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    Ok(())
+}
+
+/// Longest `path_prefix` wins; routes are kept sorted longest first.
+fn route<'a>(app: &'a App, path: &str) -> Result<&'a Route, ProxyError> {
+    app.routes.iter().find(|r| path.starts_with(r.config.path_prefix.as_str())).ok_or(ProxyError::NoRoute)
+}
+
+/// Finds and verifies the token, as the route's `auth` asks.
+async fn authenticate(app: &App, route: &Route, headers: &HeaderMap) -> Result<Option<VerifiedIdentity>, ProxyError> {
+    if route.config.auth == AuthMode::Off {
+        return Ok(None);
+    }
+    match extract_token(headers, app.config.listen.token_cookie.as_deref())? {
+        Some(token) => Ok(Some(app.verifier.verify(token).await?)),
+        None if route.config.auth == AuthMode::Required => Err(ProxyError::MissingToken),
+        None => Ok(None),
+    }
+}
+
+/// `Authorization: Bearer <jwt>` (scheme case-insensitive, one or more spaces), else
+/// the token cookie. Another scheme is no token.
+pub fn extract_token<'a>(headers: &'a HeaderMap, cookie: Option<&str>) -> Result<Option<&'a str>, ProxyError> {
+    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(v) = auth.next() {
+        if auth.next().is_some() {
+            return Err(ProxyError::BadRequest("more than one Authorization header"));
+        }
+        let v = v.to_str().map_err(|_| ProxyError::BadRequest("the Authorization header is not text"))?;
+        if let Some((scheme, rest)) = v.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                let token = rest.trim_start_matches(' ');
+                if token.is_empty() || token.contains(' ') {
+                    return Err(ProxyError::InvalidToken(crate::verify::VerifyError::Malformed));
+                }
+                return Ok(Some(token));
+            }
+        }
+    }
+    Ok(cookie.and_then(|name| hygiene::cookie(headers, name)).filter(|t| !t.is_empty()))
+}
+
+/// Looks up the caller's metadata through the cache and mints the internal token.
+async fn enrich(app: &App, route: &Route, id: &VerifiedIdentity) -> Result<Arc<str>, ProxyError> {
+    let (app_md, client_md) = match &app.sources[id.issuer_index()] {
+        None => (app.empty.clone(), app.empty.clone()),
+        Some(source) => {
+            let issuer = id.issuer();
+            let user = app.cache.get(Kind::User, source, issuer, id.subject());
+            let client = app.cache.get(Kind::Client, source, issuer, id.client_id());
+            let (user, client) = tokio::join!(user, client);
+            let unavailable = |e: crate::metadata::cache::Unavailable| ProxyError::MetadataUnavailable {
+                retry_after_secs: e.0.retry_after.map_or(5, |d| d.as_secs().clamp(1, 3600)),
+            };
+            let user = user.map_err(unavailable)?.ok_or(ProxyError::UnknownSubject)?;
+            let client = client.map_err(unavailable)?.ok_or(ProxyError::UnknownSubject)?;
+            (user, client)
+        }
+    };
+    let audience = route.audience.as_deref().ok_or(ProxyError::Internal)?;
+    app.minter
+        .mint(&MintRequest {
+            identity: id,
+            audience,
+            route: &route.name,
+            app_metadata: &app_md,
+            client_metadata: &client_md,
+            app_keys: route.config.app_metadata.as_deref(),
+            client_keys: route.config.client_metadata.as_deref(),
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "minting failed");
+            ProxyError::Internal
+        })
+}
+
+/// Builds the upstream request: header hygiene, forwarding headers, the internal token.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    app: &App,
+    route: &Route,
+    req: Request<Incoming>,
+    path: &str,
+    conn: Conn,
+    request_id: &HeaderValue,
+    internal_token: Option<Arc<str>>,
+    upgrade: Option<&HeaderValue>,
+) -> Result<Request<Incoming>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let trusted = app.config.listen.trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip()));
+    let prior_xff = if trusted { joined(&parts.headers, &X_FORWARDED_FOR) } else { None };
+    let token_header = app.token_header_canonical.as_str();
+    let h = &mut parts.headers;
+    hygiene::strip(h, |name| {
+        name == "authorization"
+            || name == token_header
+            || name == "host"
+            || name == "x-request-id"
+            // Untrusted peers' forwarding claims are replaced, not believed.
+            || (!trusted && (name.starts_with("x-forwarded-") || name == "forwarded"))
+            || (trusted && name == "x-forwarded-for")
+    });
+    if let Some(cookie) = &app.config.listen.token_cookie {
+        hygiene::remove_cookie(h, cookie);
+    }
+    h.insert(header::HOST, route.host_header.clone());
+    let peer_ip = conn.peer.ip().to_string();
+    let xff = match prior_xff {
+        Some(prior) => format!("{prior}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    }
+    if !h.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = original_host {
+            h.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(proto) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto.clone());
+    }
+    if let Some(token) = internal_token {
+        let value = match &app.config.token.header {
+            TokenHeader::Authorization => HeaderValue::from_str(&format!("Bearer {token}")),
+            TokenHeader::Custom(_) => HeaderValue::from_str(&token),
+        };
+        let mut value = value.map_err(|_| ProxyError::Internal)?;
+        value.set_sensitive(true);
+        h.insert(app.config.token.header.name(), value);
+    }
+    parts.uri = upstream_uri(route, path, parts.uri.query())?;
+    parts.version = http::Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
+}
+
+fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let v: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    if v.is_empty() { None } else { Some(v.join(", ")) }
+}
+
+fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let rest = if route.config.strip_prefix {
+        let stripped = &path[route.config.path_prefix.len().min(path.len())..];
+        if stripped.starts_with('/') { stripped.to_string() } else { format!("/{stripped}") }
+    } else {
+        path.to_string()
+    };
+    let mut pq = String::with_capacity(route.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(&route.base_path);
+    pq.push_str(&rest);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded"))
+}
+
+/// Response hygiene (SPEC §3 step 7): hop-by-hop headers and any echoed internal
+/// token header go; everything else is passed back unchanged.
+fn respond<B>(app: &App, resp: &mut Response<B>) {
+    let token_header = app.token_header_canonical.as_str();
+    hygiene::strip(resp.headers_mut(), |name| name == token_header);
+}
+
+/// Joins the client's and the upstream's upgraded connections (WebSocket).
+fn splice_upgrade(
+    app: &App,
+    client: hyper::upgrade::OnUpgrade,
+    resp: &mut Response<Incoming>,
+) -> Result<(), ProxyError> {
+    let upstream = hyper::upgrade::on(&mut *resp);
+    let proto = resp.headers().get(header::UPGRADE).cloned();
+    respond(app, resp);
+    if let Some(p) = proto {
+        resp.headers_mut().insert(header::UPGRADE, p);
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    tokio::spawn(async move {
+        let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else { return };
+        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+    });
+    Ok(())
+}
+
+/// Keeps a sane client `X-Request-Id`, else makes one.
+fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let id: u128 = rand::random();
+    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}

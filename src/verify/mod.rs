@@ -1,0 +1,403 @@
+//! ID token (or access token) verification, SPEC §3 step 3 (RFC 8725, OIDC Core
+//! §3.1.3.7). The only way to get a [`VerifiedIdentity`] is [`Verifier::verify`].
+
+pub mod jwks;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::IssuerConfig;
+use crate::http_client::JsonClient;
+use jwks::{Jwks, Lookup};
+
+/// Tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Why a token was refused. Descriptions are fixed strings: they never echo the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the token is larger than 16 KiB")]
+    TooLarge,
+    #[error("the token is not a compact JWS of three parts")]
+    Malformed,
+    #[error("the token header is not valid")]
+    BadHeader,
+    #[error("the token claims are not valid JSON")]
+    BadClaims,
+    #[error("the signing algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    #[error("the token header has an unsupported crit entry")]
+    CriticalHeader,
+    #[error("the token issuer is not accepted")]
+    UnknownIssuer,
+    #[error("the token's signing key is unknown")]
+    UnknownKey,
+    #[error("the token's signing key does not match its algorithm")]
+    KeyAlgorithmMismatch,
+    #[error("the token has no kid and the key set has no single key for its algorithm")]
+    AmbiguousKey,
+    #[error("the token signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token audience is not accepted")]
+    BadAudience,
+    #[error("the token has several audiences and no accepted azp")]
+    BadAuthorizedParty,
+    #[error("the token lacks a required claim")]
+    MissingClaim,
+    /// Not the token's fault: no key set has been fetched for its issuer yet.
+    #[error("the issuer's signing keys are not available yet")]
+    KeysUnavailable,
+}
+
+impl VerifyError {
+    /// A short stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            VerifyError::TooLarge => "too_large",
+            VerifyError::Malformed => "malformed",
+            VerifyError::BadHeader => "bad_header",
+            VerifyError::BadClaims => "bad_claims",
+            VerifyError::AlgorithmNotAllowed => "alg_not_allowed",
+            VerifyError::CriticalHeader => "crit",
+            VerifyError::UnknownIssuer => "unknown_issuer",
+            VerifyError::UnknownKey => "unknown_kid",
+            VerifyError::KeyAlgorithmMismatch => "key_alg_mismatch",
+            VerifyError::AmbiguousKey => "ambiguous_key",
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::Expired => "expired",
+            VerifyError::NotYetValid => "not_yet_valid",
+            VerifyError::IssuedInFuture => "iat_in_future",
+            VerifyError::BadAudience => "bad_audience",
+            VerifyError::BadAuthorizedParty => "bad_azp",
+            VerifyError::MissingClaim => "missing_claim",
+            VerifyError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// A caller whose token passed every check. Only [`Verifier::verify`] builds one.
+#[derive(Debug, Clone)]
+pub struct VerifiedIdentity {
+    issuer_index: usize,
+    issuer: Arc<str>,
+    subject: String,
+    client_id: String,
+    exp: u64,
+    leeway: Duration,
+    claims: Map<String, Value>,
+    token_hash: [u8; 32],
+}
+
+impl VerifiedIdentity {
+    pub fn issuer(&self) -> &Arc<str> {
+        &self.issuer
+    }
+    /// Index of the issuer in the configuration.
+    pub fn issuer_index(&self) -> usize {
+        self.issuer_index
+    }
+    /// The user: the token's `sub`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// The application: `azp`, else the audience that matched.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+    pub fn exp(&self) -> u64 {
+        self.exp
+    }
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+    /// A claim of the verified token.
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.claims.get(name)
+    }
+    /// SHA-256 of the token, used as a cache key instead of the token itself.
+    pub fn token_hash(&self) -> [u8; 32] {
+        self.token_hash
+    }
+}
+
+/// Verification state of one configured issuer.
+pub struct IssuerVerifier {
+    pub config: IssuerConfig,
+    pub issuer: Arc<str>,
+    pub jwks: Arc<Jwks>,
+    hmac: Option<DecodingKey>,
+}
+
+/// Verifies tokens against every configured issuer.
+pub struct Verifier {
+    issuers: Vec<IssuerVerifier>,
+}
+
+impl Verifier {
+    pub fn new(issuers: &[IssuerConfig], clients: &[JsonClient]) -> Verifier {
+        let issuers = issuers
+            .iter()
+            .zip(clients)
+            .map(|(cfg, client)| IssuerVerifier {
+                config: cfg.clone(),
+                issuer: Arc::from(cfg.issuer.as_str()),
+                jwks: Arc::new(Jwks::new(cfg, client.clone())),
+                hmac: cfg.hmac_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            })
+            .collect();
+        Verifier { issuers }
+    }
+
+    pub fn issuers(&self) -> &[IssuerVerifier] {
+        &self.issuers
+    }
+
+    /// Whether every issuer holds a key set.
+    pub fn ready(&self) -> bool {
+        self.issuers.iter().all(|i| i.jwks.current().is_some())
+    }
+
+    /// Checks `token` and returns who is calling.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedIdentity, VerifyError> {
+        self.verify_at(token, crate::mint::unix_now()).await
+    }
+
+    /// [`Self::verify`] at a given time (seconds since the epoch).
+    pub async fn verify_at(&self, token: &str, now: u64) -> Result<VerifiedIdentity, VerifyError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::TooLarge);
+        }
+        let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(VerifyError::Malformed)?;
+        let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(VerifyError::Malformed)?;
+        if payload_b64.contains('.') || sig_b64.is_empty() || header_b64.is_empty() || payload_b64.is_empty() {
+            return Err(VerifyError::Malformed);
+        }
+        let header = decode_object(header_b64).ok_or(VerifyError::BadHeader)?;
+        // RFC 7515 §4.1.11: we understand no extension, so any crit is unsupported.
+        if header.contains_key("crit") {
+            return Err(VerifyError::CriticalHeader);
+        }
+        let alg_name = header.get("alg").and_then(Value::as_str).ok_or(VerifyError::BadHeader)?;
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(VerifyError::BadHeader),
+        };
+        // jku, x5u, jwk and x5c are deliberately never read (RFC 8725 §3.10).
+        let claims = decode_object(payload_b64).ok_or(VerifyError::BadClaims)?;
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or(VerifyError::MissingClaim)?;
+        let (issuer_index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| *i.issuer == *iss)
+            .ok_or(VerifyError::UnknownIssuer)?;
+        // `none` and anything unknown fail to parse; the allow-list is the issuer's.
+        let alg = Algorithm::from_str(alg_name).map_err(|_| VerifyError::AlgorithmNotAllowed)?;
+        if !issuer.config.algorithms.contains(&alg) {
+            return Err(VerifyError::AlgorithmNotAllowed);
+        }
+        let valid = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let key = issuer.hmac.as_ref().ok_or(VerifyError::AlgorithmNotAllowed)?;
+                check_signature(sig_b64, signing_input, key, alg)
+            }
+            _ => self.verify_with_jwks(issuer, kid, alg, sig_b64, signing_input).await?,
+        };
+        if !valid {
+            return Err(VerifyError::BadSignature);
+        }
+        let (subject, client_id, exp) = validate_claims(&claims, &issuer.config, now)?;
+        Ok(VerifiedIdentity {
+            issuer_index,
+            issuer: issuer.issuer.clone(),
+            subject,
+            client_id,
+            exp,
+            leeway: issuer.config.leeway,
+            token_hash: Sha256::digest(token.as_bytes()).into(),
+            claims,
+        })
+    }
+
+    async fn verify_with_jwks(
+        &self,
+        issuer: &IssuerVerifier,
+        kid: Option<&str>,
+        alg: Algorithm,
+        sig_b64: &str,
+        signing_input: &str,
+    ) -> Result<bool, VerifyError> {
+        let mut refetched = false;
+        loop {
+            let set = issuer.jwks.current().ok_or(VerifyError::KeysUnavailable)?;
+            match set.lookup(kid, alg) {
+                Lookup::Found(key) => return Ok(check_signature(sig_b64, signing_input, key, alg)),
+                Lookup::WrongAlgorithm => return Err(VerifyError::KeyAlgorithmMismatch),
+                Lookup::Ambiguous => return Err(VerifyError::AmbiguousKey),
+                Lookup::UnknownKid if refetched => return Err(VerifyError::UnknownKey),
+                Lookup::UnknownKid => {
+                    refetched = true;
+                    tracing::info!(issuer = %issuer.issuer, "token names an unknown kid; refetching the JWKS at most once per 30 s");
+                    issuer.jwks.refetch_for_unknown_kid().await;
+                }
+            }
+        }
+    }
+}
+
+fn check_signature(sig_b64: &str, signing_input: &str, key: &DecodingKey, alg: Algorithm) -> bool {
+    // Errors (bad base64, key/algorithm family mismatch) are failures too.
+    jsonwebtoken::crypto::verify(sig_b64, signing_input.as_bytes(), key, alg).unwrap_or(false)
+}
+
+/// Checks the registered claims; returns (sub, client, exp).
+fn validate_claims(
+    claims: &Map<String, Value>,
+    cfg: &IssuerConfig,
+    now: u64,
+) -> Result<(String, String, u64), VerifyError> {
+    let leeway = cfg.leeway.as_secs();
+    let exp = numeric_date(claims.get("exp"))?.ok_or(VerifyError::MissingClaim)?;
+    if now >= exp.saturating_add(leeway) {
+        return Err(VerifyError::Expired);
+    }
+    if let Some(nbf) = numeric_date(claims.get("nbf"))? {
+        if nbf > now.saturating_add(leeway) {
+            return Err(VerifyError::NotYetValid);
+        }
+    }
+    if let Some(iat) = numeric_date(claims.get("iat"))? {
+        if iat > now.saturating_add(leeway) {
+            return Err(VerifyError::IssuedInFuture);
+        }
+    }
+    let sub = match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(VerifyError::MissingClaim),
+    };
+    let auds: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(v)) => {
+            let mut out = Vec::with_capacity(v.len());
+            for a in v {
+                out.push(a.as_str().ok_or(VerifyError::BadAudience)?);
+            }
+            out
+        }
+        None => return Err(VerifyError::MissingClaim),
+        Some(_) => return Err(VerifyError::BadAudience),
+    };
+    let matched = auds
+        .iter()
+        .find(|a| cfg.audiences.iter().any(|c| c == *a))
+        .ok_or(VerifyError::BadAudience)?;
+    let azp = match claims.get("azp") {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(VerifyError::BadAuthorizedParty),
+    };
+    // OIDC Core §3.1.3.7 items 4-5: several audiences need an azp we accept.
+    if auds.len() > 1 && !azp.is_some_and(|z| cfg.audiences.iter().any(|c| c == z)) {
+        return Err(VerifyError::BadAuthorizedParty);
+    }
+    let client = azp.unwrap_or(matched).to_string();
+    Ok((sub, client, exp))
+}
+
+/// A NumericDate (RFC 7519 §2): a non-negative number, possibly with a fraction.
+fn numeric_date(v: Option<&Value>) -> Result<Option<u64>, VerifyError> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Some(u))
+            } else if let Some(f) = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0) {
+                Ok(Some(f as u64))
+            } else {
+                Err(VerifyError::BadClaims)
+            }
+        }
+        Some(_) => Err(VerifyError::BadClaims),
+    }
+}
+
+/// Decodes a base64url (no padding) JSON object, refusing duplicate member names,
+/// so that a second `iss` cannot override the first in some other parser.
+fn decode_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = B64.decode(part).ok()?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let obj = UniqueObject::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(obj.0)
+}
+
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueObject, A::Error> {
+                let mut out = Map::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    let v: Value = map.next_value()?;
+                    if out.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                }
+                Ok(UniqueObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+use serde::Deserialize as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_members_are_refused() {
+        let part = B64.encode(br#"{"iss":"a","iss":"b"}"#);
+        assert!(decode_object(&part).is_none());
+        let part = B64.encode(br#"{"iss":"a"}"#);
+        assert!(decode_object(&part).is_some());
+    }
+
+    #[test]
+    fn padded_or_standard_base64_is_refused() {
+        let part = base64::engine::general_purpose::URL_SAFE.encode(br#"{"a":1}"#);
+        assert!(part.ends_with('='));
+        assert!(decode_object(&part).is_none());
+        assert!(decode_object(" eyJhIjoxfQ").is_none());
+    }
+
+    #[test]
+    fn numeric_dates() {
+        assert_eq!(numeric_date(Some(&serde_json::json!(12))), Ok(Some(12)));
+        assert_eq!(numeric_date(Some(&serde_json::json!(12.7))), Ok(Some(12)));
+        assert!(numeric_date(Some(&serde_json::json!("12"))).is_err());
+        assert!(numeric_date(Some(&serde_json::json!(-1))).is_err());
+    }
+}
