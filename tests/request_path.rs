@@ -1,0 +1,249 @@
+//! The verified request path end to end (issue: request path): a valid ID token
+//! reaches the upstream as an internal token that verifies against the admin JWKS.
+
+mod support;
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn valid_id_token_is_forwarded_with_an_internal_token() {
+    let h = Harness::start().await;
+    let id_token = h.issuer.token(USER_1);
+    let r = h.get_with_token("/api/orders?x=1", &id_token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["upstream"], "ok");
+
+    let seen = h.upstream.last();
+    assert_eq!(seen.uri, "/api/orders?x=1");
+    // The client's ID token never reaches the upstream, in any header.
+    for (name, v) in &seen.headers {
+        assert!(!v.as_bytes().windows(id_token.len()).any(|w| w == id_token.as_bytes()), "ID token forwarded in {name}");
+    }
+    assert!(seen.headers.get("authorization").is_none());
+
+    let internal = h.last_internal_token().expect("no internal token");
+    let jwks = h.admin_jwks().await;
+    let claims = verify_internal(&internal, &jwks, INTERNAL_AUD);
+    assert_eq!(claims["iss"], TOKEN_ISSUER);
+    assert_eq!(claims["aud"], INTERNAL_AUD);
+    assert_eq!(claims["sub"], USER_1);
+    assert_eq!(claims["client_id"], CLIENT_1);
+    assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16));
+    let (iat, exp) = (claims["iat"].as_u64().unwrap(), claims["exp"].as_u64().unwrap());
+    assert!(iat <= now() + 1 && exp > iat && exp <= iat + 300, "iat {iat} exp {exp}");
+    assert_eq!(claims["email"], "u1@example.com");
+    assert_eq!(claims["name"], "User One");
+    assert_eq!(claims["app_metadata"], json!({"roles": ["admin"], "plan": "pro", "note": USER_NOTE}));
+    assert_eq!(claims["client_metadata"], json!({"tenant_key": TENANT_KEY, "region": "eu"}));
+
+    // RFC 9068 header; kid is the RFC 7638 thumbprint of the published key.
+    let header = jsonwebtoken::decode_header(&internal).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone()).unwrap();
+    let jwk = set.find(header.kid.as_deref().unwrap()).unwrap();
+    assert_eq!(jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256).unwrap(), header.kid.unwrap());
+    assert_eq!(jwks["keys"][0]["use"], "sig");
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+}
+
+#[tokio::test]
+async fn es256_id_tokens_verify_too() {
+    let h = Harness::start().await;
+    let r = h.get_with_token("/api/x", &h.issuer.token_es256(USER_2)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let claims = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    assert_eq!(claims["sub"], USER_2);
+    assert_eq!(claims["app_metadata"], json!({"roles": ["viewer"]}));
+}
+
+#[tokio::test]
+async fn internal_token_never_outlives_the_id_token() {
+    let h = Harness::start().await;
+    let mut c = h.issuer.claims(USER_1);
+    c["exp"] = json!(now() + 20);
+    let r = h.get_with_token("/api/x", &h.issuer.sign(&h.issuer.rsa, &c)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let claims = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    // exp = min(now + ttl, id exp + leeway (30 s)).
+    assert!(claims["exp"].as_u64().unwrap() <= now() + 20 + 30);
+}
+
+#[tokio::test]
+async fn minted_token_is_reused_while_fresh() {
+    let h = Harness::start().await;
+    let t = h.issuer.token(USER_1);
+    h.get_with_token("/api/a", &t).await;
+    let first = h.last_internal_token().unwrap();
+    h.get_with_token("/api/b", &t).await;
+    assert_eq!(h.last_internal_token().unwrap(), first, "same ID token + route should reuse the minted token");
+    let (minted, reused) = h.proxy.app.minter.counts();
+    assert_eq!((minted, reused), (1, 1));
+    // Another user gets another token.
+    h.get_with_token("/api/b", &h.issuer.token(USER_2)).await;
+    assert_ne!(h.last_internal_token().unwrap(), first);
+}
+
+#[tokio::test]
+async fn cookie_token_is_accepted_and_not_forwarded() {
+    let h = Harness::start().await;
+    let t = h.issuer.token(USER_1);
+    let cookie = format!("theme=dark; id_token={t}; lang=en");
+    let r = h.get("/api/x", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = h.upstream.last();
+    assert_eq!(seen.headers.get("cookie").unwrap(), "theme=dark; lang=en");
+    assert!(seen.headers.get("x-internal-token").is_some());
+}
+
+#[tokio::test]
+async fn optional_route_goes_on_anonymous_without_a_token() {
+    let h = Harness::start().await;
+    let r = h.get("/optional/x", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(h.upstream.last().headers.get("x-internal-token").is_none());
+    // With a token it is enriched.
+    let r = h.get_with_token("/optional/x", &h.issuer.token(USER_1)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(h.upstream.last().headers.get("x-internal-token").is_some());
+    // A bad token on an optional route is still refused.
+    let r = h.get_with_token("/optional/x", "a.b.c").await;
+    r.assert_invalid_token();
+}
+
+#[tokio::test]
+async fn auth_off_route_forwards_without_checking_and_strips_credentials() {
+    let h = Harness::start().await;
+    let r = h.get("/public/x", &[("authorization", "Bearer whatever-token-value-here")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = h.upstream.last();
+    assert!(seen.headers.get("authorization").is_none());
+    assert!(seen.headers.get("x-internal-token").is_none());
+}
+
+#[tokio::test]
+async fn request_bodies_stream_through() {
+    let h = Harness::start().await;
+    let body = bytes::Bytes::from(vec![b'z'; 3 * 1024 * 1024]);
+    let t = h.issuer.token(USER_1);
+    let r = h
+        .send(Method::POST, &h.proxy_url("/api/upload"), &[("authorization", &format!("Bearer {t}"))], body.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["body_len"], body.len());
+    assert_eq!(h.upstream.last().body, body);
+}
+
+#[tokio::test]
+async fn no_route_is_404_problem() {
+    let h = Harness::start().await;
+    let r = h.get("/nothing/here", &[]).await;
+    r.assert_problem(404);
+    assert!(h.upstream.saw_nothing());
+}
+
+#[tokio::test]
+async fn missing_token_is_401_without_error_code() {
+    let h = Harness::start().await;
+    let r = h.get("/api/x", &[]).await;
+    r.assert_problem(401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"claimsmith\""));
+    // Another auth scheme is no bearer token either.
+    let r = h.get("/api/x", &[("authorization", "Basic dXNlcjpwYXNz")]).await;
+    r.assert_problem(401);
+    assert!(h.upstream.saw_nothing());
+}
+
+#[tokio::test]
+async fn bearer_scheme_is_case_insensitive_with_several_spaces() {
+    let h = Harness::start().await;
+    let t = h.issuer.token(USER_1);
+    let r = h.get("/api/x", &[("authorization", &format!("bEaReR   {t}"))]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test]
+async fn unknown_user_or_client_is_401() {
+    let h = Harness::start().await;
+    let r = h.get_with_token("/api/x", &h.issuer.token("auth0|nobody")).await;
+    r.assert_invalid_token();
+    let mut c = h.issuer.claims(USER_1);
+    c["aud"] = json!(["client-1", "client-2"]);
+    c["azp"] = json!("client-2");
+    // client-2 exists with empty metadata: fine.
+    let r = h.get_with_token("/api/x", &h.issuer.sign(&h.issuer.rsa, &c)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let claims = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    assert_eq!(claims["client_id"], "client-2");
+    assert_eq!(claims["client_metadata"], json!({}));
+    assert!(h.upstream.requests().len() == 1);
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let h = Harness::start().await;
+    let r = h.send(Method::GET, &h.admin_url("/healthz"), &[], Default::default()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h.send(Method::GET, &h.admin_url("/readyz"), &[], Default::default()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h.send(Method::GET, &h.admin_url("/.well-known/openid-configuration"), &[], Default::default()).await;
+    let d = r.json();
+    assert_eq!(d["issuer"], TOKEN_ISSUER);
+    assert_eq!(d["jwks_uri"], h.admin_url("/.well-known/jwks.json"));
+    assert_eq!(d["id_token_signing_alg_values_supported"], json!(["EdDSA"]));
+    h.get_with_token("/api/x", &h.issuer.token(USER_1)).await;
+    let r = h.send(Method::GET, &h.admin_url("/metrics"), &[], Default::default()).await;
+    let m = r.text();
+    for name in [
+        "claimsmith_requests_total{route=\"/api/\",status=\"200\"} 1",
+        "claimsmith_request_duration_seconds_bucket",
+        "claimsmith_metadata_cache_hits_total",
+        "claimsmith_metadata_cache_misses_total 2",
+        "claimsmith_metadata_fetches_total",
+        "claimsmith_jwks_refreshes_total",
+        "claimsmith_tokens_minted_total 1",
+    ] {
+        assert!(m.contains(name), "metrics lack {name}:\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_the_jwks_is_held() {
+    init();
+    let issuer = Issuer::start().await;
+    issuer.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("m.json");
+    std::fs::write(&md, default_metadata().to_string()).unwrap();
+    let toml = DEFAULT_TOML
+        .replace("{issuer}", &issuer.url)
+        .replace("{upstream}", &upstream.url())
+        .replace("{metadata}", &md.display().to_string());
+    let running = claimsmith::start(claimsmith::Config::parse(&toml).unwrap()).await.unwrap();
+    let client = reqwest_like_get(&format!("http://{}/readyz", running.admin_addr)).await;
+    assert_eq!(client, 503);
+    // A token cannot be checked yet: 503 with Retry-After, not a false 401.
+    let (status, retry) = get_with_auth(&format!("http://{}/api/x", running.proxy_addr), &issuer.token(USER_1)).await;
+    assert_eq!(status, 503);
+    assert!(retry.is_some());
+    assert!(upstream.saw_nothing());
+    issuer.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(running.wait_ready(std::time::Duration::from_secs(10)).await);
+    assert_eq!(reqwest_like_get(&format!("http://{}/readyz", running.admin_addr)).await, 200);
+}
+
+async fn reqwest_like_get(url: &str) -> u16 {
+    use http_body_util::Empty;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    client.get(url.parse().unwrap()).await.unwrap().status().as_u16()
+}
+
+async fn get_with_auth(url: &str, token: &str) -> (u16, Option<String>) {
+    use http_body_util::Empty;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let req = http::Request::get(url).header("authorization", format!("Bearer {token}")).body(Empty::new()).unwrap();
+    let r = client.request(req).await.unwrap();
+    (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+}
