@@ -74,7 +74,8 @@ async fn cache_delete(app: &App, req: &Request<Incoming>) -> Response<Body> {
             .map(|(_, t)| t.trim());
         if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), secret.expose().as_bytes())) {
             let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith-admin\""));
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith-admin\""));
             return r;
         }
     }
@@ -111,9 +112,24 @@ async fn render_metrics(app: &App) -> String {
     let mut out = String::with_capacity(4096);
     app.metrics.render(&mut out);
     let s = &app.cache.stats;
-    metrics::counter(&mut out, "claimsmith_metadata_cache_hits_total", "Metadata cache hits (fresh or stale).", &[(String::new(), s.hits.load(Relaxed) + s.stale_served.load(Relaxed))]);
-    metrics::counter(&mut out, "claimsmith_metadata_cache_misses_total", "Metadata cache misses.", &[(String::new(), s.misses.load(Relaxed))]);
-    metrics::counter(&mut out, "claimsmith_metadata_stale_served_total", "Stale metadata served while refreshing.", &[(String::new(), s.stale_served.load(Relaxed))]);
+    metrics::counter(
+        &mut out,
+        "claimsmith_metadata_cache_hits_total",
+        "Metadata cache hits (fresh or stale).",
+        &[(String::new(), s.hits.load(Relaxed) + s.stale_served.load(Relaxed))],
+    );
+    metrics::counter(
+        &mut out,
+        "claimsmith_metadata_cache_misses_total",
+        "Metadata cache misses.",
+        &[(String::new(), s.misses.load(Relaxed))],
+    );
+    metrics::counter(
+        &mut out,
+        "claimsmith_metadata_stale_served_total",
+        "Stale metadata served while refreshing.",
+        &[(String::new(), s.stale_served.load(Relaxed))],
+    );
     let kinds: Vec<&str> = app.named_sources.iter().map(|n| n.source.kind()).collect();
     let label = metrics::escape(&kinds.join(","));
     metrics::counter(
@@ -135,9 +151,16 @@ async fn render_metrics(app: &App) -> String {
     metrics::counter(&mut out, "claimsmith_jwks_refreshes_total", "JWKS fetches by issuer and result.", &jwks);
     let (minted, reused) = app.minter.counts();
     metrics::counter(&mut out, "claimsmith_tokens_minted_total", "Internal tokens signed.", &[(String::new(), minted)]);
-    metrics::counter(&mut out, "claimsmith_tokens_reused_total", "Internal tokens reused instead of signed.", &[(String::new(), reused)]);
+    metrics::counter(
+        &mut out,
+        "claimsmith_tokens_reused_total",
+        "Internal tokens reused instead of signed.",
+        &[(String::new(), reused)],
+    );
     let (users, clients) = app.cache.sizes().await;
-    out.push_str("# HELP claimsmith_metadata_cache_entries Entries held.\n# TYPE claimsmith_metadata_cache_entries gauge\n");
+    out.push_str(
+        "# HELP claimsmith_metadata_cache_entries Entries held.\n# TYPE claimsmith_metadata_cache_entries gauge\n",
+    );
     out.push_str(&format!("claimsmith_metadata_cache_entries{{kind=\"user\"}} {users}\nclaimsmith_metadata_cache_entries{{kind=\"client\"}} {clients}\n"));
     out
 }

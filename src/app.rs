@@ -60,14 +60,15 @@ impl App {
     /// Builds the state. Reads file sources and CA files; makes no network call.
     pub fn build(config: Config) -> Result<App, BuildError> {
         let mut clients: BTreeMap<Option<std::path::PathBuf>, http_client::Connector> = BTreeMap::new();
-        let mut connector = |ca: &Option<std::path::PathBuf>, key: String| -> Result<http_client::Connector, BuildError> {
-            if let Some(c) = clients.get(ca) {
-                return Ok(c.clone());
-            }
-            let c = http_client::connector(ca.as_deref()).map_err(|e| invalid(key, e))?;
-            clients.insert(ca.clone(), c.clone());
-            Ok(c)
-        };
+        let mut connector =
+            |ca: &Option<std::path::PathBuf>, key: String| -> Result<http_client::Connector, BuildError> {
+                if let Some(c) = clients.get(ca) {
+                    return Ok(c.clone());
+                }
+                let c = http_client::connector(ca.as_deref()).map_err(|e| invalid(key, e))?;
+                clients.insert(ca.clone(), c.clone());
+                Ok(c)
+            };
         let mut named_sources = Vec::new();
         for (name, sc) in &config.sources {
             let key = format!("metadata.{name}");
@@ -91,9 +92,7 @@ impl App {
             .issuers
             .iter()
             .map(|i| {
-                i.metadata
-                    .as_ref()
-                    .and_then(|m| named_sources.iter().find(|s| &s.name == m).map(|s| s.source.clone()))
+                i.metadata.as_ref().and_then(|m| named_sources.iter().find(|s| &s.name == m).map(|s| s.source.clone()))
             })
             .collect();
         let mut issuer_clients = Vec::new();
@@ -160,7 +159,9 @@ impl App {
                     self.evict_source(&s.name).await;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(source = %s.name, error = %e, "metadata file changed but cannot be used; keeping the old content"),
+                Err(e) => {
+                    tracing::warn!(source = %s.name, error = %e, "metadata file changed but cannot be used; keeping the old content")
+                }
             }
         }
     }

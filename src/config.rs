@@ -401,9 +401,8 @@ impl Config {
     }
 
     fn parse_with_base(text: &str, base: Option<PathBuf>) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![ConfigError { key: toml_error_key(&e), reason: toml_error_reason(&e) }])
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![ConfigError { key: toml_error_key(&e), reason: toml_error_reason(&e) }]))?;
         let base = PathBase(base.filter(|b| !b.as_os_str().is_empty()));
         let mut errs = Errors::default();
         let listen = validate_listen(raw.listen, &mut errs);
@@ -438,10 +437,10 @@ fn toml_error_key(e: &toml::de::Error) -> String {
     // toml names the unknown or mistyped key in its message; keep it as the key when
     // it can be found, else point at the file position.
     let msg = e.message();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
-        }
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some(end) = rest.find('`')
+    {
+        return rest[..end].to_string();
     }
     match e.span() {
         Some(span) => format!("config (byte {})", span.start),
@@ -458,18 +457,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; write a whole number and a unit, like \"500ms\", \"30s\", \"5m\" or \"1h\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a duration; write a whole number and a unit, like \"500ms\", \"30s\", \"5m\" or \"1h\"")
+    })?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => {
-            return Err(format!(
-                "`{s}` has an unknown unit; use ms, s, m or h (like \"30s\")"
-            ));
+            return Err(format!("`{s}` has an unknown unit; use ms, s, m or h (like \"30s\")"));
         }
     };
     Ok(d)
@@ -573,17 +570,19 @@ fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig {
             None
         }
     };
-    if let Some(c) = &raw.token_cookie {
-        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
-            errs.push("listen.token_cookie", format!("`{c}` is not a valid cookie name"));
-        }
+    if let Some(c) = &raw.token_cookie
+        && (c.is_empty() || !c.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)))
+    {
+        errs.push("listen.token_cookie", format!("`{c}` is not a valid cookie name"));
     }
     let mut trusted = Vec::new();
     for (i, s) in raw.trusted_proxies.iter().enumerate() {
         let parsed = s.parse::<IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
             Ok(n) => trusted.push(n),
-            Err(_) => errs.push(format!("listen.trusted_proxies[{i}]"), format!("`{s}` is not a CIDR like \"10.0.0.0/8\"")),
+            Err(_) => {
+                errs.push(format!("listen.trusted_proxies[{i}]"), format!("`{s}` is not a CIDR like \"10.0.0.0/8\""))
+            }
         }
     }
     let max_header_bytes = match raw.max_header_bytes {
@@ -697,10 +696,10 @@ fn validate_issuers(
         if leeway > Duration::from_secs(600) {
             errs.push(k("leeway"), "more than 10 minutes of clock skew is not allowed");
         }
-        if let Some(m) = &r.metadata {
-            if !sources.contains_key(m) {
-                errs.push(k("metadata"), format!("no [metadata.{m}] source is configured"));
-            }
+        if let Some(m) = &r.metadata
+            && !sources.contains_key(m)
+        {
+            errs.push(k("metadata"), format!("no [metadata.{m}] source is configured"));
         }
         let ca_file = readable_file(&k("ca_file"), r.ca_file, base, errs);
         out.push(IssuerConfig {
@@ -744,13 +743,20 @@ fn validate_sources(
         ];
         let allowed: &[&str] = match r.kind.as_deref() {
             Some("auth0") => &[
-                "domain", "base_url", "client_id", "client_secret_env", "client_secret_file", "audience",
-                "max_requests_per_second", "timeout", "ca_file",
+                "domain",
+                "base_url",
+                "client_id",
+                "client_secret_env",
+                "client_secret_file",
+                "audience",
+                "max_requests_per_second",
+                "timeout",
+                "ca_file",
             ],
             Some("file") => &["path"],
-            Some("http") => &[
-                "user_url", "client_url", "token_env", "token_file", "ca_file", "max_requests_per_second", "timeout",
-            ],
+            Some("http") => {
+                &["user_url", "client_url", "token_env", "token_file", "ca_file", "max_requests_per_second", "timeout"]
+            }
             Some(other) => {
                 errs.push(k("kind"), format!("`{other}` is not a source kind (auth0, file or http)"));
                 continue;
@@ -799,7 +805,8 @@ fn validate_sources(
                 if client_id.is_empty() {
                     errs.push(k("client_id"), "is required (the machine-to-machine application's client id)");
                 }
-                let client_secret = secret(&k("client_secret"), r.client_secret_env.clone(), r.client_secret_file.clone(), base, errs);
+                let client_secret =
+                    secret(&k("client_secret"), r.client_secret_env.clone(), r.client_secret_file.clone(), base, errs);
                 let Some(client_secret) = client_secret else {
                     if r.client_secret_env.is_none() && r.client_secret_file.is_none() {
                         errs.push(k("client_secret_env"), "one of client_secret_env or client_secret_file is required");
@@ -947,7 +954,10 @@ fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) -> TokenCon
         .unwrap_or_else(|| vec!["email".into(), "email_verified".into(), "name".into(), "org_id".into()]);
     for (i, c) in copy_claims.iter().enumerate() {
         if crate::mint::RESERVED_CLAIMS.contains(&c.as_str()) {
-            errs.push(format!("token.copy_claims[{i}]"), format!("`{c}` is set by claimsmith itself and cannot be copied"));
+            errs.push(
+                format!("token.copy_claims[{i}]"),
+                format!("`{c}` is set by claimsmith itself and cannot be copied"),
+            );
         }
     }
     TokenConfig { issuer, ttl, algorithm, keys, key_files, header, copy_claims }
@@ -1022,7 +1032,7 @@ fn validate_routes(
             client_metadata: r.client_metadata,
         });
     }
-    out.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+    out.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     out
 }
 

@@ -40,7 +40,12 @@ pub const BACKEND_AUDIENCE: &str = "demo-backend";
 /// Sample users: (user id, display name, email, app_metadata).
 fn users() -> Vec<(&'static str, &'static str, &'static str, Value)> {
     vec![
-        ("auth0|alice", "Alice", "alice@example.com", json!({"roles": ["admin"], "plan": "enterprise", "legacy_id": 1042})),
+        (
+            "auth0|alice",
+            "Alice",
+            "alice@example.com",
+            json!({"roles": ["admin"], "plan": "enterprise", "legacy_id": 1042}),
+        ),
         ("auth0|bob", "Bob", "bob@example.com", json!({"roles": ["viewer"], "plan": "free", "legacy_id": 2077})),
     ]
 }
@@ -107,7 +112,10 @@ impl Demo {
             "users": users_doc,
             "clients": {CLIENT_ID: {"client_metadata": {"tenant_key": TENANT_KEY, "region": "eu-west-1"}}},
         });
-        std::fs::write(dir.join("metadata.json"), serde_json::to_vec_pretty(&metadata).map_err(|e| DemoError::Other(e.to_string()))?)?;
+        std::fs::write(
+            dir.join("metadata.json"),
+            serde_json::to_vec_pretty(&metadata).map_err(|e| DemoError::Other(e.to_string()))?,
+        )?;
         let key_path = dir.join("signing-key.pem");
         if !key_path.exists() {
             let (_, pem) = SigningKey::generate(Algorithm::EdDSA).map_err(|e| DemoError::Other(e.to_string()))?;
@@ -195,7 +203,10 @@ auth = "off"
         s.push_str(&format!("  proxy    http://{p}   /api/ needs a token, /public/ does not\n"));
         s.push_str(&format!("  admin    http://{a}   JWKS, discovery, health, metrics\n"));
         s.push_str(&format!("  issuer   {}   a development OpenID issuer with its own key\n", self.issuer_url));
-        s.push_str(&format!("  backend  http://{}   verifies claimsmith's token and says what it learned\n", self.backend_addr));
+        s.push_str(&format!(
+            "  backend  http://{}   verifies claimsmith's token and says what it learned\n",
+            self.backend_addr
+        ));
         s.push_str(&format!("  metadata {}\n\n", self.dir.join("metadata.json").display()));
         for (id, token) in &self.tokens {
             s.push_str(&format!("ID token of {id}, as the browser holds it:\n  {token}\n"));
@@ -204,7 +215,9 @@ auth = "off"
         }
         s.push_str("Try it:\n");
         for (id, token) in &self.tokens {
-            s.push_str(&format!("  # as {id}: the backend sees the user's app_metadata and the client's secret (masked in its reply)\n"));
+            s.push_str(&format!(
+                "  # as {id}: the backend sees the user's app_metadata and the client's secret (masked in its reply)\n"
+            ));
             s.push_str(&format!("  curl -s http://{p}/api/whoami -H 'Authorization: Bearer {token}'\n"));
         }
         s.push_str("  # no token: 401 with a problem+json body\n");
@@ -262,7 +275,9 @@ impl Backend {
             .get_or_try_init(|| async {
                 let client = http_client::client(http_client::connector(None).map_err(|e| e.to_string())?);
                 let req = http_client::get_request(&self.jwks_url).map_err(|e| e.to_string())?;
-                let r = http_client::fetch(&client, req, Duration::from_secs(5), 1 << 20).await.map_err(|e| e.to_string())?;
+                let r = http_client::fetch(&client, req, Duration::from_secs(5), 1 << 20)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
                 let mut out = HashMap::new();
                 for k in &set.keys {
@@ -283,7 +298,10 @@ impl Backend {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
         else {
-            return json_response(StatusCode::OK, json!({"backend": "demo", "path": path, "internal_token": null, "note": "public route: no caller identity"}));
+            return json_response(
+                StatusCode::OK,
+                json!({"backend": "demo", "path": path, "internal_token": null, "note": "public route: no caller identity"}),
+            );
         };
         match self.verify(token).await {
             Ok(claims) => {

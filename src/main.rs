@@ -94,15 +94,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime_then(|rt| rt.block_on(claimsmith::server::run(cfg)).map_err(|e| {
-                let code = if matches!(e, claimsmith::server::StartError::Build(_) | claimsmith::server::StartError::Tls(_)) { 2 } else { 1 };
-                (code, e.to_string())
-            }))
+            runtime_then(|rt| {
+                rt.block_on(claimsmith::server::run(cfg)).map_err(|e| {
+                    let code = if matches!(
+                        e,
+                        claimsmith::server::StartError::Build(_) | claimsmith::server::StartError::Tls(_)
+                    ) {
+                        2
+                    } else {
+                        1
+                    };
+                    (code, e.to_string())
+                })
+            })
         }
         Command::Keygen { alg, out } => keygen(&alg, out),
-        Command::Demo { addr, admin_addr } => runtime_then(|rt| {
-            rt.block_on(claimsmith::demo::run(addr, admin_addr)).map_err(|e| (1, e.to_string()))
-        }),
+        Command::Demo { addr, admin_addr } => {
+            runtime_then(|rt| rt.block_on(claimsmith::demo::run(addr, admin_addr)).map_err(|e| (1, e.to_string())))
+        }
     }
 }
 

@@ -10,10 +10,13 @@ use std::time::Duration;
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
+/// One counter per (route, status).
+type RequestCounters = HashMap<(Arc<str>, u16), Arc<AtomicU64>>;
+
 /// Request counters and the latency histogram.
 #[derive(Default)]
 pub struct Metrics {
-    requests: RwLock<HashMap<(Arc<str>, u16), Arc<AtomicU64>>>,
+    requests: RwLock<RequestCounters>,
     buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
     count: AtomicU64,
@@ -57,7 +60,11 @@ impl Metrics {
         out.push_str("# HELP claimsmith_request_duration_seconds Time from request to response head.\n");
         out.push_str("# TYPE claimsmith_request_duration_seconds histogram\n");
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"{b}\"}} {}", self.buckets[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "claimsmith_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                self.buckets[i].load(Relaxed)
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");

@@ -20,9 +20,8 @@ use crate::config::TokenConfig;
 use crate::verify::VerifiedIdentity;
 
 /// Claims claimsmith sets itself; `copy_claims` may not name them.
-pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ",
-];
+pub const RESERVED_CLAIMS: &[&str] =
+    &["iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ"];
 
 /// Why a key could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +82,10 @@ impl SigningKey {
             ),
             _ => return Err(KeyError::NoPem),
         };
-        if let KeyPairKind::Rs256(k) = &pair {
-            if k.public_modulus_len() < 256 {
-                return Err(KeyError::RsaTooSmall);
-            }
+        if let KeyPairKind::Rs256(k) = &pair
+            && k.public_modulus_len() < 256
+        {
+            return Err(KeyError::RsaTooSmall);
         }
         Ok(Self::from_pair(pair))
     }
@@ -110,8 +109,8 @@ impl SigningKey {
             Algorithm::RS256 => {
                 let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
                     .map_err(|_| KeyError::Generate)?;
-                let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'static>>::as_der(&kp)
-                    .map_err(|_| KeyError::Generate)?;
+                let der =
+                    AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'static>>::as_der(&kp).map_err(|_| KeyError::Generate)?;
                 der.as_ref().to_vec()
             }
             _ => return Err(KeyError::Unsupported),

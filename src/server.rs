@@ -83,14 +83,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(files) => Some(tls_acceptor(files)?),
         None => None,
     };
-    let proxy_listener = TcpListener::bind(config.listen.addr)
-        .await
-        .map_err(|err| StartError::Bind { what: "listen.addr", addr: config.listen.addr, err })?;
-    let admin_listener = TcpListener::bind(config.admin.addr)
-        .await
-        .map_err(|err| StartError::Bind { what: "admin.addr", addr: config.admin.addr, err })?;
-    let proxy_addr = proxy_listener.local_addr().map_err(|err| StartError::Bind { what: "listen.addr", addr: config.listen.addr, err })?;
-    let admin_addr = admin_listener.local_addr().map_err(|err| StartError::Bind { what: "admin.addr", addr: config.admin.addr, err })?;
+    let proxy_listener = TcpListener::bind(config.listen.addr).await.map_err(|err| StartError::Bind {
+        what: "listen.addr",
+        addr: config.listen.addr,
+        err,
+    })?;
+    let admin_listener = TcpListener::bind(config.admin.addr).await.map_err(|err| StartError::Bind {
+        what: "admin.addr",
+        addr: config.admin.addr,
+        err,
+    })?;
+    let proxy_addr = proxy_listener.local_addr().map_err(|err| StartError::Bind {
+        what: "listen.addr",
+        addr: config.listen.addr,
+        err,
+    })?;
+    let admin_addr = admin_listener.local_addr().map_err(|err| StartError::Bind {
+        what: "admin.addr",
+        addr: config.admin.addr,
+        err,
+    })?;
     let app = Arc::new(App::build(config)?);
     let background = app.spawn_background();
     let (stop_proxy, rx_proxy) = watch::channel(false);
@@ -131,8 +143,9 @@ async fn wait_for_signal() {
 }
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
-    let cert_pem = std::fs::read(&files.cert_file)
-        .map_err(|e| StartError::Tls(format!("listen.tls_cert_file: cannot read {}: {e}", files.cert_file.display())))?;
+    let cert_pem = std::fs::read(&files.cert_file).map_err(|e| {
+        StartError::Tls(format!("listen.tls_cert_file: cannot read {}: {e}", files.cert_file.display()))
+    })?;
     let key_pem = std::fs::read(&files.key_file)
         .map_err(|e| StartError::Tls(format!("listen.tls_key_file: cannot read {}: {e}", files.key_file.display())))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).flatten().collect();

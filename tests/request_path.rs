@@ -19,7 +19,10 @@ async fn valid_id_token_is_forwarded_with_an_internal_token() {
     assert_eq!(seen.uri, "/api/orders?x=1");
     // The client's ID token never reaches the upstream, in any header.
     for (name, v) in &seen.headers {
-        assert!(!v.as_bytes().windows(id_token.len()).any(|w| w == id_token.as_bytes()), "ID token forwarded in {name}");
+        assert!(
+            !v.as_bytes().windows(id_token.len()).any(|w| w == id_token.as_bytes()),
+            "ID token forwarded in {name}"
+        );
     }
     assert!(seen.headers.get("authorization").is_none());
 
@@ -236,13 +239,15 @@ async fn readyz_is_503_until_the_jwks_is_held() {
 
 async fn reqwest_like_get(url: &str) -> u16 {
     use http_body_util::Empty;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
     client.get(url.parse().unwrap()).await.unwrap().status().as_u16()
 }
 
 async fn get_with_auth(url: &str, token: &str) -> (u16, Option<String>) {
     use http_body_util::Empty;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
     let req = http::Request::get(url).header("authorization", format!("Bearer {token}")).body(Empty::new()).unwrap();
     let r = client.request(req).await.unwrap();
     (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))

@@ -151,7 +151,8 @@ impl MetadataCache {
         tokio::spawn(async move {
             match fetch(kind, source.as_ref(), &key.1, &this.stats).await {
                 Ok(value) => {
-                    let entry = Entry { value: value.map(Arc::new), fetched_at: Instant::now(), refreshing: Arc::default() };
+                    let entry =
+                        Entry { value: value.map(Arc::new), fetched_at: Instant::now(), refreshing: Arc::default() };
                     this.cache(kind).insert(key, entry).await;
                 }
                 Err(err) => {

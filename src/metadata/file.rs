@@ -43,7 +43,9 @@ struct Loaded {
 pub enum FileSourceError {
     #[error("cannot read {0}: {1}")]
     Read(String, std::io::Error),
-    #[error("{0} is not a valid metadata document (line {1}, column {2}); expected {{\"users\": {{...}}, \"clients\": {{...}}}}")]
+    #[error(
+        "{0} is not a valid metadata document (line {1}, column {2}); expected {{\"users\": {{...}}, \"clients\": {{...}}}}"
+    )]
     Parse(String, usize, usize),
 }
 

@@ -7,8 +7,8 @@ use http::{HeaderValue, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
-use super::{BoxFuture, Lookup, MetadataSource, SourceError};
 use super::ratelimit::{RateLimiter, retry_after};
+use super::{BoxFuture, Lookup, MetadataSource, SourceError};
 use crate::config::{HttpSourceConfig, Secret};
 use crate::http_client::{self, JsonClient};
 
@@ -73,4 +73,3 @@ impl MetadataSource for HttpSource {
         Box::pin(self.get(&self.client_url, "{client_id}", client_id))
     }
 }
-

@@ -41,7 +41,9 @@ impl RateLimiter {
 /// How long the server asked us to wait: `Retry-After` (seconds), else
 /// `x-ratelimit-reset` (Unix seconds).
 pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    if let Some(s) = h.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
+    if let Some(s) =
+        h.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+    {
         return Some(Duration::from_secs(s));
     }
     let reset = h.get("x-ratelimit-reset").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())?;

@@ -85,10 +85,10 @@ pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
             .map(str::trim)
             .filter(|c| !c.is_empty() && c.split('=').next().map(str::trim) != Some(name))
             .collect();
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                headers.append(header::COOKIE, v);
-            }
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.append(header::COOKIE, v);
         }
     }
 }

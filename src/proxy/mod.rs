@@ -120,8 +120,10 @@ async fn pipeline(
         Some(id) => Some(enrich(app, route, id).await?),
         None => None,
     };
-    let on_client_upgrade = hygiene::upgrade_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
-    let upstream_req = prepare(app, route, req, &path, conn, request_id, internal_token, on_client_upgrade.as_ref().map(|u| &u.0))?;
+    let on_client_upgrade =
+        hygiene::upgrade_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+    let upstream_req =
+        prepare(app, route, req, &path, conn, request_id, internal_token, on_client_upgrade.as_ref().map(|u| &u.0))?;
     let sent = Instant::now();
     let remaining = app.config.listen.request_timeout.saturating_sub(start.elapsed());
     let result = tokio::time::timeout(remaining, route.client.request(upstream_req)).await;
@@ -134,10 +136,10 @@ async fn pipeline(
         }
         Ok(Ok(r)) => r,
     };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some((_, client_upgrade)) = on_client_upgrade {
-            return Ok(splice_upgrade(app, client_upgrade, &mut resp).map(|_| resp.map(|b| b.boxed()))?);
-        }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some((_, client_upgrade)) = on_client_upgrade
+    {
+        return splice_upgrade(app, client_upgrade, &mut resp).map(|_| resp.map(|b| b.boxed()));
     }
     respond(app, &mut resp);
     Ok(resp.map(|b| b.boxed()))
@@ -181,14 +183,14 @@ pub fn extract_token<'a>(headers: &'a HeaderMap, cookie: Option<&str>) -> Result
             return Err(ProxyError::BadRequest("more than one Authorization header"));
         }
         let v = v.to_str().map_err(|_| ProxyError::BadRequest("the Authorization header is not text"))?;
-        if let Some((scheme, rest)) = v.split_once(' ') {
-            if scheme.eq_ignore_ascii_case("bearer") {
-                let token = rest.trim_start_matches(' ');
-                if token.is_empty() || token.contains(' ') {
-                    return Err(ProxyError::InvalidToken(crate::verify::VerifyError::Malformed));
-                }
-                return Ok(Some(token));
+        if let Some((scheme, rest)) = v.split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            let token = rest.trim_start_matches(' ');
+            if token.is_empty() || token.contains(' ') {
+                return Err(ProxyError::InvalidToken(crate::verify::VerifyError::Malformed));
             }
+            return Ok(Some(token));
         }
     }
     Ok(cookie.and_then(|name| hygiene::cookie(headers, name)).filter(|t| !t.is_empty()))
@@ -274,10 +276,10 @@ fn prepare(
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
     }
-    if !h.contains_key(&X_FORWARDED_HOST) {
-        if let Some(host) = original_host {
-            h.insert(X_FORWARDED_HOST.clone(), host);
-        }
+    if !h.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = original_host
+    {
+        h.insert(X_FORWARDED_HOST.clone(), host);
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     if let Some(proto) = upgrade {
@@ -355,10 +357,12 @@ fn splice_upgrade(
 
 /// Keeps a sane client `X-Request-Id`, else makes one.
 fn request_id(h: &HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-            return v.clone();
-        }
+    if let Some(v) = h.get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
     }
     let id: u128 = rand::random();
     HeaderValue::from_str(&format!("{id:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))

@@ -128,10 +128,10 @@ impl KeySet {
 }
 
 fn public_key(jwk: &Jwk) -> Option<PublicKey> {
-    if let Some(u) = &jwk.common.public_key_use {
-        if *u != PublicKeyUse::Signature {
-            return None;
-        }
+    if let Some(u) = &jwk.common.public_key_use
+        && *u != PublicKeyUse::Signature
+    {
+        return None;
     }
     let family = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
@@ -228,10 +228,10 @@ impl Jwks {
     /// in the last 30 s. Returns whether a fetch took place and succeeded.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
         let mut last = self.unknown_kid_refetch.lock().await;
-        if let Some(t) = *last {
-            if t.elapsed() < UNKNOWN_KID_WINDOW {
-                return false;
-            }
+        if let Some(t) = *last
+            && t.elapsed() < UNKNOWN_KID_WINDOW
+        {
+            return false;
         }
         *last = Some(Instant::now());
         self.refresh().await.is_ok()
@@ -263,9 +263,8 @@ impl Jwks {
 
     async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
         let req = http_client::get_request(url).map_err(|e| e.to_string())?;
-        let resp = http_client::fetch(&self.client, req, FETCH_TIMEOUT, MAX_DOC_BYTES)
-            .await
-            .map_err(|e| e.to_string())?;
+        let resp =
+            http_client::fetch(&self.client, req, FETCH_TIMEOUT, MAX_DOC_BYTES).await.map_err(|e| e.to_string())?;
         if !resp.status.is_success() {
             return Err(format!("HTTP {}", resp.status.as_u16()));
         }

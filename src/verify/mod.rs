@@ -200,12 +200,8 @@ impl Verifier {
         // jku, x5u, jwk and x5c are deliberately never read (RFC 8725 §3.10).
         let claims = decode_object(payload_b64).ok_or(VerifyError::BadClaims)?;
         let iss = claims.get("iss").and_then(Value::as_str).ok_or(VerifyError::MissingClaim)?;
-        let (issuer_index, issuer) = self
-            .issuers
-            .iter()
-            .enumerate()
-            .find(|(_, i)| *i.issuer == *iss)
-            .ok_or(VerifyError::UnknownIssuer)?;
+        let (issuer_index, issuer) =
+            self.issuers.iter().enumerate().find(|(_, i)| *i.issuer == *iss).ok_or(VerifyError::UnknownIssuer)?;
         // `none` and anything unknown fail to parse; the allow-list is the issuer's.
         let alg = Algorithm::from_str(alg_name).map_err(|_| VerifyError::AlgorithmNotAllowed)?;
         if !issuer.config.algorithms.contains(&alg) {
@@ -276,15 +272,15 @@ fn validate_claims(
     if now >= exp.saturating_add(leeway) {
         return Err(VerifyError::Expired);
     }
-    if let Some(nbf) = numeric_date(claims.get("nbf"))? {
-        if nbf > now.saturating_add(leeway) {
-            return Err(VerifyError::NotYetValid);
-        }
+    if let Some(nbf) = numeric_date(claims.get("nbf"))?
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(VerifyError::NotYetValid);
     }
-    if let Some(iat) = numeric_date(claims.get("iat"))? {
-        if iat > now.saturating_add(leeway) {
-            return Err(VerifyError::IssuedInFuture);
-        }
+    if let Some(iat) = numeric_date(claims.get("iat"))?
+        && iat > now.saturating_add(leeway)
+    {
+        return Err(VerifyError::IssuedInFuture);
     }
     let sub = match claims.get("sub") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -302,10 +298,7 @@ fn validate_claims(
         None => return Err(VerifyError::MissingClaim),
         Some(_) => return Err(VerifyError::BadAudience),
     };
-    let matched = auds
-        .iter()
-        .find(|a| cfg.audiences.iter().any(|c| c == *a))
-        .ok_or(VerifyError::BadAudience)?;
+    let matched = auds.iter().find(|a| cfg.audiences.iter().any(|c| c == *a)).ok_or(VerifyError::BadAudience)?;
     let azp = match claims.get("azp") {
         None => None,
         Some(Value::String(s)) => Some(s.as_str()),

@@ -138,8 +138,14 @@ impl Issuer {
         let down = Arc::new(AtomicBool::new(false));
         let url_cell: Arc<Mutex<String>> = Arc::default();
         let addr = serve({
-            let (published, jwks_fetches, discovery_fetches, paths, down, url_cell) =
-                (published.clone(), jwks_fetches.clone(), discovery_fetches.clone(), paths.clone(), down.clone(), url_cell.clone());
+            let (published, jwks_fetches, discovery_fetches, paths, down, url_cell) = (
+                published.clone(),
+                jwks_fetches.clone(),
+                discovery_fetches.clone(),
+                paths.clone(),
+                down.clone(),
+                url_cell.clone(),
+            );
             move |req: Request<Incoming>| {
                 let path = req.uri().path().to_string();
                 paths.lock().unwrap().push(path.clone());
@@ -259,7 +265,8 @@ impl Upstream {
                         &json!({"upstream": "ok", "n": n, "path": parts.uri.path(), "body_len": body.len()}),
                     );
                     for (k, v) in b.extra_headers {
-                        r.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(&v).unwrap());
+                        r.headers_mut()
+                            .append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(&v).unwrap());
                     }
                     r
                 }
@@ -439,7 +446,8 @@ impl Harness {
 
     /// GET through the proxy with `Authorization: Bearer token`.
     pub async fn get_with_token(&self, path: &str, token: &str) -> Resp {
-        self.send(Method::GET, &self.proxy_url(path), &[("authorization", &format!("Bearer {token}"))], Bytes::new()).await
+        self.send(Method::GET, &self.proxy_url(path), &[("authorization", &format!("Bearer {token}"))], Bytes::new())
+            .await
     }
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
@@ -452,12 +460,11 @@ impl Harness {
         for (k, v) in headers {
             req = req.header(*k, *v);
             // Tokens the client sends must not be echoed back either.
-            if k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("cookie") {
-                if let Some((_, t)) = v.split_once(' ').or_else(|| v.split_once('=')) {
-                    if t.len() > 20 {
-                        self.add_secret(t.trim());
-                    }
-                }
+            if (k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("cookie"))
+                && let Some((_, t)) = v.split_once(' ').or_else(|| v.split_once('='))
+                && t.len() > 20
+            {
+                self.add_secret(t.trim());
             }
         }
         let resp = self.client.request(req.body(Full::new(body)).unwrap()).await.expect("request failed");
@@ -474,10 +481,11 @@ impl Harness {
         let mut secrets = self.secrets.lock().unwrap().clone();
         for s in self.upstream.requests() {
             for v in s.headers.values() {
-                if let Ok(v) = v.to_str() {
-                    if v.matches('.').count() == 2 && v.len() > 40 {
-                        secrets.push(v.trim_start_matches("Bearer ").to_string());
-                    }
+                if let Ok(v) = v.to_str()
+                    && v.matches('.').count() == 2
+                    && v.len() > 40
+                {
+                    secrets.push(v.trim_start_matches("Bearer ").to_string());
                 }
             }
         }
@@ -488,7 +496,11 @@ impl Harness {
             text.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
         for s in secrets.iter().filter(|s| s.len() >= 6) {
-            assert!(!text.contains(s.as_str()), "LEAK: the response to the client contains a secret value ({} chars)", s.len());
+            assert!(
+                !text.contains(s.as_str()),
+                "LEAK: the response to the client contains a secret value ({} chars)",
+                s.len()
+            );
         }
     }
 
