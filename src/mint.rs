@@ -375,7 +375,8 @@ fn new_jti() -> String {
     B64.encode(bytes)
 }
 
-pub(crate) fn alg_name(a: Algorithm) -> &'static str {
+/// The JOSE name of an algorithm.
+pub fn alg_name(a: Algorithm) -> &'static str {
     match a {
         Algorithm::EdDSA => "EdDSA",
         Algorithm::ES256 => "ES256",

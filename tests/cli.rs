@@ -1,0 +1,213 @@
+//! The command line as a user meets it (SPEC §1): exit codes, messages that name the
+//! key, keygen output, and the demo's printed curl lines working as printed.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_claimsmith");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).env_remove("CLAIMSMITH_CONFIG").output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn assert_plain(stderr: &str) {
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "not a plain message: {stderr}");
+}
+
+#[test]
+fn check_on_a_broken_config_exits_2_and_names_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[cache]
+ttl = "five minutes"
+
+[token]
+algorithm = "HS256"
+
+[[route]]
+path_prefix = "/api/"
+upstream = "ftp://example"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    for key in ["cache.ttl", "token.algorithm", "route[0].upstream"] {
+        assert!(err.contains(key), "stderr does not name {key}: {err}");
+    }
+    assert_plain(&err);
+}
+
+#[test]
+fn check_names_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("typo.toml");
+    std::fs::write(&cfg, "[listen]\nadress = \"127.0.0.1:8080\"\n").unwrap();
+    let (code, _, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("adress"), "{err}");
+    assert_plain(&err);
+}
+
+#[test]
+fn missing_config_is_invalid_config() {
+    let (code, _, err) = run(&["check", "--config", "/nonexistent/claimsmith.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/claimsmith.toml"), "{err}");
+    let (code, _, err) = run(&["run", "--config", "/nonexistent/claimsmith.toml"]);
+    assert_eq!(code, 2);
+    assert_plain(&err);
+}
+
+#[test]
+fn check_on_a_good_config_prints_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("metadata.json");
+    std::fs::write(&md, claimsmith::metadata::file::EXAMPLE).unwrap();
+    let key = dir.path().join("key.pem");
+    let (code, _, _) = run(&["keygen", "--alg", "EdDSA", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let cfg = dir.path().join("ok.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[[issuer]]
+issuer = "https://tenant.eu.auth0.com/"
+audiences = ["CLIENT_ID_1"]
+metadata = "local"
+
+[metadata.local]
+kind = "file"
+path = "metadata.json"
+
+[token]
+key_files = ["key.pem"]
+
+[[route]]
+path_prefix = "/api/"
+upstream = "http://127.0.0.1:3000"
+audience = "orders-api"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("config ok"), "{out}");
+}
+
+#[test]
+fn a_broken_metadata_file_fails_check_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("metadata.json"), r#"{"users": {"u": "s3cr3t-value"}}"#).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[issuer]]\nissuer = \"https://t.example/\"\naudiences = [\"a\"]\nmetadata = \"m\"\n[metadata.m]\nkind = \"file\"\npath = \"metadata.json\"\n[[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\naudience = \"x\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("metadata.m.path"), "{err}");
+    assert!(!err.contains("s3cr3t-value"), "{err}");
+}
+
+#[test]
+fn keygen_writes_pkcs8_keys_for_each_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    for alg in ["EdDSA", "ES256", "RS256"] {
+        let path = dir.path().join(format!("{alg}.pem"));
+        let (code, _, err) = run(&["keygen", "--alg", alg, "--out", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let pem = std::fs::read_to_string(&path).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{alg}: not PKCS#8");
+        let key = claimsmith::mint::SigningKey::from_pem(pem.as_bytes()).unwrap();
+        assert_eq!(claimsmith::mint::alg_name(key.algorithm()), alg);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // Never overwrites an existing key.
+        let (code, _, _) = run(&["keygen", "--alg", alg, "--out", path.to_str().unwrap()]);
+        assert_eq!(code, 1);
+    }
+    let (code, out, _) = run(&["keygen", "--alg", "ES256"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("BEGIN PRIVATE KEY"));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(run(&["keygen", "--alg", "HS256"]).0, 2);
+    assert_eq!(run(&["frobnicate"]).0, 2);
+    assert_eq!(run(&[]).0, 2);
+    assert_eq!(run(&["--help"]).0, 0);
+}
+
+/// Starts `claimsmith demo` as a user would, runs the printed curl lines with a real
+/// curl, and checks what the browser side gets back.
+#[test]
+fn demo_curl_lines_work_as_printed() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        let done = l.contains("/.well-known/jwks.json") && l.trim_start().starts_with("curl");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    let banner = lines.concat();
+    let curls: Vec<&str> = banner.lines().map(str::trim).filter(|l| l.starts_with("curl ")).collect();
+    assert!(curls.len() >= 5, "banner has no curl lines:\n{banner}");
+
+    // Every ID token payload shown is free of metadata.
+    assert!(!banner.contains(claimsmith::demo::TENANT_KEY));
+    assert!(!banner.contains("app_metadata\":"), "an ID token carries metadata");
+
+    let sh = |line: &str| {
+        let out = Command::new("sh").arg("-c").arg(line).output().unwrap();
+        assert!(out.status.success(), "{line}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // alice: the backend saw her app_metadata and the client's secret (masked in its reply).
+    let alice = sh(curls[0]);
+    let v: serde_json::Value = serde_json::from_str(&alice).unwrap_or_else(|_| panic!("not JSON: {alice}"));
+    assert_eq!(v["user"], "auth0|alice");
+    assert_eq!(v["app_metadata"]["roles"][0], "admin");
+    assert_eq!(v["client_metadata"]["tenant_key"], "k-1…(12 chars)");
+    assert!(!alice.contains(claimsmith::demo::TENANT_KEY), "the client got the secret");
+    let bob: serde_json::Value = serde_json::from_str(&sh(curls[1])).unwrap();
+    assert_eq!(bob["app_metadata"]["roles"][0], "viewer");
+    // No token: 401 problem.
+    let anon = sh(curls[2]);
+    assert!(anon.starts_with("HTTP/1.1 401"), "{anon}");
+    assert!(anon.contains("application/problem+json"));
+    // Public route and JWKS.
+    assert!(sh(curls[3]).contains("\"internal_token\":null"));
+    let jwks: serde_json::Value = serde_json::from_str(&sh(curls[4])).unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo did not exit cleanly on SIGINT: {status}");
+}
