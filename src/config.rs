@@ -412,6 +412,13 @@ impl Config {
         let cache = validate_cache(raw.cache, &mut errs);
         let token = validate_token(raw.token, &base, &mut errs);
         let routes = validate_routes(raw.routes, &issuers, &base, &mut errs);
+        // RFC 8725 §3.12: our own tokens must never pass as ID tokens.
+        if issuers.iter().any(|i| i.issuer == token.issuer) {
+            errs.push(
+                "token.issuer",
+                "must differ from every [[issuer]].issuer, or claimsmith's own tokens would be accepted as ID tokens",
+            );
+        }
         if !errs.0.is_empty() {
             return Err(ConfigErrors(errs.0));
         }
@@ -1094,6 +1101,25 @@ mod tests {
         let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
         assert!(keys.contains(&"issuer[0].algorithms[0]"), "{keys:?}");
         assert!(keys.contains(&"issuer[0].algorithms[1]"), "{keys:?}");
+    }
+
+    #[test]
+    fn own_issuer_cannot_be_an_accepted_issuer() {
+        let e = Config::parse(
+            r#"
+            [[issuer]]
+            issuer = "https://same.example/"
+            audiences = ["a"]
+            [token]
+            issuer = "https://same.example/"
+            [[route]]
+            path_prefix = "/"
+            upstream = "http://127.0.0.1:1"
+            audience = "x"
+            "#,
+        )
+        .unwrap_err();
+        assert!(e.0.iter().any(|e| e.key == "token.issuer"), "{e}");
     }
 
     #[test]

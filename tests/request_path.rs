@@ -252,3 +252,30 @@ async fn get_with_auth(url: &str, token: &str) -> (u16, Option<String>) {
     let r = client.request(req).await.unwrap();
     (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
 }
+
+#[tokio::test]
+async fn several_key_files_first_signs_all_are_published() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let (current, current_pem) = claimsmith::mint::SigningKey::generate(jsonwebtoken::Algorithm::ES256).unwrap();
+    let (previous, previous_pem) = claimsmith::mint::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
+    std::fs::write(dir.path().join("current.pem"), current_pem).unwrap();
+    std::fs::write(dir.path().join("previous.pem"), previous_pem).unwrap();
+    let keys = format!(
+        "algorithm = \"ES256\"\nkey_files = [\"{}\", \"{}\"]\n",
+        dir.path().join("current.pem").display(),
+        dir.path().join("previous.pem").display()
+    );
+    let template = DEFAULT_TOML.replace("algorithm = \"EdDSA\"\n", &keys);
+    let h = Harness::start_with(&template, default_metadata()).await;
+    let r = h.get_with_token("/api/x", &h.issuer.token(USER_1)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let jwks = h.admin_jwks().await;
+    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, vec![current.kid(), previous.kid()]);
+    let internal = h.last_internal_token().unwrap();
+    let header = jsonwebtoken::decode_header(&internal).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(current.kid()));
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    verify_internal(&internal, &jwks, INTERNAL_AUD);
+}
