@@ -130,24 +130,47 @@ async fn render_metrics(app: &App) -> String {
         "Stale metadata served while refreshing.",
         &[(String::new(), s.stale_served.load(Relaxed))],
     );
-    let kinds: Vec<&str> = app.named_sources.iter().map(|n| n.source.kind()).collect();
-    let label = metrics::escape(&kinds.join(","));
-    metrics::counter(
+    let names: Vec<&str> = app.named_sources.iter().map(|n| n.name.as_str()).collect();
+    app.metrics.render_sources(&mut out, &names);
+    let remaining: Vec<(String, u64)> = app
+        .named_sources
+        .iter()
+        .filter_map(|n| {
+            n.source
+                .ratelimit_remaining()
+                .map(|r| (format!("source=\"{}\",kind=\"{}\"", metrics::escape(&n.name), n.source.kind()), r))
+        })
+        .collect();
+    metrics::gauge(
         &mut out,
-        "claimsmith_metadata_fetches_total",
-        "Metadata source calls by result.",
-        &[
-            (format!("source=\"{label}\",result=\"ok\""), s.fetch_ok.load(Relaxed)),
-            (format!("source=\"{label}\",result=\"not_found\""), s.fetch_not_found.load(Relaxed)),
-            (format!("source=\"{label}\",result=\"error\""), s.fetch_error.load(Relaxed)),
-        ],
+        "claimsmith_metadata_ratelimit_remaining",
+        "The last x-ratelimit-remaining the metadata source's API reported.",
+        &remaining,
     );
     let mut jwks = Vec::new();
+    let mut age = Vec::new();
+    let mut last = Vec::new();
     for i in app.verifier.issuers() {
         let iss = metrics::escape(&i.issuer);
         jwks.push((format!("issuer=\"{iss}\",result=\"ok\""), i.jwks.fetches_ok.load(Relaxed)));
         jwks.push((format!("issuer=\"{iss}\",result=\"error\""), i.jwks.fetches_failed.load(Relaxed)));
+        if let Some(set) = i.jwks.current() {
+            age.push((format!("issuer=\"{iss}\""), set.fetched_at.elapsed().as_secs_f64()));
+        }
+        last.push((format!("issuer=\"{iss}\""), u8::from(i.jwks.last_fetch_ok.load(Relaxed))));
     }
+    metrics::gauge(
+        &mut out,
+        "claimsmith_jwks_age_seconds",
+        "Seconds since the key set in use was fetched (absent until the first good fetch).",
+        &age,
+    );
+    metrics::gauge(
+        &mut out,
+        "claimsmith_jwks_last_fetch_success",
+        "1 if the issuer's most recent JWKS fetch succeeded, else 0.",
+        &last,
+    );
     metrics::counter(&mut out, "claimsmith_jwks_refreshes_total", "JWKS fetches by issuer and result.", &jwks);
     let (minted, reused) = app.minter.counts();
     metrics::counter(&mut out, "claimsmith_tokens_minted_total", "Internal tokens signed.", &[(String::new(), minted)]);
@@ -156,6 +179,21 @@ async fn render_metrics(app: &App) -> String {
         "claimsmith_tokens_reused_total",
         "Internal tokens reused instead of signed.",
         &[(String::new(), reused)],
+    );
+    metrics::counter(
+        &mut out,
+        "claimsmith_config_reloads_total",
+        "SIGHUP reloads by result (failed: the running configuration was kept).",
+        &[
+            ("result=\"ok\"".to_string(), app.metrics.reloads_ok.load(Relaxed)),
+            ("result=\"failed\"".to_string(), app.metrics.reloads_failed.load(Relaxed)),
+        ],
+    );
+    metrics::gauge(
+        &mut out,
+        "claimsmith_ready",
+        "1 while /readyz answers 200.",
+        &[(String::new(), u8::from(app.ready()))],
     );
     let (users, clients) = app.cache.sizes().await;
     out.push_str(

@@ -13,8 +13,8 @@ use crate::http_client;
 use crate::metadata::cache::MetadataCache;
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
-use crate::metadata::{Metadata, MetadataSource};
-use crate::metrics::Metrics;
+use crate::metadata::{BoxFuture, Lookup, Metadata, MetadataSource, SourceError};
+use crate::metrics::{Metrics, SourceCounters};
 use crate::mint::Minter;
 use crate::proxy::{Route, hygiene};
 use crate::verify::Verifier;
@@ -47,7 +47,8 @@ pub struct App {
     pub named_sources: Vec<NamedSource>,
     pub cache: MetadataCache,
     pub minter: Minter,
-    pub metrics: Metrics,
+    /// Shared with the state a reload replaces, so counters survive reloads.
+    pub metrics: Arc<Metrics>,
     /// `token.header` in canonical form, for hygiene.
     pub token_header_canonical: String,
     /// The shared empty metadata object (stable identity for token reuse).
@@ -59,6 +60,19 @@ pub struct App {
 impl App {
     /// Builds the state. Reads file sources and CA files; makes no network call.
     pub fn build(config: Config) -> Result<App, BuildError> {
+        Self::build_with(config, Arc::default())
+    }
+
+    /// Builds the state that replaces `old` on a reload: same metrics registry and
+    /// cache counters, everything else (sources, keys, cache entries) new.
+    pub fn rebuild(config: Config, old: &App) -> Result<App, BuildError> {
+        let mut app = Self::build_with(config, old.metrics.clone())?;
+        app.cache.stats = old.cache.stats.clone();
+        Ok(app)
+    }
+
+    /// [`Self::build`] with a given metrics registry.
+    pub fn build_with(config: Config, metrics: Arc<Metrics>) -> Result<App, BuildError> {
         let mut clients: BTreeMap<Option<std::path::PathBuf>, http_client::Connector> = BTreeMap::new();
         let mut connector =
             |ca: &Option<std::path::PathBuf>, key: String| -> Result<http_client::Connector, BuildError> {
@@ -83,9 +97,14 @@ impl App {
                 }
                 SourceConfig::Auth0(a) => {
                     let c = connector(&a.ca_file, format!("{key}.ca_file"))?;
-                    (Arc::new(crate::metadata::auth0::Auth0Source::new(a, http_client::client(c))), None)
+                    (
+                        Arc::new(crate::metadata::auth0::Auth0Source::new(a, http_client::client(c), config.cache.ttl)),
+                        None,
+                    )
                 }
             };
+            let source: Arc<dyn MetadataSource> =
+                Arc::new(CountedSource { inner: source, counters: metrics.source(name) });
             named_sources.push(NamedSource { name: name.clone(), source, file });
         }
         let sources = config
@@ -116,7 +135,7 @@ impl App {
             sources,
             named_sources,
             minter,
-            metrics: Metrics::default(),
+            metrics,
             token_header_canonical,
             empty: Arc::new(Metadata::new()),
             draining: AtomicBool::new(false),
@@ -134,6 +153,8 @@ impl App {
         for iss in self.verifier.issuers() {
             tasks.push(tokio::spawn(iss.jwks.clone().keep_fresh()));
         }
+        // Sources' own work (the auth0 bulk client load); each ends when its source is dropped.
+        tasks.extend(self.named_sources.iter().filter_map(|s| s.source.background()).map(tokio::spawn));
         let files: Vec<_> = self.named_sources.iter().filter(|s| s.file.is_some()).map(|s| s.name.clone()).collect();
         if !files.is_empty() {
             let app = Arc::downgrade(self);
@@ -173,5 +194,53 @@ impl App {
                 self.cache.evict_issuer(&Arc::from(iss.issuer.as_str())).await;
             }
         }
+    }
+}
+
+/// Counts a source's calls by result for `claimsmith_metadata_fetches_total`.
+/// Forwards every `MetadataSource` method: a method added to the trait must be
+/// forwarded here too.
+struct CountedSource {
+    inner: Arc<dyn MetadataSource>,
+    counters: Arc<SourceCounters>,
+}
+
+impl CountedSource {
+    fn count(&self, r: &Result<Lookup, SourceError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            Ok(Some(_)) => self.counters.ok.fetch_add(1, Relaxed),
+            Ok(None) => self.counters.not_found.fetch_add(1, Relaxed),
+            Err(_) => self.counters.error.fetch_add(1, Relaxed),
+        };
+    }
+}
+
+impl MetadataSource for CountedSource {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>> {
+        Box::pin(async move {
+            let r = self.inner.user(user_id).await;
+            self.count(&r);
+            r
+        })
+    }
+    fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>> {
+        Box::pin(async move {
+            let r = self.inner.client(client_id).await;
+            self.count(&r);
+            r
+        })
+    }
+    fn forget_client(&self, client_id: &str) {
+        self.inner.forget_client(client_id)
+    }
+    fn background(&self) -> Option<BoxFuture<'static, ()>> {
+        self.inner.background()
+    }
+    fn ratelimit_remaining(&self) -> Option<u64> {
+        self.inner.ratelimit_remaining()
     }
 }

@@ -1,7 +1,7 @@
 //! A small Prometheus registry: lock-free counters on the hot path, text rendering
 //! on the admin listener.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
@@ -13,13 +13,26 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 /// One counter per (route, status).
 type RequestCounters = HashMap<(Arc<str>, u16), Arc<AtomicU64>>;
 
-/// Request counters and the latency histogram.
+/// Calls to one metadata source, by result.
+#[derive(Default)]
+pub struct SourceCounters {
+    pub ok: AtomicU64,
+    pub not_found: AtomicU64,
+    pub error: AtomicU64,
+}
+
+/// Request counters, the latency histogram, per-source call counters and reload
+/// results. One registry lives for the whole process: a reload hands it to the new
+/// state, so counters do not restart.
 #[derive(Default)]
 pub struct Metrics {
     requests: RwLock<RequestCounters>,
     buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
     count: AtomicU64,
+    sources: RwLock<BTreeMap<String, Arc<SourceCounters>>>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -45,6 +58,25 @@ impl Metrics {
         }
         self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.count.fetch_add(1, Relaxed);
+    }
+
+    /// The call counters of the metadata source named `name` (created on first use).
+    pub fn source(&self, name: &str) -> Arc<SourceCounters> {
+        let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// `claimsmith_metadata_fetches_total{source,result}` for the sources in `names`.
+    pub fn render_sources(&self, out: &mut String, names: &[&str]) {
+        let map = self.sources.read().unwrap_or_else(|p| p.into_inner());
+        let mut samples = Vec::new();
+        for (name, c) in map.iter().filter(|(n, _)| names.contains(&n.as_str())) {
+            let n = escape(name);
+            samples.push((format!("source=\"{n}\",result=\"ok\""), c.ok.load(Relaxed)));
+            samples.push((format!("source=\"{n}\",result=\"not_found\""), c.not_found.load(Relaxed)));
+            samples.push((format!("source=\"{n}\",result=\"error\""), c.error.load(Relaxed)));
+        }
+        counter(out, "claimsmith_metadata_fetches_total", "Metadata source calls by source and result.", &samples);
     }
 
     /// Writes the request metrics in Prometheus text format.
@@ -78,10 +110,19 @@ pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Writes a counter family header and one sample.
+/// Writes a counter family header and its samples.
 pub fn counter(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
+    family(out, name, help, "counter", samples);
+}
+
+/// Writes a gauge family header and its samples.
+pub fn gauge<V: std::fmt::Display>(out: &mut String, name: &str, help: &str, samples: &[(String, V)]) {
+    family(out, name, help, "gauge", samples);
+}
+
+fn family<V: std::fmt::Display>(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(String, V)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, v) in samples {
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {v}");

@@ -1,12 +1,15 @@
 //! Listeners and connections: the proxy listener (HTTP/1.1 and h2c, or TLS with ALPN)
-//! and the admin listener; graceful shutdown on SIGTERM/SIGINT (SPEC §8).
+//! and the admin listener; graceful shutdown on SIGTERM/SIGINT and reload on SIGHUP
+//! (SPEC §8). Both listeners serve from an `ArcSwap<App>`: a reload builds a new
+//! `App` and swaps it in, while requests in flight keep the `Arc<App>` they started with.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,6 +27,10 @@ use crate::proxy::{self, Conn};
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a reload waits for the new configuration's issuer keys before giving up
+/// and keeping the running configuration.
+pub const RELOAD_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,35 +42,124 @@ pub enum StartError {
     Tls(String),
 }
 
+/// Why a reload was refused. The running configuration stays in use.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the configuration was not read from a file")]
+    NoFile,
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("{0} cannot change on reload (restart instead)")]
+    Fixed(&'static str),
+    #[error("{0}")]
+    Tls(String),
+    #[error("the new configuration's issuer keys could not be fetched within {0:?}")]
+    NotReady(Duration),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// What the listeners serve from; a reload swaps both.
+struct Shared {
+    app: ArcSwap<App>,
+    tls: ArcSwapOption<TlsAcceptor>,
+    stopping: AtomicBool,
+}
+
 /// A started server: its bound addresses, state, and the handle to stop it.
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub app: Arc<App>,
+    shared: Arc<Shared>,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
+    /// The background tasks of the state now served.
+    background: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Running {
+    /// The state now served. A request keeps the state it started with, so hold the
+    /// returned `Arc` only as long as needed.
+    pub fn app(&self) -> Arc<App> {
+        self.shared.app.load_full()
+    }
+
     /// Waits until readiness (every issuer's keys held) or `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
-            if self.app.ready() {
+            if self.app().ready() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.app.ready()
+        self.app().ready()
+    }
+
+    /// Re-reads the configuration file (and with it key files, metadata files, CA and
+    /// TLS files), builds new state, waits for its issuer keys, and swaps it in.
+    /// Requests in flight finish on the old state. On any error the running
+    /// configuration stays and the error says why.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let r = self.try_reload().await;
+        let m = &self.app().metrics;
+        match &r {
+            Ok(()) => m.reloads_ok.fetch_add(1, Relaxed),
+            Err(_) => m.reloads_failed.fetch_add(1, Relaxed),
+        };
+        r
+    }
+
+    async fn try_reload(&self) -> Result<(), ReloadError> {
+        let _one = self.reloading.lock().await;
+        if self.shared.stopping.load(Relaxed) {
+            return Err(ReloadError::ShuttingDown);
+        }
+        let old = self.app();
+        let path = old.config.path.clone().ok_or(ReloadError::NoFile)?;
+        let config = Config::load(&path).map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        if config.listen.addr != old.config.listen.addr {
+            return Err(ReloadError::Fixed("listen.addr"));
+        }
+        if config.admin.addr != old.config.admin.addr {
+            return Err(ReloadError::Fixed("admin.addr"));
+        }
+        if config.listen.tls.is_some() != old.config.listen.tls.is_some() {
+            return Err(ReloadError::Fixed("TLS on or off (listen.tls_cert_file, listen.tls_key_file)"));
+        }
+        let tls = match &config.listen.tls {
+            Some(files) => Some(Arc::new(tls_acceptor(files).map_err(|e| ReloadError::Tls(e.to_string()))?)),
+            None => None,
+        };
+        let app = Arc::new(App::rebuild(config, &old).map_err(|e| ReloadError::Invalid(e.to_string()))?);
+        let tasks = app.spawn_background();
+        let deadline = tokio::time::Instant::now() + RELOAD_READY_TIMEOUT;
+        while !app.verifier.ready() {
+            if tokio::time::Instant::now() >= deadline || self.shared.stopping.load(Relaxed) {
+                tasks.iter().for_each(JoinHandle::abort);
+                return Err(ReloadError::NotReady(RELOAD_READY_TIMEOUT));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.shared.tls.store(tls);
+        self.shared.app.store(app.clone());
+        let old_tasks = std::mem::replace(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()), tasks);
+        old_tasks.iter().for_each(JoinHandle::abort);
+        tracing::info!(routes = app.routes.len(), issuers = app.config.issuers.len(), "configuration reloaded");
+        Ok(())
     }
 
     /// Graceful stop: readiness turns 503, listeners close, in-flight requests finish
     /// (up to `grace`).
     pub async fn shutdown(self, grace: Duration) {
-        self.app.draining.store(true, Relaxed);
+        self.shared.stopping.store(true, Relaxed);
+        // A reload in progress gives up; take its lock so none swaps state from here on.
+        let _no_reload = self.reloading.lock().await;
+        self.app().draining.store(true, Relaxed);
         let _ = self.stop_proxy.send(true);
         // The admin listener stays up while the proxy drains, so probes see 503.
         if tokio::time::timeout(grace, self.proxy_task).await.is_err() {
@@ -71,7 +167,7 @@ impl Running {
         }
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_task).await;
-        for b in self.background {
+        for b in self.background.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             b.abort();
         }
     }
@@ -80,7 +176,7 @@ impl Running {
 /// Binds both listeners, builds the state and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let tls = match &config.listen.tls {
-        Some(files) => Some(tls_acceptor(files)?),
+        Some(files) => Some(Arc::new(tls_acceptor(files)?)),
         None => None,
     };
     let proxy_listener = TcpListener::bind(config.listen.addr).await.map_err(|err| StartError::Bind {
@@ -105,40 +201,87 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let app = Arc::new(App::build(config)?);
     let background = app.spawn_background();
+    let routes = app.routes.len();
+    let shared =
+        Arc::new(Shared { app: ArcSwap::new(app), tls: ArcSwapOption::new(tls), stopping: AtomicBool::new(false) });
     let (stop_proxy, rx_proxy) = watch::channel(false);
     let (stop_admin, rx_admin) = watch::channel(false);
-    let proxy_task = tokio::spawn(serve_proxy(proxy_listener, tls, app.clone(), rx_proxy));
-    let admin_task = tokio::spawn(serve_admin(admin_listener, app.clone(), rx_admin));
-    tracing::info!(%proxy_addr, %admin_addr, routes = app.routes.len(), "claimsmith listening");
-    Ok(Running { proxy_addr, admin_addr, app, stop_proxy, stop_admin, proxy_task, admin_task, background })
+    let proxy_task = tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx_proxy));
+    let admin_task = tokio::spawn(serve_admin(admin_listener, shared.clone(), rx_admin));
+    tracing::info!(%proxy_addr, %admin_addr, routes, "claimsmith listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        shared,
+        stop_proxy,
+        stop_admin,
+        proxy_task,
+        admin_task,
+        background: std::sync::Mutex::new(background),
+        reloading: tokio::sync::Mutex::new(()),
+    })
 }
 
-/// Serves until SIGTERM or SIGINT, then drains.
+/// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // Handlers go in before anything listens, so an early SIGHUP cannot kill us.
+    let mut signals = Signals::new();
     let running = start(config).await?;
-    wait_for_signal().await;
+    while let Signal::Reload = signals.next().await {
+        tracing::info!("SIGHUP received; reloading the configuration");
+        if let Err(e) = running.reload().await {
+            tracing::error!(error = %e, "reload failed; the running configuration stays in use");
+        }
+    }
     tracing::info!("shutdown signal received; draining");
     running.shutdown(DRAIN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+enum Signal {
+    Stop,
+    Reload,
+}
+
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(t), Ok(i), Ok(h)) => Some((t, i, h)),
+                _ => {
+                    tracing::warn!("cannot install signal handlers; only Ctrl-C stops the process");
+                    None
+                }
+            };
+            Signals { unix }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some((term, int, hup)) = &mut self.unix {
+            return tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
     }
 }
 
@@ -177,9 +320,8 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn serve_proxy(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder(&app));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -194,23 +336,27 @@ async fn serve_proxy(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<A
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        // Connection settings and TLS come from the state current at accept; every
+        // request takes the state current when it arrives and keeps it to the end.
+        let builder = builder(&shared.app.load());
+        let tls = shared.tls.load_full();
         let conn = Conn { peer, tls: tls.is_some() };
-        let app = app.clone();
+        let state = shared.clone();
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = first_request.clone();
+        let head_timeout = shared.app.load().config.listen.header_read_timeout;
         let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let app = app.clone();
+            seen.store(true, Relaxed);
+            let app = state.app.load_full();
             async move { Ok::<_, Infallible>(serve_one(&app, req, conn).await) }
         });
-        match &tls {
+        match tls {
             None => {
                 let fut = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let fut = graceful.watch(fut);
-                tokio::spawn(async move {
-                    let _ = fut.await;
-                });
+                tokio::spawn(drop_if_no_request(fut, first_request, head_timeout));
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let timeout = Duration::from_secs(10);
                 tokio::spawn(async move {
@@ -218,13 +364,31 @@ async fn serve_proxy(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<A
                         return;
                     };
                     let fut = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
-                    let _ = watcher.watch(fut).await;
+                    drop_if_no_request(watcher.watch(fut), first_request, head_timeout).await;
                 });
             }
         }
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves a connection, but drops it when no request has begun within `timeout`.
+/// hyper's `header_read_timeout` only runs once its HTTP/1 parser does; while the
+/// auto builder still sniffs for the h2 preface (a client that sends nothing, or a
+/// partial `PRI * HTTP/2.0` trickled in) no timer runs, so without this such
+/// connections would be held forever.
+async fn drop_if_no_request<F: std::future::Future>(conn: F, first_request: Arc<AtomicBool>, timeout: Duration) {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => return,
+        _ = tokio::time::sleep(timeout) => {}
+    }
+    if first_request.load(Relaxed) {
+        conn.await;
+    } else {
+        tracing::debug!("no request within the header read timeout; closing the connection");
+    }
 }
 
 async fn serve_one(app: &App, req: hyper::Request<Incoming>, conn: Conn) -> hyper::Response<crate::error::Body> {
@@ -242,13 +406,14 @@ async fn serve_one(app: &App, req: hyper::Request<Incoming>, conn: Conn) -> hype
         status = resp.status().as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         upstream_ms = outcome.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+        cache = outcome.cache,
         error = outcome.error,
         "request"
     );
     resp
 }
 
-async fn serve_admin(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -262,9 +427,9 @@ async fn serve_admin(listener: TcpListener, app: Arc<App>, mut stop: watch::Rece
             },
             _ = stop.changed() => break,
         };
-        let app = app.clone();
+        let state = shared.clone();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let app = app.clone();
+            let app = state.app.load_full();
             async move { Ok::<_, Infallible>(crate::admin::handle(&app, req).await) }
         });
         let fut = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());

@@ -81,7 +81,7 @@ async fn minted_token_is_reused_while_fresh() {
     let first = h.last_internal_token().unwrap();
     h.get_with_token("/api/b", &t).await;
     assert_eq!(h.last_internal_token().unwrap(), first, "same ID token + route should reuse the minted token");
-    let (minted, reused) = h.proxy.app.minter.counts();
+    let (minted, reused) = h.proxy.app().minter.counts();
     assert_eq!((minted, reused), (1, 1));
     // Another user gets another token.
     h.get_with_token("/api/b", &h.issuer.token(USER_2)).await;

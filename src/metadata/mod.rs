@@ -6,6 +6,7 @@ pub mod cache;
 pub mod file;
 pub mod http;
 pub mod ratelimit;
+pub mod remote;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,4 +51,14 @@ pub trait MetadataSource: Send + Sync {
     /// The admin API evicted this client: the next read must ask the source for this
     /// one client (sources that bulk-load clients drop it from their bulk copy).
     fn forget_client(&self, _client_id: &str) {}
+    /// Work the source runs for as long as it is in use (the `auth0` source bulk-loads
+    /// clients at start and every cache `ttl`). `App::spawn_background` spawns it; the
+    /// future ends by itself once the source is dropped.
+    fn background(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+    /// The last `x-ratelimit-remaining` the source's API reported, for `/metrics`.
+    fn ratelimit_remaining(&self) -> Option<u64> {
+        None
+    }
 }

@@ -185,6 +185,8 @@ pub struct Jwks {
     fetch_lock: Mutex<()>,
     pub fetches_ok: AtomicU64,
     pub fetches_failed: AtomicU64,
+    /// Whether the most recent fetch succeeded (for `/metrics`).
+    pub last_fetch_ok: std::sync::atomic::AtomicBool,
 }
 
 impl Jwks {
@@ -198,12 +200,20 @@ impl Jwks {
             fetch_lock: Mutex::new(()),
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
+            last_fetch_ok: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The key set now in use, if one has ever been fetched.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.current.load_full()
+    }
+
+    /// Installs a key set without fetching (fuzzing and tests only: the running proxy
+    /// always fetches from the issuer).
+    #[doc(hidden)]
+    pub fn install_for_tests(&self, set: KeySet) {
+        self.current.store(Some(Arc::new(set)));
     }
 
     /// Fetches the key set now. On failure the previous set stays.
@@ -214,11 +224,13 @@ impl Jwks {
                 tracing::debug!(issuer = %self.issuer, keys = set.len(), "JWKS fetched");
                 self.current.store(Some(Arc::new(set)));
                 self.fetches_ok.fetch_add(1, Relaxed);
+                self.last_fetch_ok.store(true, Relaxed);
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.issuer, error = %e, "JWKS fetch failed; keeping the last good key set");
                 self.fetches_failed.fetch_add(1, Relaxed);
+                self.last_fetch_ok.store(false, Relaxed);
                 Err(e)
             }
         }

@@ -1,0 +1,439 @@
+//! Production operations with the real binary (issue: operations): SIGTERM drains,
+//! SIGHUP reloads (and keeps the old config when the new one is broken), and the logs
+//! of a full run hold one access line per request and never a token, secret or
+//! metadata value.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use support::*;
+
+/// Generous bound for anything that waits on the process (not a timing assertion).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The claimsmith binary, running with a config in a temp dir.
+struct Proc {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Proc {
+    /// Starts `claimsmith <args>` with `env`, reads its JSON logs, waits for readiness.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_claimsmith"));
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env_remove("RUST_LOG").env_remove("CLAIMSMITH_LOG_FORMAT").env_remove("CLAIMSMITH_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("cannot start claimsmith");
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let listening = wait_for(&logs, "claimsmith listening").await;
+        let v: Value = serde_json::from_str(&listening).expect("the start line is not JSON");
+        let proxy = v["proxy_addr"].as_str().unwrap().parse().unwrap();
+        let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
+        let p = Proc { child, logs, proxy, admin, client: Client::builder(TokioExecutor::new()).build_http() };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while p.get_admin("/readyz").await.0 != StatusCode::OK {
+            assert!(tokio::time::Instant::now() < deadline, "never ready; logs:\n{}", p.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        p
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut req = Request::get(format!("http://{}{}", self.proxy, path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(req.body(Full::new(Bytes::new())).unwrap()).await
+    }
+
+    async fn get_admin(&self, path: &str) -> (StatusCode, String) {
+        self.send(Request::get(format!("http://{}{}", self.admin, path)).body(Full::new(Bytes::new())).unwrap()).await
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> (StatusCode, String) {
+        let resp = self.client.request(req).await.expect("request failed");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    async fn wait_exit(&mut self) -> i32 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().expect("killed by a signal");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "did not exit; logs:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a log line contains `needle`; returns the line.
+async fn wait_for(logs: &Mutex<Vec<String>>, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(l) = logs.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line with {needle:?}; logs:\n{}",
+            logs.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes the default config (with `extra` appended to `[admin]`'s neighbours) into `dir`.
+fn write_config(
+    dir: &Path,
+    issuer: &Issuer,
+    upstream: &str,
+    metadata: &Path,
+    tweak: impl Fn(String) -> String,
+) -> PathBuf {
+    let toml = DEFAULT_TOML
+        .replace("{issuer}", &issuer.url)
+        .replace("{upstream}", upstream)
+        .replace("{metadata}", &metadata.display().to_string())
+        .replace("{dir}", &dir.display().to_string());
+    let path = dir.join("claimsmith.toml");
+    std::fs::write(&path, tweak(toml)).unwrap();
+    path
+}
+
+/// The claims of an internal token (decoded only; verification is tested elsewhere).
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn metadata_with_note(note: &str) -> Value {
+    let mut m = default_metadata();
+    m["users"][USER_1]["app_metadata"]["note"] = json!(note);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
+    init();
+    let issuer = Issuer::start().await;
+    // An upstream that holds every request until the test releases it.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = Arc::new(AtomicBool::new(false));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let upstream = serve({
+        let (release, released, arrived) = (release.clone(), released.clone(), arrived.clone());
+        move |_req| {
+            let (release, released, arrived) = (release.clone(), released.clone(), arrived.clone());
+            async move {
+                arrived.notify_one();
+                let wait = release.notified();
+                if !released.load(SeqCst) {
+                    wait.await;
+                }
+                json_response(StatusCode::OK, &json!({"upstream": "slow"}))
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("metadata.json");
+    std::fs::write(&md, default_metadata().to_string()).unwrap();
+    let cfg = write_config(dir.path(), &issuer, &format!("http://{upstream}"), &md, |t| t);
+    let mut p = Proc::start(&["--log-format", "json", "run", "--config", cfg.to_str().unwrap()], &[]).await;
+
+    let token = issuer.token(USER_1);
+    let url = format!("http://{}/api/slow", p.proxy);
+    let client = p.client.clone();
+    let in_flight = tokio::spawn(async move {
+        let req = Request::get(url).header("authorization", format!("Bearer {token}"));
+        let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.expect("in-flight request failed");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+    tokio::time::timeout(WAIT, arrived.notified()).await.expect("the request never reached the upstream");
+
+    p.signal("TERM");
+    // Readiness turns 503 while the request is still held upstream.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = p.get_admin("/readyz").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(body.contains("draining"), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // No new connections on the proxy listener.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(p.proxy).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the proxy listener stayed open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(p.child.try_wait().unwrap().is_none(), "exited before the request finished");
+
+    released.store(true, SeqCst);
+    release.notify_waiters();
+    let (status, body) = tokio::time::timeout(WAIT, in_flight).await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["upstream"], "slow");
+    assert_eq!(p.wait_exit().await, 0, "logs:\n{}", p.log_text());
+    assert!(p.log_text().contains("stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_config_and_file_metadata() {
+    init();
+    let issuer = Issuer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let md1 = dir.path().join("metadata.json");
+    std::fs::write(&md1, metadata_with_note("note-before-reload").to_string()).unwrap();
+    let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md1, |t| t);
+    // The log format from the environment this time.
+    let p =
+        Proc::start(&["run"], &[("CLAIMSMITH_CONFIG", cfg.to_str().unwrap()), ("CLAIMSMITH_LOG_FORMAT", "json")]).await;
+
+    let token = issuer.token(USER_1);
+    let (status, _) = p.get("/api/a", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let internal = upstream.last().headers["x-internal-token"].to_str().unwrap().to_string();
+    assert_eq!(claims_of(&internal)["app_metadata"]["note"], "note-before-reload");
+
+    // A new metadata file that only a config reload can find (the file watcher looks
+    // at the old path), and a new route.
+    let md2 = dir.path().join("metadata-v2.json");
+    std::fs::write(&md2, metadata_with_note("note-after-reload").to_string()).unwrap();
+    write_config(dir.path(), &issuer, &upstream.url(), &md2, |t| {
+        t + &format!("\n[[route]]\npath_prefix = \"/v2/\"\nupstream = \"{}\"\naudience = \"v2-api\"\n", upstream.url())
+    });
+    assert_eq!(p.get("/v2/x", Some(&token)).await.0, StatusCode::NOT_FOUND);
+    p.signal("HUP");
+    wait_for(&p.logs, "configuration reloaded").await;
+
+    let (status, body) = p.get("/api/b", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let internal = upstream.last().headers["x-internal-token"].to_str().unwrap().to_string();
+    assert_eq!(claims_of(&internal)["app_metadata"]["note"], "note-after-reload");
+    let (status, _) = p.get("/v2/x", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claims_of(upstream.last().headers["x-internal-token"].to_str().unwrap())["aud"], "v2-api");
+
+    let (_, metrics) = p.get_admin("/metrics").await;
+    assert!(metrics.contains("claimsmith_config_reloads_total{result=\"ok\"} 1"), "{metrics}");
+    // Counters survive the reload: both /api/ requests are counted.
+    assert!(metrics.contains("claimsmith_requests_total{route=\"/api/\",status=\"200\"} 2"), "{metrics}");
+    assert_eq!(p.get_admin("/readyz").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_config_keeps_serving_the_old_one() {
+    init();
+    let issuer = Issuer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("metadata.json");
+    std::fs::write(&md, metadata_with_note("note-kept").to_string()).unwrap();
+    let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md, |t| t);
+    let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap(), "--log-format", "json"], &[]).await;
+    let token = issuer.token(USER_1);
+    assert_eq!(p.get("/api/a", Some(&token)).await.0, StatusCode::OK);
+
+    // A typo'd key: the new config is invalid.
+    write_config(dir.path(), &issuer, &upstream.url(), &md, |t| t.replace("[token]", "[tokne]"));
+    p.signal("HUP");
+    let line = wait_for(&p.logs, "reload failed").await;
+    assert!(line.contains("invalid configuration"), "{line}");
+    assert!(line.contains("tokne"), "the log names the bad key: {line}");
+
+    // Not TOML at all.
+    std::fs::write(&cfg, "this is [not toml").unwrap();
+    p.signal("HUP");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while p.logs.lock().unwrap().iter().filter(|l| l.contains("reload failed")).count() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "second reload not logged:\n{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert!(p.child.try_wait().unwrap().is_none(), "the process died");
+    let (status, body) = p.get("/api/b", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        claims_of(upstream.last().headers["x-internal-token"].to_str().unwrap())["app_metadata"]["note"],
+        "note-kept"
+    );
+    assert_eq!(p.get_admin("/readyz").await.0, StatusCode::OK);
+    let (_, metrics) = p.get_admin("/metrics").await;
+    assert!(metrics.contains("claimsmith_config_reloads_total{result=\"failed\"} 2"), "{metrics}");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_hold_one_access_line_per_request_and_no_secret() {
+    init();
+    let issuer = Issuer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("metadata.json");
+    let metadata = default_metadata();
+    std::fs::write(&md, metadata.to_string()).unwrap();
+    let (_, key_pem) = claimsmith::mint::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
+    let key_path = dir.path().join("signing.pem");
+    std::fs::write(&key_path, &key_pem).unwrap();
+    let admin_secret = "admin-secret-4f1c9a7e2b";
+    let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md, |t| {
+        t.replace("[admin]\naddr = \"127.0.0.1:0\"", "[admin]\naddr = \"127.0.0.1:0\"\ntoken_env = \"OPS_ADMIN_TOKEN\"")
+            .replace(
+                "algorithm = \"EdDSA\"",
+                &format!("algorithm = \"EdDSA\"\nkey_files = [\"{}\"]", key_path.display()),
+            )
+    });
+    // --log-format after the subcommand; debug everywhere.
+    let mut p = Proc::start(
+        &["run", "--config", cfg.to_str().unwrap(), "--log-format", "json"],
+        &[("RUST_LOG", "debug"), ("OPS_ADMIN_TOKEN", admin_secret)],
+    )
+    .await;
+
+    let valid_1 = issuer.token(USER_1);
+    let valid_2 = issuer.token_es256(USER_2);
+    let unknown = issuer.token("auth0|nobody");
+    let mut forged_claims = issuer.claims(USER_1);
+    forged_claims["aud"] = json!("someone-else");
+    let wrong_aud = issuer.sign(&issuer.rsa, &forged_claims);
+    let tampered = format!("{}x", &valid_1[..valid_1.len() - 1]);
+    let requests: Vec<(&str, Option<&str>, StatusCode)> = vec![
+        ("/api/one?q=1", Some(&valid_1), StatusCode::OK),
+        ("/api/two", Some(&valid_1), StatusCode::OK),
+        ("/api/three", Some(&valid_2), StatusCode::OK),
+        ("/api/unknown-user", Some(&unknown), StatusCode::UNAUTHORIZED),
+        ("/api/wrong-aud", Some(&wrong_aud), StatusCode::UNAUTHORIZED),
+        ("/api/tampered", Some(&tampered), StatusCode::UNAUTHORIZED),
+        ("/api/none", None, StatusCode::UNAUTHORIZED),
+        ("/public/open", None, StatusCode::OK),
+        ("/nowhere", Some(&valid_1), StatusCode::NOT_FOUND),
+    ];
+    for (path, token, want) in &requests {
+        let (status, body) = p.get(path, *token).await;
+        assert_eq!(status, *want, "{path}: {body}");
+    }
+    // Admin traffic (not access-logged), with the admin secret.
+    let req = Request::delete(format!("http://{}/cache/users/{}", p.admin, USER_1))
+        .header("authorization", format!("Bearer {admin_secret}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(p.send(req).await.0, StatusCode::NO_CONTENT);
+    let (_, metrics) = p.get_admin("/metrics").await;
+    p.signal("TERM");
+    assert_eq!(p.wait_exit().await, 0);
+    let logs = p.logs.lock().unwrap().clone();
+
+    // One JSON object per line.
+    let parsed: Vec<Value> =
+        logs.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}"))).collect();
+    let access: Vec<&Value> = parsed.iter().filter(|v| v["target"] == "claimsmith::access").collect();
+    assert_eq!(access.len(), requests.len(), "one access line per request:\n{}", logs.join("\n"));
+    for (line, (_, _, want)) in access.iter().zip(&requests) {
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["status"], want.as_u16());
+        assert!(line["route"].is_string() && line["duration_ms"].is_number(), "{line}");
+    }
+    assert_eq!(access[0]["route"], "/api/");
+    assert_eq!(access[0]["cache"], "miss");
+    assert_eq!(access[1]["cache"], "hit");
+    assert!(access[0]["upstream_ms"].is_number());
+    assert!(access[6]["upstream_ms"].is_null() && access[6]["cache"].is_null());
+    assert_eq!(access[8]["route"], "none");
+
+    // Nothing secret in any line: ID tokens (whole and their payload and signature),
+    // internal tokens, the admin secret, the signing key, metadata values.
+    let mut forbidden: Vec<String> = vec![admin_secret.to_string()];
+    for t in [&valid_1, &valid_2, &unknown, &wrong_aud, &tampered] {
+        forbidden.push(t.to_string());
+        forbidden.extend(t.split('.').skip(1).map(str::to_string));
+    }
+    for seen in upstream.requests() {
+        if let Some(t) = seen.headers.get("x-internal-token") {
+            let t = t.to_str().unwrap().to_string();
+            forbidden.extend(t.split('.').skip(1).map(str::to_string));
+            forbidden.push(t);
+        }
+    }
+    assert!(forbidden.len() > 15);
+    forbidden.extend(key_pem.lines().filter(|l| !l.starts_with("-----")).map(str::to_string));
+    forbidden.extend([TENANT_KEY.to_string(), USER_NOTE.to_string()]);
+    for (_, user) in metadata["users"].as_object().unwrap() {
+        collect(&user["app_metadata"], &mut forbidden);
+    }
+    for (_, client) in metadata["clients"].as_object().unwrap() {
+        collect(&client["client_metadata"], &mut forbidden);
+    }
+    let all = logs.join("\n");
+    for f in forbidden.iter().filter(|f| f.len() >= 6) {
+        assert!(!all.contains(f.as_str()), "LEAK: the logs contain a secret value ({} chars)", f.len());
+    }
+    assert!(!metrics.contains(admin_secret) && !metrics.contains(TENANT_KEY));
+}
+
+fn collect(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+        Value::Object(m) => m.values().for_each(|x| collect(x, out)),
+        _ => {}
+    }
+}

@@ -1,0 +1,296 @@
+//! Transports (issue: operations): TLS on the proxy listener (h2 and http/1.1 by ALPN),
+//! an https upstream trusted through `route.ca_file`, h2c with prior knowledge on the
+//! plain listener, and WebSocket upgrades through the proxy with authentication on.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1, as PEM
+/// files in `dir`: (ca.pem, server.crt, server.key).
+struct TestPki {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn pki(dir: &Path) -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "claimsmith test CA");
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let pki = TestPki { ca: dir.join("ca.pem"), cert: dir.join("server.crt"), key: dir.join("server.key") };
+    std::fs::write(&pki.ca, ca.pem()).unwrap();
+    std::fs::write(&pki.cert, cert.pem()).unwrap();
+    std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+    pki
+}
+
+fn server_tls(pki: &TestPki, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut std::fs::read(&pki.cert).unwrap().as_slice()).map(Result::unwrap).collect();
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut std::fs::read(&pki.key).unwrap().as_slice()).unwrap().unwrap();
+    let mut cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+fn client_tls(ca: &Path, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// A TLS backend recording the headers of every request; answers with the HTTP
+/// version it saw.
+async fn tls_upstream(pki: &TestPki) -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
+    let acceptor = server_tls(pki, &[b"h2", b"http/1.1"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (acceptor, record) = (acceptor.clone(), record.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        record.lock().unwrap().push(req.headers().clone());
+                        let v = format!("{:?}", req.version());
+                        Ok::<_, std::convert::Infallible>(json_response(
+                            StatusCode::OK,
+                            &json!({"tls_upstream": true, "version": v}),
+                        ))
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// One GET over TLS with the given ALPN; returns (negotiated ALPN, status, version).
+async fn tls_get(
+    addr: SocketAddr,
+    ca: &Path,
+    alpn: &[u8],
+    path: &str,
+    token: &str,
+) -> (Vec<u8>, StatusCode, http::Version) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = client_tls(ca, alpn).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let negotiated = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = if negotiated == b"h2" {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = format!("https://localhost{path}").parse().unwrap();
+        req.headers_mut().remove("host");
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    };
+    let (status, version) = (resp.status(), resp.version());
+    let _ = resp.into_body().collect().await;
+    (negotiated, status, version)
+}
+
+#[tokio::test]
+async fn tls_listener_speaks_h2_and_http1_by_alpn() {
+    init();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki(certs.path());
+    let template = DEFAULT_TOML.replace(
+        "token_cookie = \"id_token\"",
+        &format!(
+            "token_cookie = \"id_token\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            pki.cert.display(),
+            pki.key.display()
+        ),
+    );
+    let h = Harness::start_with(&template, default_metadata()).await;
+    let token = h.issuer.token(USER_1);
+    for (alpn, version) in [(&b"h2"[..], http::Version::HTTP_2), (&b"http/1.1"[..], http::Version::HTTP_11)] {
+        let (negotiated, status, v) = tls_get(h.proxy.proxy_addr, &pki.ca, alpn, "/api/tls", &token).await;
+        assert_eq!(negotiated, alpn);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v, version);
+        let seen = h.upstream.last();
+        assert_eq!(seen.headers["x-forwarded-proto"], "https");
+        assert!(seen.headers.get("x-internal-token").is_some());
+        assert!(seen.headers.get("authorization").is_none());
+    }
+    // Plain HTTP on the TLS port is not served.
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), plain.get(h.proxy_url("/api/x").parse().unwrap()))
+        .await;
+    assert!(!matches!(r, Ok(Ok(ref resp)) if resp.status() == StatusCode::OK));
+}
+
+#[tokio::test]
+async fn https_upstream_is_trusted_through_route_ca_file() {
+    init();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki(certs.path());
+    let (tls_addr, tls_seen) = tls_upstream(&pki).await;
+    let template = format!(
+        "{DEFAULT_TOML}\n[[route]]\npath_prefix = \"/secure/\"\nupstream = \"https://127.0.0.1:{port}\"\nca_file = \"{ca}\"\naudience = \"secure-api\"\n\n[[route]]\npath_prefix = \"/secure-by-name/\"\nupstream = \"https://localhost:{port}/base\"\nca_file = \"{ca}\"\naudience = \"secure-api\"\n\n[[route]]\npath_prefix = \"/untrusted/\"\nupstream = \"https://127.0.0.1:{port}\"\naudience = \"secure-api\"\n",
+        port = tls_addr.port(),
+        ca = pki.ca.display()
+    );
+    let h = Harness::start_with(&template, default_metadata()).await;
+    let token = h.issuer.token(USER_1);
+
+    let r = h.get_with_token("/secure/orders", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["tls_upstream"], true);
+    let headers = tls_seen.lock().unwrap().last().cloned().unwrap();
+    let internal = headers["x-internal-token"].to_str().unwrap().to_string();
+    let claims = verify_internal(&internal, &h.admin_jwks().await, "secure-api");
+    assert_eq!(claims["sub"], USER_1);
+    assert!(headers.get("authorization").is_none());
+
+    let r = h.get_with_token("/secure-by-name/x", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Without the CA the upstream's certificate is not trusted: 502, nothing sent.
+    let before = tls_seen.lock().unwrap().len();
+    let r = h.get_with_token("/untrusted/x", &token).await;
+    r.assert_problem(502);
+    assert_eq!(tls_seen.lock().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn plain_listener_speaks_h2c_with_prior_knowledge() {
+    let h = Harness::start().await;
+    let token = h.issuer.token(USER_1);
+    let h2c = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+    let req = Request::get(h.proxy_url("/api/h2c"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2c.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["upstream"], "ok");
+    let claims = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    assert_eq!(claims["sub"], USER_1);
+}
+
+/// A WebSocket echo backend that records the upgrade request's headers.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+async fn ws_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    record.lock().unwrap().push(req.headers().clone());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    } else if msg.is_close() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through_with_the_internal_token() {
+    init();
+    let (ws_addr, ws_seen) = ws_echo().await;
+    let template = format!(
+        "{DEFAULT_TOML}\n[[route]]\npath_prefix = \"/ws/\"\nupstream = \"http://{ws_addr}\"\naudience = \"ws-api\"\n"
+    );
+    let h = Harness::start_with(&template, default_metadata()).await;
+    let id_token = h.issuer.token(USER_1);
+
+    let mut req = format!("ws://{}/ws/echo", h.proxy.proxy_addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {id_token}").parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("WebSocket through the proxy failed");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(resp.headers().get("x-internal-token").is_none());
+    for text in ["hello", "second message"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echo = ws.next().await.unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_data().as_ref(), &[1u8, 2, 3]);
+    let _ = ws.close(None).await;
+
+    let headers = ws_seen.lock().unwrap().last().cloned().expect("the backend saw no upgrade");
+    let internal = headers["x-internal-token"].to_str().unwrap().to_string();
+    let claims = verify_internal(&internal, &h.admin_jwks().await, "ws-api");
+    assert_eq!(claims["sub"], USER_1);
+    assert!(headers.get("authorization").is_none());
+    for (name, v) in &headers {
+        assert!(!v.as_bytes().windows(id_token.len()).any(|w| w == id_token.as_bytes()), "ID token in {name}");
+    }
+
+    // Without a token the upgrade is refused and the backend sees nothing.
+    let before = ws_seen.lock().unwrap().len();
+    let req = format!("ws://{}/ws/echo", h.proxy.proxy_addr).into_client_request().unwrap();
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), StatusCode::UNAUTHORIZED),
+        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(ws_seen.lock().unwrap().len(), before);
+}
