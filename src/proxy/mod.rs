@@ -27,7 +27,7 @@ use crate::app::App;
 use crate::config::{AuthMode, RouteConfig, TokenHeader};
 use crate::error::{Body, ProxyError};
 use crate::http_client::Connector;
-use crate::metadata::cache::Kind;
+use crate::metadata::cache::{CacheLookup, Kind};
 use crate::mint::MintRequest;
 use crate::verify::VerifiedIdentity;
 
@@ -85,12 +85,14 @@ pub struct Outcome {
     pub route: Option<Arc<str>>,
     pub upstream_time: Option<Duration>,
     pub error: Option<&'static str>,
+    /// Metadata cache: "hit", "stale" or "miss" (a miss if either lookup missed).
+    pub cache: Option<&'static str>,
 }
 
 /// Handles one request end to end; never fails (errors become answers).
 pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<Body>, Outcome) {
     let start = Instant::now();
-    let mut outcome = Outcome { route: None, upstream_time: None, error: None };
+    let mut outcome = Outcome { route: None, upstream_time: None, error: None, cache: None };
     let request_id = request_id(req.headers());
     let mut resp = match pipeline(app, req, conn, start, &request_id, &mut outcome).await {
         Ok(r) => r,
@@ -117,7 +119,7 @@ async fn pipeline(
     outcome.route = Some(route.name.clone());
     let identity = authenticate(app, route, req.headers()).await?;
     let internal_token = match &identity {
-        Some(id) => Some(enrich(app, route, id).await?),
+        Some(id) => Some(enrich(app, route, id, &mut outcome.cache).await?),
         None => None,
     };
     let on_client_upgrade =
@@ -130,6 +132,10 @@ async fn pipeline(
     outcome.upstream_time = Some(sent.elapsed());
     let mut resp = match result {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) if client_body_failed(&e) => {
+            tracing::info!(route = %route.name, error = %crate::http_client::error_chain(&e), "the client's request body failed while forwarding");
+            return Err(ProxyError::BadRequest("the request body is malformed or incomplete"));
+        }
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, error = %crate::http_client::error_chain(&e), "upstream request failed");
             return Err(ProxyError::UpstreamUnreachable);
@@ -143,6 +149,24 @@ async fn pipeline(
     }
     respond(app, &mut resp);
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Whether forwarding failed because the client's own body did (malformed chunked
+/// framing, a client gone mid-body): that is a 400, not the upstream's 502.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        // hyper reports "error from user's Body stream" with the body's own error
+        // (our `Incoming`, itself a hyper::Error) as the source.
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && h.is_user()
+            && std::error::Error::source(h).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some())
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// Refuses request heads larger than `listen.max_header_bytes` (431).
@@ -197,14 +221,25 @@ pub fn extract_token<'a>(headers: &'a HeaderMap, cookie: Option<&str>) -> Result
 }
 
 /// Looks up the caller's metadata through the cache and mints the internal token.
-async fn enrich(app: &App, route: &Route, id: &VerifiedIdentity) -> Result<Arc<str>, ProxyError> {
+async fn enrich(
+    app: &App,
+    route: &Route,
+    id: &VerifiedIdentity,
+    cache_outcome: &mut Option<&'static str>,
+) -> Result<Arc<str>, ProxyError> {
     let (app_md, client_md) = match &app.sources[id.issuer_index()] {
         None => (app.empty.clone(), app.empty.clone()),
         Some(source) => {
             let issuer = id.issuer();
-            let user = app.cache.get(Kind::User, source, issuer, id.subject());
-            let client = app.cache.get(Kind::Client, source, issuer, id.client_id());
+            let (mut user_lookup, mut client_lookup) = (CacheLookup::Miss, CacheLookup::Miss);
+            let user = app.cache.get_traced(Kind::User, source, issuer, id.subject(), &mut user_lookup);
+            let client = app.cache.get_traced(Kind::Client, source, issuer, id.client_id(), &mut client_lookup);
             let (user, client) = tokio::join!(user, client);
+            *cache_outcome = Some(match (user_lookup, client_lookup) {
+                (CacheLookup::Miss, _) | (_, CacheLookup::Miss) => "miss",
+                (CacheLookup::Stale, _) | (_, CacheLookup::Stale) => "stale",
+                _ => "hit",
+            });
             let unavailable = |e: crate::metadata::cache::Unavailable| ProxyError::MetadataUnavailable {
                 retry_after_secs: e.0.retry_after.map_or(5, |d| d.as_secs().clamp(1, 3600)),
             };
