@@ -2,6 +2,9 @@
 //! (issuer, id). Fresh for `ttl`; then served stale while one background refresh runs;
 //! kept up to `ttl + max_stale` so a failing source does not fail requests; "does not
 //! exist" remembered for `negative_ttl`. Concurrent misses for one key make one call.
+//! A key whose source call failed is not asked again before its backoff (1 s doubling
+//! to 30 s, or longer when the source said `Retry-After`) has passed: lookups meanwhile
+//! serve the stale value, or fail at once with that `Retry-After` when none is held.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -40,7 +43,7 @@ impl Expiry<Key, Entry> for Ttl {
 }
 
 /// Which of the two caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     User,
     Client,
@@ -51,6 +54,27 @@ impl Kind {
         match self {
             Kind::User => "user",
             Kind::Client => "client",
+        }
+    }
+}
+
+/// How the cache answered one lookup (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// A fresh entry.
+    Hit,
+    /// A stale entry, served while one refresh runs.
+    Stale,
+    /// Nothing held: the source was asked.
+    Miss,
+}
+
+impl CacheLookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheLookup::Hit => "hit",
+            CacheLookup::Stale => "stale",
+            CacheLookup::Miss => "miss",
         }
     }
 }
@@ -71,11 +95,32 @@ pub struct CacheStats {
     pub fetch_error: AtomicU64,
 }
 
+/// First pause after a failed source call for a key; doubled per failure.
+const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Cap of the doubling (a longer `Retry-After` from the source is honoured).
+const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Cap of any pause, `Retry-After` included.
+const FAILURE_PAUSE_MAX: Duration = Duration::from_secs(300);
+
+/// The last failed source call for a key.
+#[derive(Clone)]
+struct Failure {
+    /// No source call for this key before this instant.
+    until: Instant,
+    /// Failures in a row.
+    attempts: u32,
+    /// The error (shared by every waiter of one single-flight call, so it is
+    /// counted once).
+    err: Arc<SourceError>,
+}
+
 /// Users and clients, each in its own cache.
 #[derive(Clone)]
 pub struct MetadataCache {
     users: Cache<Key, Entry>,
     clients: Cache<Key, Entry>,
+    /// Keys whose last source call failed, with their backoff.
+    failures: moka::sync::Cache<(Kind, Key), Failure>,
     ttl: Duration,
     pub stats: Arc<CacheStats>,
 }
@@ -96,6 +141,11 @@ impl MetadataCache {
         MetadataCache {
             users: build(users_cap),
             clients: build(clients_cap),
+            failures: moka::sync::Cache::builder()
+                .max_capacity((cfg.max_entries / 10).max(1000))
+                .time_to_live(FAILURE_PAUSE_MAX * 2)
+                .support_invalidation_closures()
+                .build(),
             ttl: cfg.ttl,
             stats: Arc::new(CacheStats::default()),
         }
@@ -117,20 +167,42 @@ impl MetadataCache {
         issuer: &Arc<str>,
         id: &str,
     ) -> Result<Option<Arc<Metadata>>, Unavailable> {
+        self.get_traced(kind, source, issuer, id, &mut CacheLookup::Miss).await
+    }
+
+    /// [`Self::get`], also telling (for the access log) whether the cache answered.
+    pub async fn get_traced(
+        &self,
+        kind: Kind,
+        source: &Arc<dyn MetadataSource>,
+        issuer: &Arc<str>,
+        id: &str,
+        lookup: &mut CacheLookup,
+    ) -> Result<Option<Arc<Metadata>>, Unavailable> {
         let key: Key = (issuer.clone(), Arc::from(id));
         let cache = self.cache(kind);
         if let Some(e) = cache.get(&key).await {
             if e.value.is_some() && e.fetched_at.elapsed() >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
+                *lookup = CacheLookup::Stale;
                 self.refresh_in_background(kind, source, key, &e);
             } else {
                 self.stats.hits.fetch_add(1, Relaxed);
+                *lookup = CacheLookup::Hit;
             }
             return Ok(e.value);
         }
         self.stats.misses.fetch_add(1, Relaxed);
+        *lookup = CacheLookup::Miss;
+        let fkey = (kind, key.clone());
+        if let Some(f) = self.failures.get(&fkey)
+            && let Some(left) = f.until.checked_duration_since(Instant::now())
+        {
+            // The source failed for this key a moment ago: do not ask it again yet.
+            return Err(Unavailable(SourceError { reason: f.err.reason.clone(), retry_after: Some(round_up(left)) }));
+        }
         let stats = self.stats.clone();
-        let entry = cache
+        let entry = match cache
             .try_get_with(key.clone(), async move {
                 fetch(kind, source.as_ref(), &key.1, &stats).await.map(|value| Entry {
                     value: value.map(Arc::new),
@@ -139,27 +211,53 @@ impl MetadataCache {
                 })
             })
             .await
-            .map_err(|e| Unavailable((*e).clone()))?;
+        {
+            Ok(entry) => entry,
+            Err(e) => {
+                let wait = self.note_failure(fkey, e.clone());
+                return Err(Unavailable(SourceError { reason: e.reason.clone(), retry_after: Some(round_up(wait)) }));
+            }
+        };
+        if self.failures.contains_key(&fkey) {
+            self.failures.invalidate(&fkey);
+        }
         Ok(entry.value)
     }
 
+    /// Records a failed source call for `fkey`; returns the pause before the next one.
+    fn note_failure(&self, fkey: (Kind, Key), err: Arc<SourceError>) -> Duration {
+        let now = Instant::now();
+        let prev = self.failures.get(&fkey);
+        if let Some(p) = &prev
+            && Arc::ptr_eq(&p.err, &err)
+        {
+            // Another waiter of the same call already counted it.
+            return p.until.saturating_duration_since(now);
+        }
+        let attempts = prev.map_or(0, |p| p.attempts).saturating_add(1);
+        let wait = failure_backoff(attempts, err.retry_after);
+        self.failures.insert(fkey, Failure { until: now + wait, attempts, err });
+        wait
+    }
+
     fn refresh_in_background(&self, kind: Kind, source: &Arc<dyn MetadataSource>, key: Key, e: &Entry) {
-        if e.refreshing.swap(true, Relaxed) {
+        let fkey = (kind, key);
+        // After a failed refresh, keep serving the stale value until the backoff ends
+        // rather than asking the source on every request.
+        if self.failures.get(&fkey).is_some_and(|f| f.until > Instant::now()) || e.refreshing.swap(true, Relaxed) {
             return;
         }
         let (this, source, flag) = (self.clone(), source.clone(), e.refreshing.clone());
         tokio::spawn(async move {
-            match fetch(kind, source.as_ref(), &key.1, &this.stats).await {
+            match fetch(kind, source.as_ref(), &fkey.1.1, &this.stats).await {
                 Ok(value) => {
                     let entry =
                         Entry { value: value.map(Arc::new), fetched_at: Instant::now(), refreshing: Arc::default() };
-                    this.cache(kind).insert(key, entry).await;
+                    this.failures.invalidate(&fkey);
+                    this.cache(kind).insert(fkey.1, entry).await;
                 }
                 Err(err) => {
-                    // Keep serving the stale value; try again after a pause (or when
-                    // the source said to), not on every request.
-                    let wait = err.retry_after.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(60));
-                    tokio::time::sleep(wait).await;
+                    this.note_failure(fkey, Arc::new(err));
                     flag.store(false, Relaxed);
                 }
             }
@@ -172,8 +270,13 @@ impl MetadataCache {
         let before = cache.iter().filter(|(k, _)| &*k.1 == id && issuer.is_none_or(|i| *i == k.0)).count();
         let id: Arc<str> = Arc::from(id);
         let issuer = issuer.cloned();
+        let (fid, fissuer) = (id.clone(), issuer.clone());
+        let _ = self.failures.invalidate_entries_if(move |k, _| {
+            k.0 == kind && k.1.1 == fid && fissuer.as_ref().is_none_or(|i| *i == k.1.0)
+        });
         let _ = cache.invalidate_entries_if(move |k, _| k.1 == id && issuer.as_ref().is_none_or(|i| *i == k.0));
         cache.run_pending_tasks().await;
+        self.failures.run_pending_tasks();
         before > 0
     }
 
@@ -192,6 +295,18 @@ impl MetadataCache {
         self.clients.run_pending_tasks().await;
         (self.users.entry_count(), self.clients.entry_count())
     }
+}
+
+/// 1 s × 2^(attempts-1) up to 30 s, or the source's `Retry-After` when longer; at
+/// most 5 minutes.
+fn failure_backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = FAILURE_BACKOFF_BASE.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(FAILURE_BACKOFF_CAP);
+    exp.max(retry_after.unwrap_or_default()).min(FAILURE_PAUSE_MAX)
+}
+
+/// Whole seconds, rounded up (for `Retry-After`).
+fn round_up(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 async fn fetch(

@@ -41,12 +41,18 @@ impl RateLimiter {
 /// How long the server asked us to wait: `Retry-After` (seconds), else
 /// `x-ratelimit-reset` (Unix seconds).
 pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    if let Some(s) =
-        h.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return Some(Duration::from_secs(s));
-    }
-    let reset = h.get("x-ratelimit-reset").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())?;
+    retry_after_header(h).or_else(|| ratelimit_reset(h))
+}
+
+/// `Retry-After` in seconds (the form Auth0 sends).
+pub fn retry_after_header(h: &HeaderMap) -> Option<Duration> {
+    let s = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(s))
+}
+
+/// The time until `x-ratelimit-reset` (Unix seconds), at least one second.
+pub fn ratelimit_reset(h: &HeaderMap) -> Option<Duration> {
+    let reset = h.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse::<u64>().ok()?;
     let now = crate::mint::unix_now();
     Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
 }
