@@ -446,6 +446,7 @@ fn toml_error_key(e: &toml::de::Error) -> String {
     let msg = e.message();
     if let Some(rest) = msg.strip_prefix("unknown field `")
         && let Some(end) = rest.find('`')
+        && end > 0
     {
         return rest[..end].to_string();
     }
@@ -1063,6 +1064,14 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::parse("[listen]\nadress = \"x\"\n").unwrap_err();
         assert_eq!(e.0[0].key, "adress");
+    }
+
+    #[test]
+    fn an_empty_key_still_names_a_place() {
+        for text in ["[\"\"]\n", "\"\" = 1\n"] {
+            let e = Config::parse(text).unwrap_err();
+            assert!(!e.0[0].key.is_empty(), "{text:?} gave an empty key");
+        }
     }
 
     #[test]

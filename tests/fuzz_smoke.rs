@@ -1,0 +1,322 @@
+//! The fuzz targets of `fuzz/` as a stable-Rust property test (issue 6).
+//!
+//! `cargo fuzz` needs nightly; this runs the same target functions (fuzz/src/lib.rs,
+//! included by path) on stable, over the committed corpus in `fuzz/corpus/<target>/`
+//! plus ten thousand deterministic mutations of it, so `cargo test` catches a
+//! regression of any fuzz invariant. `FUZZ_SMOKE_ITERS` changes the mutation count.
+//!
+//! `cargo test --test fuzz_smoke -- --ignored write_seed_corpus` regenerates the seeds.
+
+#[path = "../fuzz/src/lib.rs"]
+mod targets;
+
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use targets::*;
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
+}
+
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = corpus_dir(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("no seed corpus at {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let seeds: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(seeds.len() >= 3, "the corpus of {target} is (nearly) empty");
+    seeds
+}
+
+/// Mutations per target (verify_claims, which signs every input, runs a third).
+fn iterations(name: &str) -> usize {
+    let n = std::env::var("FUZZ_SMOKE_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    if name == "verify_claims" { n / 3 } else { n }
+}
+
+/// Runs `target` over its corpus and `iterations()` mutations of it, reporting the
+/// input that broke an invariant.
+fn run(name: &str) {
+    let target = TARGETS.iter().find(|(n, _)| *n == name).expect("target").1;
+    let seeds = corpus(name);
+    let mut rng = Rng::new(0x5eed_0000 ^ name.len() as u64 ^ (name.as_bytes()[0] as u64) << 32);
+    let started = std::time::Instant::now();
+    let mut inputs = seeds.clone();
+    let total = iterations(name);
+    for i in 0..total + seeds.len() {
+        let input = if i < seeds.len() {
+            seeds[i].clone()
+        } else {
+            let base = &inputs[rng.below(inputs.len())];
+            let other = &seeds[rng.below(seeds.len())];
+            mutate(&mut rng, base, other)
+        };
+        let outcome = std::panic::catch_unwind(|| target(&input));
+        if outcome.is_err() {
+            panic!("fuzz target {name} broke an invariant on input #{i}: {:?}", String::from_utf8_lossy(&input));
+        }
+        // Keep some mutants as bases so edits accumulate (a poor man's corpus growth).
+        if i >= seeds.len() && rng.below(4) == 0 && inputs.len() < 4096 {
+            inputs.push(input);
+        }
+    }
+    eprintln!("{name}: {} inputs in {:?}", total + seeds.len(), started.elapsed());
+}
+
+#[test]
+fn fuzz_verify_token() {
+    run("verify_token");
+}
+
+#[test]
+fn fuzz_verify_claims() {
+    run("verify_claims");
+}
+
+#[test]
+fn fuzz_hygiene() {
+    run("hygiene");
+}
+
+#[test]
+fn fuzz_normalize() {
+    run("normalize");
+}
+
+#[test]
+fn fuzz_config() {
+    run("config");
+}
+
+/// The verification fixture is not vacuous: valid tokens of every allowed algorithm
+/// pass, and the same tokens broken in one way each fail.
+#[test]
+fn fixture_accepts_valid_and_refuses_broken_tokens() {
+    let f = fixture();
+    let verify = |t: &str| f.rt.block_on(f.verifier.verify_at(t, NOW));
+    for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256, Algorithm::PS256, Algorithm::HS256] {
+        let t = valid_token(alg, &valid_claims("user-1"));
+        let id = verify(&t).unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+        assert_eq!((id.subject(), id.client_id()), ("user-1", AUDIENCES[0]));
+        verify_token(t.as_bytes());
+        let mut bad = valid_claims("user-1");
+        bad["exp"] = json!(NOW - 31);
+        assert!(verify(&valid_token(alg, &bad)).is_err());
+        let mut sig_flipped = t.clone().into_bytes();
+        let last = sig_flipped.len() - 2;
+        sig_flipped[last] = if sig_flipped[last] == b'A' { b'B' } else { b'A' };
+        assert!(verify(std::str::from_utf8(&sig_flipped).unwrap()).is_err());
+    }
+    // verify_claims with mode 0 (EdDSA, right kid) accepts valid claims.
+    let mut input = vec![0u8];
+    input.extend(valid_claims("user-1").to_string().into_bytes());
+    verify_claims(&input);
+}
+
+// ---------------------------------------------------------------------------
+// Seeds
+
+fn write(target: &str, name: &str, data: impl AsRef<[u8]>) {
+    let dir = corpus_dir(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), data).unwrap();
+}
+
+#[test]
+#[ignore = "regenerates fuzz/corpus; run by hand"]
+fn write_seed_corpus() {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let f = fixture();
+    let c = valid_claims("auth0|seed-user");
+
+    // verify_token: valid tokens, then one broken way each.
+    for (n, alg) in [
+        ("valid-eddsa", Algorithm::EdDSA),
+        ("valid-es256", Algorithm::ES256),
+        ("valid-rs256", Algorithm::RS256),
+        ("valid-ps256", Algorithm::PS256),
+        ("valid-hs256", Algorithm::HS256),
+    ] {
+        write("verify_token", n, valid_token(alg, &c));
+    }
+    let mut multi = c.clone();
+    multi["aud"] = json!(AUDIENCES);
+    multi["azp"] = json!(AUDIENCES[1]);
+    write("verify_token", "valid-multi-aud-azp", valid_token(Algorithm::EdDSA, &multi));
+    let nokid = sign_raw(
+        json!({"alg": "RS256"}).to_string().as_bytes(),
+        c.to_string().as_bytes(),
+        Algorithm::RS256,
+        encoding_for(f, Algorithm::RS256).0,
+    );
+    write("verify_token", "valid-rs256-no-kid", nokid);
+    let mut expired = c.clone();
+    expired["exp"] = json!(NOW - 100);
+    write("verify_token", "expired", valid_token(Algorithm::EdDSA, &expired));
+    let payload = b64(&c);
+    write("verify_token", "alg-none", format!("{}.{payload}.", b64(&json!({"alg": "none"}))));
+    write("verify_token", "alg-none-sig", format!("{}.{payload}.AAAA", b64(&json!({"alg": "none", "kid": "ed-1"}))));
+    write(
+        "verify_token",
+        "jku-header",
+        format!("{}.{payload}.AAAA", b64(&json!({"alg": "RS256", "jku": "http://127.0.0.1:1/x", "kid": "evil"}))),
+    );
+    write("verify_token", "crit", format!("{}.{payload}.AAAA", b64(&json!({"alg": "EdDSA", "crit": ["b64"]}))));
+    let dup = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!(r#"{{"iss":"https://evil/","iss":"{ISSUER}","sub":"x","aud":"client-a","exp":9999999999}}"#));
+    write("verify_token", "duplicate-iss", format!("{}.{dup}.AAAA", b64(&json!({"alg": "EdDSA", "kid": "ed-1"}))));
+    write("verify_token", "four-parts", "a.b.c.d");
+    write("verify_token", "dots", "..");
+    write("verify_token", "short", "eyJhbGciOiJIUzI1NiJ9.e30.");
+
+    // verify_claims: mode byte + payload.
+    let claims_seed = |name: &str, mode: u8, payload: &str| {
+        let mut v = vec![mode];
+        v.extend_from_slice(payload.as_bytes());
+        write("verify_claims", name, v);
+    };
+    claims_seed("valid-eddsa", 0, &c.to_string());
+    claims_seed("valid-hs256", 1, &c.to_string());
+    claims_seed("valid-es256", 2, &c.to_string());
+    claims_seed("valid-rs256", 3, &c.to_string());
+    claims_seed("multi-aud", 0, &multi.to_string());
+    claims_seed("no-kid-eddsa", 4, &c.to_string());
+    claims_seed("unknown-kid", 8, &c.to_string());
+    claims_seed("wrong-family-kid", 12, &c.to_string());
+    claims_seed("crit", 16, &c.to_string());
+    claims_seed(
+        "float-dates",
+        0,
+        &format!(r#"{{"iss":"{ISSUER}","sub":"s","aud":["client-b"],"exp":1.7e9,"nbf":1700000029.9,"iat":0}}"#),
+    );
+    claims_seed(
+        "dup-sub",
+        0,
+        &format!(r#"{{"iss":"{ISSUER}","sub":"a","sub":"b","aud":"client-a","exp":1800000000}}"#),
+    );
+    claims_seed("empty", 0, "{}");
+
+    // hygiene: drop name, cookie name, header lines.
+    write(
+        "hygiene",
+        "basic",
+        "x-internal-token\nid_token\nConnection: close, X-Secret\nX-Secret: 1\nKeep-Alive: timeout=5\nX_Internal_Token: forged\nCookie: a=1; id_token=abc; b=2\nAccept: */*\n",
+    );
+    write(
+        "hygiene",
+        "authorization",
+        "authorization\nsession\nAuthorization: Bearer x\nProxy-Authorization: Basic y\nTE: trailers\nUpgrade: websocket\nConnection: upgrade\n",
+    );
+    write(
+        "hygiene",
+        "cookies",
+        "x-user\nid_token\nCookie: id_token=1\nCookie: theme=dark;id_token = 2 ; lang=en\nCookie: id_token\nCookie: =;;\nX-User: forged\n",
+    );
+    write(
+        "hygiene",
+        "underscores",
+        "X_Forwarded_For\ntok\nx-forwarded-for: 1.2.3.4\nx_forwarded_for: 5.6.7.8\nTransfer_Encoding: chunked\n",
+    );
+
+    // normalize: tricky paths.
+    for (i, p) in [
+        "/",
+        "/api/x",
+        "/public/../api/x",
+        "/a/./b/../c/",
+        "/%61pi/%2e%2e/x",
+        "/a%2e%2e/b",
+        "/api%2Fx",
+        "/api%5cx",
+        "/api\\x",
+        "/%2e%2e/",
+        "/a//b/../..",
+        "/ünï/%C3%BC",
+        "/a%20b%3a%7E",
+        "/a/.%2e/b",
+        "/x/%252e%252e/y",
+        "/a/b/.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("normalize", &format!("path-{i:02}"), p);
+    }
+
+    // config: valid and invalid configurations.
+    let valid = r#"[listen]
+addr = "127.0.0.1:0"
+token_cookie = "id_token"
+trusted_proxies = ["10.0.0.0/8", "::1"]
+
+[admin]
+addr = "127.0.0.1:0"
+
+[[issuer]]
+issuer = "https://tenant.eu.auth0.com/"
+audiences = ["CLIENT_ID_1", "CLIENT_ID_2"]
+algorithms = ["RS256", "ES256"]
+leeway = "30s"
+
+[cache]
+ttl = "5m"
+max_stale = "1h"
+negative_ttl = "30s"
+max_entries = 100000
+
+[token]
+issuer = "https://claimsmith.internal/"
+ttl = "5m"
+algorithm = "EdDSA"
+header = "x-internal-token"
+copy_claims = ["email", "name"]
+
+[[route]]
+path_prefix = "/api/"
+upstream = "http://127.0.0.1:3000"
+audience = "orders-api"
+app_metadata = ["roles"]
+
+[[route]]
+path_prefix = "/public/"
+upstream = "http://127.0.0.1:3000"
+auth = "off"
+"#;
+    write("config", "valid", valid);
+    write("config", "same-issuer", valid.replace("https://claimsmith.internal/", "https://tenant.eu.auth0.com/"));
+    write(
+        "config",
+        "bad-durations",
+        valid.replace("\"5m\"", "\"99999999999999999999h\"").replace("\"30s\"", "\"-1s\""),
+    );
+    write("config", "dot-prefix", valid.replace("/public/", "/public/../api/"));
+    write("config", "unknown-key", format!("{valid}\n[tokne]\nissuer = \"x\"\n"));
+    write(
+        "config",
+        "auth0-source",
+        r#"[[issuer]]
+issuer = "https://t.example/"
+audiences = ["c"]
+metadata = "auth0"
+hmac_secret_env = "NO_SUCH_VAR_CLAIMSMITH_FUZZ"
+algorithms = ["HS256", "none"]
+
+[metadata.auth0]
+kind = "auth0"
+domain = "t.example"
+client_id = "m2m"
+client_secret_env = "NO_SUCH_VAR_CLAIMSMITH_FUZZ"
+
+[[route]]
+path_prefix = "/"
+upstream = "https://backend.example"
+"#,
+    );
+    write("config", "empty", "");
+}
