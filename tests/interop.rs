@@ -9,8 +9,10 @@
 //!   EdDSA) with keys they generate are accepted when their JWKS is the issuer's.
 //!
 //! The verifiers are scripts in tests/interop/, run as child processes. Their packages
-//! come from `bash .ci/interop-setup.sh` (npm ci + a pinned venv); without them these
-//! tests FAIL with a message saying so, they never skip.
+//! come from `bash .ci/interop-setup.sh` (npm ci + a pinned venv, from the registries);
+//! when they are missing, the first test runs that script itself, so a plain
+//! `cargo test` on a fresh machine works. If they still cannot be had, these tests
+//! FAIL with a message saying so; they never skip.
 
 mod support;
 
@@ -34,8 +36,29 @@ fn python() -> PathBuf {
     if venv.exists() { venv } else { PathBuf::from("python3") }
 }
 
+/// Installs the verifiers once per test run when they are missing.
+fn ensure_installed() {
+    static SETUP_RUN: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    SETUP_RUN.get_or_init(|| {
+        let installed = ["jose", "jwks-rsa", "jsonwebtoken"]
+            .iter()
+            .all(|p| interop_dir().join("node_modules").join(p).join("package.json").exists())
+            && interop_dir().join(".venv/bin/python").exists();
+        if !installed {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/interop-setup.sh");
+            let out = std::process::Command::new("bash").arg(script).output();
+            if let Ok(o) = &out
+                && !o.status.success()
+            {
+                eprintln!("interop setup failed:\n{}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+    });
+}
+
 /// Fails (never skips) when a verifier's runtime or packages are missing.
 fn preflight() {
+    ensure_installed();
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(node.is_ok_and(|o| o.status.success()), "interop: `node` is not installed; {SETUP}");
     for p in ["jose", "jwks-rsa", "jsonwebtoken"] {
