@@ -64,10 +64,22 @@ impl App {
     }
 
     /// Builds the state that replaces `old` on a reload: same metrics registry and
-    /// cache counters, everything else (sources, keys, cache entries) new.
+    /// cache counters, new sources and keys. Cached metadata is kept for issuers whose
+    /// remote source (auth0, http) is configured exactly as before, so a reload does
+    /// not send a burst of reads to a rate-limited tenant; entries of file sources,
+    /// changed sources and new issuers are dropped (SPEC §8: a reloaded file source's
+    /// entries are replaced at once).
     pub fn rebuild(config: Config, old: &App) -> Result<App, BuildError> {
         let mut app = Self::build_with(config, old.metrics.clone())?;
         app.cache.stats = old.cache.stats.clone();
+        if app.config.cache == old.config.cache {
+            app.cache = old.cache.clone();
+            for iss in &app.config.issuers {
+                if !same_remote_source(&app.config, &old.config, &iss.issuer) {
+                    app.cache.forget_issuer(&Arc::from(iss.issuer.as_str()));
+                }
+            }
+        }
         Ok(app)
     }
 
@@ -242,5 +254,22 @@ impl MetadataSource for CountedSource {
     }
     fn ratelimit_remaining(&self) -> Option<u64> {
         self.inner.ratelimit_remaining()
+    }
+}
+
+/// Whether `issuer` reads metadata from the same auth0 or http source, configured the
+/// same way, in both configurations.
+fn same_remote_source(new: &Config, old: &Config, issuer: &str) -> bool {
+    let source = |c: &Config| {
+        c.issuers
+            .iter()
+            .find(|i| i.issuer == issuer)
+            .and_then(|i| i.metadata.as_ref())
+            .and_then(|m| c.sources.get(m))
+            .cloned()
+    };
+    match (source(new), source(old)) {
+        (Some(a), Some(b)) => a == b && !matches!(a, SourceConfig::File(_)),
+        _ => false,
     }
 }

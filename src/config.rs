@@ -131,7 +131,7 @@ pub struct IssuerConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceConfig {
     Auth0(Auth0SourceConfig),
     File(FileSourceConfig),
@@ -149,7 +149,7 @@ impl SourceConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Auth0SourceConfig {
     pub domain: String,
     pub base_url: Url,
@@ -161,12 +161,12 @@ pub struct Auth0SourceConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FileSourceConfig {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpSourceConfig {
     pub user_url: String,
     pub client_url: String,
@@ -176,7 +176,7 @@ pub struct HttpSourceConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub ttl: Duration,
     pub max_stale: Duration,

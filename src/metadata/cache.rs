@@ -281,6 +281,15 @@ impl MetadataCache {
     }
 
     /// Drops every entry of an issuer (its file source was reloaded).
+    /// Marks every entry of an issuer as gone without waiting for maintenance: reads
+    /// stop returning them at once.
+    pub fn forget_issuer(&self, issuer: &Arc<str>) {
+        for kind in [Kind::User, Kind::Client] {
+            let issuer = issuer.clone();
+            let _ = self.cache(kind).invalidate_entries_if(move |k, _| k.0 == issuer);
+        }
+    }
+
     pub async fn evict_issuer(&self, issuer: &Arc<str>) {
         for kind in [Kind::User, Kind::Client] {
             let issuer = issuer.clone();
