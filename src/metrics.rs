@@ -10,8 +10,8 @@ use std::time::Duration;
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-/// One counter per (route, status).
-type RequestCounters = HashMap<(Arc<str>, u16), Arc<AtomicU64>>;
+/// One counter per (route, status), looked up by `&str` so the hot path clones nothing.
+type RequestCounters = HashMap<Arc<str>, HashMap<u16, Arc<AtomicU64>>>;
 
 /// Calls to one metadata source, by result.
 #[derive(Default)]
@@ -26,7 +26,10 @@ pub struct SourceCounters {
 /// state, so counters do not restart.
 #[derive(Default)]
 pub struct Metrics {
-    requests: RwLock<RequestCounters>,
+    /// Copy-on-write: a request only loads it (no lock, no shared write); a new
+    /// (route, status) pair copies the map once.
+    requests: arc_swap::ArcSwap<RequestCounters>,
+    /// Per bucket, not cumulative: one increment per request; `render` sums them.
     buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
     count: AtomicU64,
@@ -38,23 +41,23 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one finished request.
     pub fn record(&self, route: &Arc<str>, status: u16, elapsed: Duration) {
-        let counter = {
-            let map = self.requests.read().unwrap_or_else(|p| p.into_inner());
-            map.get(&(route.clone(), status)).cloned()
+        let counted = {
+            let map = self.requests.load();
+            map.get(&**route).and_then(|m| m.get(&status)).map(|c| c.fetch_add(1, Relaxed)).is_some()
         };
-        let counter = match counter {
-            Some(c) => c,
-            None => {
-                let mut map = self.requests.write().unwrap_or_else(|p| p.into_inner());
-                map.entry((route.clone(), status)).or_default().clone()
+        if !counted {
+            self.requests.rcu(|m| {
+                let mut m = RequestCounters::clone(m);
+                m.entry(route.clone()).or_default().entry(status).or_default();
+                m
+            });
+            if let Some(c) = self.requests.load().get(&**route).and_then(|m| m.get(&status)) {
+                c.fetch_add(1, Relaxed);
             }
-        };
-        counter.fetch_add(1, Relaxed);
+        }
         let secs = elapsed.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
         }
         self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.count.fetch_add(1, Relaxed);
@@ -83,20 +86,19 @@ impl Metrics {
     pub fn render(&self, out: &mut String) {
         out.push_str("# HELP claimsmith_requests_total Proxied requests by route and status.\n");
         out.push_str("# TYPE claimsmith_requests_total counter\n");
-        let map = self.requests.read().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<_> = map.iter().map(|((r, s), c)| (r.clone(), *s, c.load(Relaxed))).collect();
+        let map = self.requests.load();
+        let mut rows: Vec<_> =
+            map.iter().flat_map(|(r, m)| m.iter().map(|(s, c)| (r.clone(), *s, c.load(Relaxed)))).collect();
         rows.sort();
         for (route, status, n) in rows {
             let _ = writeln!(out, "claimsmith_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(&route));
         }
         out.push_str("# HELP claimsmith_request_duration_seconds Time from request to response head.\n");
         out.push_str("# TYPE claimsmith_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "claimsmith_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
-                self.buckets[i].load(Relaxed)
-            );
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");

@@ -1,6 +1,7 @@
 //! ID token (or access token) verification, SPEC §3 step 3 (RFC 8725, OIDC Core
 //! §3.1.3.7). The only way to get a [`VerifiedIdentity`] is [`Verifier::verify`].
 
+pub mod cache;
 pub mod jwks;
 
 use std::str::FromStr;
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::IssuerConfig;
 use crate::http_client::JsonClient;
-use jwks::{Jwks, Lookup};
+use jwks::{Jwks, KeySet, Lookup};
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -98,7 +99,8 @@ pub struct VerifiedIdentity {
     client_id: String,
     exp: u64,
     leeway: Duration,
-    claims: Map<String, Value>,
+    /// Shared, so cloning an identity (token cache hits) copies no claim.
+    claims: Arc<Map<String, Value>>,
     token_hash: [u8; 32],
 }
 
@@ -145,6 +147,8 @@ pub struct IssuerVerifier {
 /// Verifies tokens against every configured issuer.
 pub struct Verifier {
     issuers: Vec<IssuerVerifier>,
+    /// Tokens that passed, by SHA-256 (see `cache.rs`); successes only.
+    tokens: cache::TokenCache,
 }
 
 impl Verifier {
@@ -159,7 +163,7 @@ impl Verifier {
                 hmac: cfg.hmac_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             })
             .collect();
-        Verifier { issuers }
+        Verifier { issuers, tokens: cache::TokenCache::default() }
     }
 
     pub fn issuers(&self) -> &[IssuerVerifier] {
@@ -176,11 +180,37 @@ impl Verifier {
         self.verify_at(token, crate::mint::unix_now()).await
     }
 
-    /// [`Self::verify`] at a given time (seconds since the epoch).
+    /// [`Self::verify`] at a given time (seconds since the epoch). A token that
+    /// passed before is answered from the token cache, with its time claims checked
+    /// again at `now` and only while its issuer's key set is unchanged.
     pub async fn verify_at(&self, token: &str, now: u64) -> Result<VerifiedIdentity, VerifyError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge);
         }
+        let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(id) = self.tokens.get(&token_hash, now, |i| self.issuers.get(i).and_then(|i| i.jwks.current())) {
+            return Ok(id);
+        }
+        let (identity, keys) = self.verify_full(token, token_hash, now).await?;
+        self.tokens.insert(token_hash, &identity, keys);
+        Ok(identity)
+    }
+
+    /// Every check, without the token cache (benchmarks, tests).
+    pub async fn verify_uncached_at(&self, token: &str, now: u64) -> Result<VerifiedIdentity, VerifyError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::TooLarge);
+        }
+        Ok(self.verify_full(token, Sha256::digest(token.as_bytes()).into(), now).await?.0)
+    }
+
+    /// The full verification; also returns the key set that checked the signature.
+    async fn verify_full(
+        &self,
+        token: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> Result<(VerifiedIdentity, Option<Arc<KeySet>>), VerifyError> {
         let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(VerifyError::Malformed)?;
         let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(VerifyError::Malformed)?;
         if payload_b64.contains('.') || sig_b64.is_empty() || header_b64.is_empty() || payload_b64.is_empty() {
@@ -207,27 +237,31 @@ impl Verifier {
         if !issuer.config.algorithms.contains(&alg) {
             return Err(VerifyError::AlgorithmNotAllowed);
         }
-        let valid = match alg {
+        let (valid, keys) = match alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
                 let key = issuer.hmac.as_ref().ok_or(VerifyError::AlgorithmNotAllowed)?;
-                check_signature(sig_b64, signing_input, key, alg)
+                (check_signature(sig_b64, signing_input, key, alg), None)
             }
-            _ => self.verify_with_jwks(issuer, kid, alg, sig_b64, signing_input).await?,
+            _ => {
+                let (valid, set) = self.verify_with_jwks(issuer, kid, alg, sig_b64, signing_input).await?;
+                (valid, Some(set))
+            }
         };
         if !valid {
             return Err(VerifyError::BadSignature);
         }
         let (subject, client_id, exp) = validate_claims(&claims, &issuer.config, now)?;
-        Ok(VerifiedIdentity {
+        let identity = VerifiedIdentity {
             issuer_index,
             issuer: issuer.issuer.clone(),
             subject,
             client_id,
             exp,
             leeway: issuer.config.leeway,
-            token_hash: Sha256::digest(token.as_bytes()).into(),
-            claims,
-        })
+            token_hash,
+            claims: Arc::new(claims),
+        };
+        Ok((identity, keys))
     }
 
     async fn verify_with_jwks(
@@ -237,12 +271,15 @@ impl Verifier {
         alg: Algorithm,
         sig_b64: &str,
         signing_input: &str,
-    ) -> Result<bool, VerifyError> {
+    ) -> Result<(bool, Arc<KeySet>), VerifyError> {
         let mut refetched = false;
         loop {
             let set = issuer.jwks.current().ok_or(VerifyError::KeysUnavailable)?;
             match set.lookup(kid, alg) {
-                Lookup::Found(key) => return Ok(check_signature(sig_b64, signing_input, key, alg)),
+                Lookup::Found(key) => {
+                    let valid = check_signature(sig_b64, signing_input, key, alg);
+                    return Ok((valid, set));
+                }
                 Lookup::WrongAlgorithm => return Err(VerifyError::KeyAlgorithmMismatch),
                 Lookup::Ambiguous => return Err(VerifyError::AmbiguousKey),
                 Lookup::UnknownKid if refetched => return Err(VerifyError::UnknownKey),

@@ -1,0 +1,122 @@
+//! Writes what the load test (`benches/load.sh`) needs, and starts nothing:
+//!
+//! - `jwks.json`: the public key of a fresh issuer key (served by nginx in the test);
+//! - `tokens.txt`: one signed ID token per line, one per distinct user;
+//! - `metadata.json`: a file metadata source holding every one of those users and
+//!   the client (SPEC §6 format).
+//!
+//! ```text
+//! cargo run --release --example bench_tokens -- OUT_DIR [--users 1000] [--alg RS256]
+//!     [--issuer https://bench-issuer.test/] [--audience bench-client] [--ttl-secs 86400]
+//! ```
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Map, Value, json};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut out: Option<PathBuf> = None;
+    let (mut users, mut alg, mut issuer, mut audience, mut ttl) =
+        (1000usize, "RS256".to_string(), "https://bench-issuer.test/".to_string(), "bench-client".to_string(), 86_400);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--users" => users = val().parse().unwrap_or_else(|_| usage("--users takes a number")),
+            "--alg" => alg = val(),
+            "--issuer" => issuer = val(),
+            "--audience" => audience = val(),
+            "--ttl-secs" => ttl = val().parse().unwrap_or_else(|_| usage("--ttl-secs takes a number")),
+            _ if !a.starts_with('-') && out.is_none() => out = Some(PathBuf::from(a)),
+            _ => usage(&format!("unknown argument {a}")),
+        }
+    }
+    let out = out.unwrap_or_else(|| usage("OUT_DIR is required"));
+    let alg = match alg.as_str() {
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => usage("--alg is RS256, ES256 or EdDSA"),
+    };
+    std::fs::create_dir_all(&out).expect("cannot create OUT_DIR");
+    let issuer_key = BenchIssuer::new(alg, &issuer, &audience);
+    std::fs::write(out.join("jwks.json"), issuer_key.jwks().to_string()).expect("write jwks.json");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let mut tokens = String::new();
+    for i in 0..users {
+        tokens.push_str(&issuer_key.token(&user_id(i), now, ttl));
+        tokens.push('\n');
+    }
+    std::fs::write(out.join("tokens.txt"), tokens).expect("write tokens.txt");
+    std::fs::write(out.join("metadata.json"), metadata(users, &audience).to_string()).expect("write metadata.json");
+    eprintln!("bench_tokens: wrote {users} {alg:?} tokens, jwks.json and metadata.json to {}", out.display());
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "bench_tokens: {msg}\nusage: bench_tokens OUT_DIR [--users N] [--alg RS256|ES256|EdDSA] [--issuer URL] [--audience ID] [--ttl-secs N]"
+    );
+    std::process::exit(2)
+}
+
+/// The id of bench user `i`.
+pub fn user_id(i: usize) -> String {
+    format!("auth0|bench-{i:06}")
+}
+
+/// A file metadata document with `users` users and one client, `audience`.
+pub fn metadata(users: usize, audience: &str) -> Value {
+    let mut u = Map::new();
+    for i in 0..users {
+        u.insert(
+            user_id(i),
+            json!({"app_metadata": {"roles": ["reader"], "plan": "pro", "org_id": format!("org-{}", i % 97)}}),
+        );
+    }
+    json!({"users": u, "clients": {audience: {"client_metadata": {"tenant_key": "k-bench-tenant", "region": "eu"}}}})
+}
+
+/// A signing key of an imaginary IdP.
+pub struct BenchIssuer {
+    alg: Algorithm,
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Value,
+    issuer: String,
+    audience: String,
+}
+
+impl BenchIssuer {
+    pub fn new(alg: Algorithm, issuer: &str, audience: &str) -> BenchIssuer {
+        let (key, pem) = claimsmith::mint::SigningKey::generate(alg).expect("key generation");
+        let encoding = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+            _ => EncodingKey::from_ed_pem(pem.as_bytes()),
+        }
+        .expect("PEM");
+        BenchIssuer {
+            alg,
+            kid: key.kid().to_string(),
+            encoding,
+            jwk: key.public_jwk().clone(),
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+        }
+    }
+
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [self.jwk]})
+    }
+
+    /// An ID token for `sub`, valid from `now` for `ttl` seconds.
+    pub fn token(&self, sub: &str, now: u64, ttl: u64) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        let claims = json!({"iss": self.issuer, "sub": sub, "aud": self.audience, "iat": now, "exp": now + ttl,
+                            "email": format!("{}@bench.example", &sub[6..]), "email_verified": true, "name": "Bench User"});
+        jsonwebtoken::encode(&h, &claims, &self.encoding).expect("signing")
+    }
+}
