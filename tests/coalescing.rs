@@ -65,7 +65,8 @@ async fn fifty_concurrent_first_requests_make_one_source_read() {
     .await;
     let issuer = Issuer::start().await;
     let upstream = Upstream::start().await;
-    let h = Arc::new(Harness::start_parts(issuer, upstream, &TEMPLATE.replace("{md}", &md.to_string()), json!({})).await);
+    let h =
+        Arc::new(Harness::start_parts(issuer, upstream, &TEMPLATE.replace("{md}", &md.to_string()), json!({})).await);
     let token = h.issuer.token(USER_1);
     let mut tasks = Vec::new();
     for _ in 0..50 {
