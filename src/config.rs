@@ -461,6 +461,14 @@ fn toml_error_reason(e: &toml::de::Error) -> String {
 }
 
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
+///
+/// ```
+/// use std::time::Duration;
+/// use claimsmith::config::parse_duration;
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+/// assert!(parse_duration("5 minutes").is_err());
+/// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
