@@ -93,6 +93,26 @@ pub struct CacheStats {
     pub fetch_ok: AtomicU64,
     pub fetch_not_found: AtomicU64,
     pub fetch_error: AtomicU64,
+    /// When the last "metadata source failed" warning was logged (ms since the
+    /// epoch), and how many were folded into the next one: an outage under load
+    /// must not flood the log with one line per request.
+    last_warn_ms: AtomicU64,
+    warns_folded: AtomicU64,
+}
+
+impl CacheStats {
+    /// Whether a failure warning may be logged now (at most one a second); returns
+    /// how many failures were folded since the last one.
+    fn warn_slot(&self) -> Option<u64> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_warn_ms.load(Relaxed);
+        if now.saturating_sub(last) >= 1000 && self.last_warn_ms.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            return Some(self.warns_folded.swap(0, Relaxed));
+        }
+        self.warns_folded.fetch_add(1, Relaxed);
+        None
+    }
 }
 
 /// First pause after a failed source call for a key; doubled per failure.
@@ -332,9 +352,37 @@ async fn fetch(
         Ok(Some(_)) => stats.fetch_ok.fetch_add(1, Relaxed),
         Ok(None) => stats.fetch_not_found.fetch_add(1, Relaxed),
         Err(e) => {
-            tracing::warn!(source = source.kind(), kind = kind.as_str(), error = %e, "metadata source failed");
+            match stats.warn_slot() {
+                Some(folded) => tracing::warn!(
+                    source = source.kind(),
+                    kind = kind.as_str(),
+                    error = %e,
+                    similar_since_last = folded,
+                    "metadata source failed"
+                ),
+                None => {
+                    tracing::debug!(source = source.kind(), kind = kind.as_str(), error = %e, "metadata source failed")
+                }
+            }
             stats.fetch_error.fetch_add(1, Relaxed)
         }
     };
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_warnings_are_folded_to_one_a_second() {
+        let stats = CacheStats::default();
+        assert_eq!(stats.warn_slot(), Some(0));
+        for _ in 0..450 {
+            assert_eq!(stats.warn_slot(), None);
+        }
+        // As if a second had passed: the next warning reports what was folded.
+        stats.last_warn_ms.store(0, Relaxed);
+        assert_eq!(stats.warn_slot(), Some(450));
+    }
 }
