@@ -130,7 +130,7 @@ impl App {
         for (i, iss) in config.issuers.iter().enumerate() {
             issuer_clients.push(http_client::client(connector(&iss.ca_file, format!("issuer[{i}].ca_file"))?));
         }
-        let verifier = Verifier::new(&config.issuers, &issuer_clients);
+        let verifier = Verifier::new(&config.issuers, &issuer_clients).keep_only_claims(&config.token.copy_claims);
         let mut routes = Vec::new();
         for r in &config.routes {
             let c = connector(&r.ca_file, format!("route {}", r.path_prefix))?;

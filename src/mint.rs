@@ -234,6 +234,9 @@ pub struct Minted {
 
 type ReuseKey = ([u8; 32], Arc<str>);
 
+/// Minted tokens kept for reuse at most.
+pub const REUSE_CAPACITY: u64 = 10_000;
+
 /// Mints internal tokens and publishes the keys that verify them.
 pub struct Minter {
     issuer: String,
@@ -269,7 +272,10 @@ impl Minter {
             signing,
             published,
             header_json_b64,
-            reuse: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(cfg.ttl).build(),
+            // Reuse pays off for callers that come back within half a token's life;
+            // the most recent 10,000 are enough for that, and each entry holds a whole
+            // signed token (~0.7 KB), so a larger bound costs memory, not signatures.
+            reuse: moka::sync::Cache::builder().max_capacity(REUSE_CAPACITY).time_to_live(cfg.ttl).build(),
             minted: Default::default(),
             reused: Default::default(),
         })

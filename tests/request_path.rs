@@ -279,3 +279,21 @@ async fn several_key_files_first_signs_all_are_published() {
     assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
     verify_internal(&internal, &jwks, INTERNAL_AUD);
 }
+
+#[tokio::test]
+async fn only_copy_claims_are_copied() {
+    let h = Harness::start().await;
+    let mut c = h.issuer.claims(USER_1);
+    c["nonce"] = json!("n-0123456789");
+    c["org_id"] = json!("org_1");
+    let r = h.get_with_token("/api/x", &h.issuer.sign(&h.issuer.rsa, &c)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let claims = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    // The harness copies email and name only.
+    assert_eq!(claims["email"], "u1@example.com");
+    assert!(claims.get("nonce").is_none() && claims.get("org_id").is_none(), "{claims}");
+    // A second request (token-cache hit) copies the same claims.
+    h.get_with_token("/api/y", &h.issuer.sign(&h.issuer.rsa, &c)).await;
+    let again = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    assert_eq!(again["email"], "u1@example.com");
+}

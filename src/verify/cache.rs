@@ -185,7 +185,7 @@ mod tests {
             client_id: "c1".into(),
             exp,
             leeway: Duration::from_secs(30),
-            claims: Arc::new(claims),
+            claims: claims.into_iter().collect(),
             token_hash: [7; 32],
         }
     }

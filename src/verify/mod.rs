@@ -99,8 +99,10 @@ pub struct VerifiedIdentity {
     client_id: String,
     exp: u64,
     leeway: Duration,
-    /// Shared, so cloning an identity (token cache hits) copies no claim.
-    claims: Arc<Map<String, Value>>,
+    /// The kept claims. Shared, so cloning an identity (token cache hits) copies no
+    /// claim; a slice, not a map, because a `serde_json::Map` node reserves room for
+    /// eleven members and every cached token holds one.
+    claims: Arc<[(String, Value)]>,
     token_hash: [u8; 32],
 }
 
@@ -128,7 +130,7 @@ impl VerifiedIdentity {
     }
     /// A claim of the verified token.
     pub fn claim(&self, name: &str) -> Option<&Value> {
-        self.claims.get(name)
+        self.claims.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
     /// SHA-256 of the token, used as a cache key instead of the token itself.
     pub fn token_hash(&self) -> [u8; 32] {
@@ -149,6 +151,10 @@ pub struct Verifier {
     issuers: Vec<IssuerVerifier>,
     /// Tokens that passed, by SHA-256 (see `cache.rs`); successes only.
     tokens: cache::TokenCache,
+    /// Claims kept in a [`VerifiedIdentity`] besides the registered ones it holds as
+    /// fields; `None` keeps them all. Each cached token holds only these, so a large
+    /// ID token costs no more memory than the claims the internal token copies.
+    keep_claims: Option<Arc<[String]>>,
 }
 
 impl Verifier {
@@ -163,7 +169,14 @@ impl Verifier {
                 hmac: cfg.hmac_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             })
             .collect();
-        Verifier { issuers, tokens: cache::TokenCache::default() }
+        Verifier { issuers, tokens: cache::TokenCache::default(), keep_claims: None }
+    }
+
+    /// Keeps only these claims (plus `nbf`, re-checked on cache hits) of each
+    /// verified token; [`VerifiedIdentity::claim`] answers `None` for the others.
+    pub fn keep_only_claims(mut self, names: &[String]) -> Verifier {
+        self.keep_claims = Some(names.iter().cloned().collect());
+        self
     }
 
     pub fn issuers(&self) -> &[IssuerVerifier] {
@@ -251,6 +264,10 @@ impl Verifier {
             return Err(VerifyError::BadSignature);
         }
         let (subject, client_id, exp) = validate_claims(&claims, &issuer.config, now)?;
+        let claims: Arc<[(String, Value)]> = match &self.keep_claims {
+            Some(keep) => claims.into_iter().filter(|(k, _)| k == "nbf" || keep.iter().any(|c| c == k)).collect(),
+            None => claims.into_iter().collect(),
+        };
         let identity = VerifiedIdentity {
             issuer_index,
             issuer: issuer.issuer.clone(),
@@ -259,7 +276,7 @@ impl Verifier {
             exp,
             leeway: issuer.config.leeway,
             token_hash,
-            claims: Arc::new(claims),
+            claims,
         };
         Ok((identity, keys))
     }
