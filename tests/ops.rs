@@ -91,11 +91,19 @@ impl Proc {
         self.send(Request::get(format!("http://{}{}", self.admin, path)).body(Full::new(Bytes::new())).unwrap()).await
     }
 
+    /// Sends `req`; the answer passes the leak audit (the request's own token, every
+    /// metadata value these tests use) before it is returned.
     async fn send(&self, req: Request<Full<Bytes>>) -> (StatusCode, String) {
+        let mut secrets = default_secrets();
+        secrets.extend(NOTES.lock().unwrap().iter().cloned());
+        if let Some(t) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+            secrets.push(t.trim_start_matches("Bearer ").to_string());
+        }
         let resp = self.client.request(req).await.expect("request failed");
-        let status = resp.status();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        assert_no_leak(parts.status, &parts.headers, &body, &secrets);
+        (parts.status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// Waits for the process to exit and returns its exit code.
@@ -158,7 +166,11 @@ fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
+/// Every metadata note written by these tests: secrets for the leak audit.
+static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 fn metadata_with_note(note: &str) -> Value {
+    NOTES.lock().unwrap().push(note.to_string());
     let mut m = default_metadata();
     m["users"][USER_1]["app_metadata"]["note"] = json!(note);
     m

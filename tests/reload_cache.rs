@@ -71,25 +71,29 @@ async fn reload_keeps_entries_of_an_unchanged_remote_source() {
     let token = issuer.token(USER_1);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let get = || {
+    // Every answer passes the leak audit: the token it carried never comes back.
+    let get = || async {
         let req = http::Request::get(format!("http://{}/api/x", running.proxy_addr))
             .header("authorization", format!("Bearer {token}"))
             .body(http_body_util::Empty::new())
             .unwrap();
-        client.request(req)
+        let (parts, body) = client.request(req).await.unwrap().into_parts();
+        let body = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
+        assert_no_leak(parts.status, &parts.headers, &body, std::slice::from_ref(&token));
+        parts.status
     };
-    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get().await, StatusCode::OK);
     assert_eq!(user_reads.load(SeqCst), 1);
 
     // Same source: the cached user survives the reload.
     running.reload().await.unwrap();
-    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get().await, StatusCode::OK);
     assert_eq!(user_reads.load(SeqCst), 1, "an unchanged remote source was read again after a reload");
 
     // Changed source: its entries are dropped and read again.
     write("?v=2");
     running.reload().await.unwrap();
-    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get().await, StatusCode::OK);
     assert_eq!(user_reads.load(SeqCst), 2, "a changed source must not serve the old source's entries");
     running.shutdown(std::time::Duration::from_secs(2)).await;
 }

@@ -250,7 +250,12 @@ async fn get_with_auth(url: &str, token: &str) -> (u16, Option<String>) {
         .build_http::<Empty<bytes::Bytes>>();
     let req = http::Request::get(url).header("authorization", format!("Bearer {token}")).body(Empty::new()).unwrap();
     let r = client.request(req).await.unwrap();
-    (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()))
+    let (parts, body) = r.into_parts();
+    let body = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
+    let mut secrets = default_secrets();
+    secrets.push(token.to_string());
+    assert_no_leak(parts.status, &parts.headers, &body, &secrets);
+    (parts.status.as_u16(), parts.headers.get("retry-after").map(|v| v.to_str().unwrap().to_string()))
 }
 
 #[tokio::test]

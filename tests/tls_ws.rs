@@ -132,7 +132,11 @@ async fn tls_get(
         send.send_request(req).await.unwrap()
     };
     let (status, version) = (resp.status(), resp.version());
-    let _ = resp.into_body().collect().await;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut secrets = default_secrets();
+    secrets.push(token.to_string());
+    assert_no_leak(parts.status, &parts.headers, &body, &secrets);
     (negotiated, status, version)
 }
 
@@ -213,7 +217,9 @@ async fn plain_listener_speaks_h2c_with_prior_knowledge() {
     let resp = h2c.request(req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), StatusCode::OK);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    h.audit(&Resp { status: parts.status, headers: parts.headers, body: body.clone() });
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["upstream"], "ok");
     let claims = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
     assert_eq!(claims["sub"], USER_1);

@@ -506,19 +506,7 @@ impl Harness {
                 }
             }
         }
-        let mut text = String::from_utf8_lossy(&r.body).into_owned();
-        text.push_str(r.status.as_str());
-        for (k, v) in &r.headers {
-            text.push_str(k.as_str());
-            text.push_str(&String::from_utf8_lossy(v.as_bytes()));
-        }
-        for s in secrets.iter().filter(|s| s.len() >= 6) {
-            assert!(
-                !text.contains(s.as_str()),
-                "LEAK: the response to the client contains a secret value ({} chars)",
-                s.len()
-            );
-        }
+        assert_no_leak(r.status, &r.headers, &r.body, &secrets);
     }
 
     /// The internal token the upstream received last.
@@ -715,4 +703,31 @@ impl Harness {
     pub fn template_with_listen(line: &str) -> String {
         DEFAULT_TOML.replacen("[listen]\n", &format!("[listen]\n{line}\n"), 1)
     }
+}
+
+/// The leak audit for any response a test client got: fails when its status line,
+/// headers or body contain one of `secrets` (tokens, metadata values, configured
+/// secrets). [`Harness`] applies it to every response; tests with their own clients
+/// (TLS, h2c, the real binary) call it directly.
+pub fn assert_no_leak(status: StatusCode, headers: &HeaderMap, body: &[u8], secrets: &[String]) {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    text.push_str(status.as_str());
+    for (k, v) in headers {
+        text.push_str(k.as_str());
+        text.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    for s in secrets.iter().filter(|s| s.len() >= 6) {
+        assert!(
+            !text.contains(s.as_str()),
+            "LEAK: the response to the client contains a secret value ({} chars)",
+            s.len()
+        );
+    }
+}
+
+/// Metadata values of [`default_metadata`] that must never reach a client.
+pub fn default_secrets() -> Vec<String> {
+    let mut out = vec![TENANT_KEY.to_string(), USER_NOTE.to_string()];
+    collect_strings(&default_metadata(), &mut out);
+    out
 }
