@@ -11,34 +11,6 @@ use http::StatusCode;
 use serde_json::json;
 use support::*;
 
-const TEMPLATE: &str = r#"
-[listen]
-addr = "127.0.0.1:0"
-
-[admin]
-addr = "127.0.0.1:0"
-
-[[issuer]]
-issuer = "{issuer}"
-audiences = ["client-1"]
-metadata = "users"
-
-[metadata.users]
-kind = "http"
-user_url = "http://{md}/users/{user_id}"
-client_url = "http://{md}/clients/{client_id}"
-max_requests_per_second = 100
-
-[token]
-issuer = "https://claimsmith.test/"
-header = "x-internal-token"
-
-[[route]]
-path_prefix = "/api/"
-upstream = "{upstream}"
-audience = "orders-api"
-"#;
-
 #[tokio::test]
 async fn fifty_concurrent_first_requests_make_one_source_read() {
     init();
@@ -65,8 +37,15 @@ async fn fifty_concurrent_first_requests_make_one_source_read() {
     .await;
     let issuer = Issuer::start().await;
     let upstream = Upstream::start().await;
-    let h =
-        Arc::new(Harness::start_parts(issuer, upstream, &TEMPLATE.replace("{md}", &md.to_string()), json!({})).await);
+    let h = Arc::new(
+        Harness::start_parts(
+            issuer,
+            upstream,
+            &HTTP_SOURCE_TOML.replace("{md}", &md.to_string()).replace("{suffix}", ""),
+            json!({}),
+        )
+        .await,
+    );
     let token = h.issuer.token(USER_1);
     let mut tasks = Vec::new();
     for _ in 0..50 {

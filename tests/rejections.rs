@@ -53,6 +53,17 @@ async fn hmac_harness(secret: &str) -> (Harness, tempfile::TempDir) {
     (Harness::start_with(&toml, default_metadata()).await, d)
 }
 
+/// Every `secrets` form, with the key's kid and without, signs an HS256 token that
+/// must be refused with 401 `invalid_token`.
+async fn refuses_hs256_keyed_with(h: &Harness, secrets: &[(&str, Vec<u8>)], kid: &str, label: &str) {
+    let claims = h.issuer.claims(USER_1);
+    for (what, secret) in secrets {
+        for k in [Some(kid), None] {
+            refused(h, &hs256(&claims, secret, k), &format!("HS256 keyed with the {label}{what} (kid {k:?})")).await;
+        }
+    }
+}
+
 fn hs256(claims: &Value, secret: &[u8], kid: Option<&str>) -> String {
     let mut h = Header::new(Algorithm::HS256);
     h.kid = kid.map(str::to_string);
@@ -209,12 +220,7 @@ async fn hs256_signed_with_the_rsa_public_key_pem_is_refused() {
     for h in [&plain, &hmac] {
         let forms: Vec<_> =
             rsa_public_forms(&h.issuer.rsa.jwk).into_iter().filter(|(w, _)| w.contains("PEM")).collect();
-        let claims = h.issuer.claims(USER_1);
-        for (what, secret) in &forms {
-            for k in [Some("rsa-1"), None] {
-                refused(h, &hs256(&claims, secret, k), &format!("HS256 keyed with the {what} (kid {k:?})")).await;
-            }
-        }
+        refuses_hs256_keyed_with(h, &forms, "rsa-1", "").await;
         assert!(h.upstream.saw_nothing());
     }
 }
@@ -227,12 +233,7 @@ async fn hs256_signed_with_the_rsa_public_key_der_or_jwk_bytes_is_refused() {
         let forms: Vec<_> =
             rsa_public_forms(&h.issuer.rsa.jwk).into_iter().filter(|(w, _)| !w.contains("PEM")).collect();
         assert!(forms.len() >= 4);
-        let claims = h.issuer.claims(USER_1);
-        for (what, secret) in &forms {
-            for k in [Some("rsa-1"), None] {
-                refused(h, &hs256(&claims, secret, k), &format!("HS256 keyed with the {what} (kid {k:?})")).await;
-            }
-        }
+        refuses_hs256_keyed_with(h, &forms, "rsa-1", "").await;
         assert!(h.upstream.saw_nothing());
     }
 }
@@ -242,12 +243,7 @@ async fn hs256_signed_with_the_ec_public_key_is_refused() {
     let plain = Harness::start().await;
     let (hmac, _d) = hmac_harness("the-configured-client-secret").await;
     for h in [&plain, &hmac] {
-        let claims = h.issuer.claims(USER_1);
-        for (what, secret) in ec_public_forms(&h.issuer.ec.jwk) {
-            for k in [Some("ec-1"), None] {
-                refused(h, &hs256(&claims, &secret, k), &format!("HS256 keyed with the EC {what} (kid {k:?})")).await;
-            }
-        }
+        refuses_hs256_keyed_with(h, &ec_public_forms(&h.issuer.ec.jwk), "ec-1", "EC ").await;
         assert!(h.upstream.saw_nothing());
     }
 }

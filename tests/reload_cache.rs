@@ -11,33 +11,6 @@ use http::StatusCode;
 use serde_json::json;
 use support::*;
 
-const TEMPLATE: &str = r#"
-[listen]
-addr = "127.0.0.1:0"
-
-[admin]
-addr = "127.0.0.1:0"
-
-[[issuer]]
-issuer = "{issuer}"
-audiences = ["client-1"]
-metadata = "users"
-
-[metadata.users]
-kind = "http"
-user_url = "http://{md}/users/{user_id}{suffix}"
-client_url = "http://{md}/clients/{client_id}"
-
-[token]
-issuer = "https://claimsmith.test/"
-header = "x-internal-token"
-
-[[route]]
-path_prefix = "/api/"
-upstream = "{upstream}"
-audience = "orders-api"
-"#;
-
 #[tokio::test]
 async fn reload_keeps_entries_of_an_unchanged_remote_source() {
     init();
@@ -58,7 +31,7 @@ async fn reload_keeps_entries_of_an_unchanged_remote_source() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("claimsmith.toml");
     let write = |suffix: &str| {
-        let toml = TEMPLATE
+        let toml = HTTP_SOURCE_TOML
             .replace("{issuer}", &issuer.url)
             .replace("{upstream}", &upstream.url())
             .replace("{md}", &md.to_string())

@@ -731,3 +731,33 @@ pub fn default_secrets() -> Vec<String> {
     collect_strings(&default_metadata(), &mut out);
     out
 }
+
+/// A config whose issuer reads metadata from the `http` source at `{md}` (a loopback
+/// server of the test); `{suffix}` is appended to the user URL.
+pub const HTTP_SOURCE_TOML: &str = r#"
+[listen]
+addr = "127.0.0.1:0"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[[issuer]]
+issuer = "{issuer}"
+audiences = ["client-1"]
+metadata = "users"
+
+[metadata.users]
+kind = "http"
+user_url = "http://{md}/users/{user_id}{suffix}"
+client_url = "http://{md}/clients/{client_id}"
+max_requests_per_second = 100
+
+[token]
+issuer = "https://claimsmith.test/"
+header = "x-internal-token"
+
+[[route]]
+path_prefix = "/api/"
+upstream = "{upstream}"
+audience = "orders-api"
+"#;
