@@ -32,6 +32,7 @@ USERS=${USERS:-1000}
 WORKERS=${WORKERS:-1}        # nginx worker_processes = claimsmith worker threads
 PROXY_CPUS=${PROXY_CPUS:-0}  # where the proxy under test runs
 LOAD_CPUS=${LOAD_CPUS:-1}    # where wrk and the upstream run
+PERF=${PERF:-0}              # 1: perf-record claimsmith during its round-1 runs (perf-*.txt)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${OUT:-$TARGET/load}
@@ -255,7 +256,17 @@ for r in $(seq "$ROUNDS"); do
     run_wrk "$t" "$WARMUP" >/dev/null
     pids=$(server_pids "$t")
     read -r u0 s0 < <(cpu_ticks $pids)
+    perf_pid=
+    if [[ $PERF == 1 && $r == 1 && $t == c* ]]; then
+      perf record -q -e cpu-clock -F 4000 -g -p "$CS_PID" -o "$OUT/perf-$t.data" -- sleep "$DURATION" 2>/dev/null &
+      perf_pid=$!
+    fi
     line=$(run_wrk "$t" "$DURATION" | grep '^RESULT ' | sed 's/^RESULT //')
+    if [[ -n $perf_pid ]]; then
+      wait "$perf_pid" || true
+      perf report -i "$OUT/perf-$t.data" --no-children --sort symbol --percent-limit 0.4 --stdio 2>/dev/null \
+        | grep -v '^$' >"$OUT/perf-$t.txt" || true
+    fi
     read -r u1 s1 < <(cpu_ticks $pids)
     echo "{\"target\": \"$t\", \"round\": $r, \"cpu\": {\"user_s\": $(((u1 - u0) * 1000 / CLK_TCK)).0e-3, \"sys_s\": $(((s1 - s0) * 1000 / CLK_TCK)).0e-3}, \"result\": $line}" >>"$OUT/results.jsonl"
     log "round $r $t: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("%.0f req/s, p50 %.3f ms, p99 %.3f ms, non-2xx %d" % (d["rps"], d["pct"]["50"], d["pct"]["99"], d["non2xx"]))' "$line")"
