@@ -30,6 +30,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use claimsmith::metadata::StoredMetadata;
 use claimsmith::metadata::cache::Kind;
 use claimsmith::mint::{MintRequest, Minter, SigningKey};
 
@@ -202,8 +203,9 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let identity = rt.block_on(app.verifier.verify(&rsa_token)).unwrap();
-    let app_md = Arc::new(json!({"roles": ["reader"], "plan": "pro"}).as_object().unwrap().clone());
-    let client_md = Arc::new(json!({"tenant_key": "k-bench", "region": "eu"}).as_object().unwrap().clone());
+    let stored = |v: serde_json::Value| Arc::new(StoredMetadata::new(v.as_object().unwrap().clone()));
+    let app_md = stored(json!({"roles": ["reader"], "plan": "pro"}));
+    let client_md = stored(json!({"tenant_key": "k-bench", "region": "eu"}));
     let dir = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group("mint");
     for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {

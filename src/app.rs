@@ -13,7 +13,7 @@ use crate::http_client;
 use crate::metadata::cache::MetadataCache;
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
-use crate::metadata::{BoxFuture, Lookup, Metadata, MetadataSource, SourceError};
+use crate::metadata::{BoxFuture, Lookup, MetadataSource, SourceError, StoredMetadata};
 use crate::metrics::{Metrics, SourceCounters};
 use crate::mint::Minter;
 use crate::proxy::{Route, hygiene};
@@ -52,7 +52,7 @@ pub struct App {
     /// `token.header` in canonical form, for hygiene.
     pub token_header_canonical: String,
     /// The shared empty metadata object (stable identity for token reuse).
-    pub empty: Arc<Metadata>,
+    pub empty: Arc<StoredMetadata>,
     /// Set when shutdown starts: readiness answers 503.
     pub draining: AtomicBool,
 }
@@ -149,7 +149,7 @@ impl App {
             minter,
             metrics,
             token_header_canonical,
-            empty: Arc::new(Metadata::new()),
+            empty: Arc::new(StoredMetadata::empty()),
             draining: AtomicBool::new(false),
         })
     }

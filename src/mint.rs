@@ -13,10 +13,11 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPa
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::TokenConfig;
+use crate::metadata::StoredMetadata;
 use crate::verify::VerifiedIdentity;
 
 /// Claims claimsmith sets itself; `copy_claims` may not name them.
@@ -216,8 +217,8 @@ pub struct MintRequest<'a> {
     pub audience: &'a str,
     /// Identifies the route, so projections of different routes are not mixed up.
     pub route: &'a Arc<str>,
-    pub app_metadata: &'a Arc<Map<String, Value>>,
-    pub client_metadata: &'a Arc<Map<String, Value>>,
+    pub app_metadata: &'a Arc<StoredMetadata>,
+    pub client_metadata: &'a Arc<StoredMetadata>,
     pub app_keys: Option<&'a [String]>,
     pub client_keys: Option<&'a [String]>,
 }
@@ -228,8 +229,8 @@ pub struct Minted {
     pub token: Arc<str>,
     issued_at: u64,
     expires_at: u64,
-    app: Arc<Map<String, Value>>,
-    client: Arc<Map<String, Value>>,
+    app: Arc<StoredMetadata>,
+    client: Arc<StoredMetadata>,
 }
 
 type ReuseKey = ([u8; 32], Arc<str>);
@@ -241,7 +242,6 @@ pub const REUSE_CAPACITY: u64 = 10_000;
 pub struct Minter {
     issuer: String,
     ttl: Duration,
-    copy_claims: Vec<String>,
     signing: Arc<SigningKey>,
     published: Vec<Arc<SigningKey>>,
     header_json_b64: String,
@@ -268,7 +268,6 @@ impl Minter {
         Ok(Minter {
             issuer: cfg.issuer.clone(),
             ttl: cfg.ttl,
-            copy_claims: cfg.copy_claims.clone(),
             signing,
             published,
             header_json_b64,
@@ -327,22 +326,18 @@ impl Minter {
         let id = req.identity;
         let leeway = id.leeway().as_secs();
         let exp = (now + self.ttl.as_secs()).min(id.exp().saturating_add(leeway));
-        let mut claims = Map::new();
-        claims.insert("iss".into(), Value::String(self.issuer.clone()));
-        claims.insert("aud".into(), Value::String(req.audience.to_string()));
-        claims.insert("sub".into(), Value::String(id.subject().to_string()));
-        claims.insert("client_id".into(), Value::String(id.client_id().to_string()));
-        claims.insert("iat".into(), Value::from(now));
-        claims.insert("exp".into(), Value::from(exp));
-        claims.insert("jti".into(), Value::String(new_jti()));
-        for c in &self.copy_claims {
-            if let Some(v) = id.claim(c) {
-                claims.insert(c.clone(), v.clone());
-            }
-        }
-        claims.insert("app_metadata".into(), Value::Object(project(req.app_metadata, req.app_keys)));
-        claims.insert("client_metadata".into(), Value::Object(project(req.client_metadata, req.client_keys)));
-        let payload = serde_json::to_vec(&claims).map_err(|_| MintError::Encode)?;
+        let payload = claims_json(&ClaimsInput {
+            iss: &self.issuer,
+            aud: req.audience,
+            sub: id.subject(),
+            client_id: id.client_id(),
+            iat: now,
+            exp,
+            jti: &new_jti(),
+            kept_claims: id.kept_claims_json(),
+            app_metadata: &project(req.app_metadata, req.app_keys),
+            client_metadata: &project(req.client_metadata, req.client_keys),
+        });
         let mut token = String::with_capacity(self.header_json_b64.len() + payload.len() * 4 / 3 + 400);
         token.push_str(&self.header_json_b64);
         token.push('.');
@@ -369,11 +364,65 @@ impl Minter {
 }
 
 /// Keeps only `keys` (top-level) when a route lists them.
-fn project(m: &Map<String, Value>, keys: Option<&[String]>) -> Map<String, Value> {
+fn project<'m>(m: &'m StoredMetadata, keys: Option<&[String]>) -> std::borrow::Cow<'m, str> {
     match keys {
-        None => m.clone(),
-        Some(keys) => keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone()))).collect(),
+        None => m.json().into(),
+        Some(keys) => m.project(keys).into(),
     }
+}
+
+/// The parts of the internal token's claims (SPEC §4), each already checked or
+/// produced by serde_json.
+struct ClaimsInput<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    client_id: &'a str,
+    iat: u64,
+    exp: u64,
+    jti: &'a str,
+    /// JSON object members (`"a":1,"b":2`) or empty: [`VerifiedIdentity::kept_claims_json`].
+    kept_claims: &'a str,
+    /// JSON object texts: [`StoredMetadata`].
+    app_metadata: &'a str,
+    client_metadata: &'a str,
+}
+
+/// The claims object, written directly: the metadata and the kept claims are
+/// already JSON text, so they are spliced in rather than parsed and re-encoded.
+/// `copy_claims` may not name a claim written here (config validation), so no
+/// member appears twice.
+fn claims_json(c: &ClaimsInput<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        160 + c.iss.len()
+            + c.aud.len()
+            + c.sub.len()
+            + c.client_id.len()
+            + c.kept_claims.len()
+            + c.app_metadata.len()
+            + c.client_metadata.len(),
+    );
+    let string = |out: &mut Vec<u8>, name: &str, v: &str| {
+        out.extend_from_slice(name.as_bytes());
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, v);
+    };
+    string(&mut out, "{\"iss\":", c.iss);
+    string(&mut out, ",\"aud\":", c.aud);
+    string(&mut out, ",\"sub\":", c.sub);
+    string(&mut out, ",\"client_id\":", c.client_id);
+    out.extend_from_slice(format!(",\"iat\":{},\"exp\":{}", c.iat, c.exp).as_bytes());
+    string(&mut out, ",\"jti\":", c.jti);
+    if !c.kept_claims.is_empty() {
+        out.push(b',');
+        out.extend_from_slice(c.kept_claims.as_bytes());
+    }
+    out.extend_from_slice(b",\"app_metadata\":");
+    out.extend_from_slice(c.app_metadata.as_bytes());
+    out.extend_from_slice(b",\"client_metadata\":");
+    out.extend_from_slice(c.client_metadata.as_bytes());
+    out.push(b'}');
+    out
 }
 
 fn new_jti() -> String {
@@ -424,6 +473,35 @@ mod tests {
             let sig = B64.encode(k.sign(msg).unwrap());
             assert!(jsonwebtoken::crypto::verify(&sig, msg, &dk, alg).unwrap());
         }
+    }
+
+    #[test]
+    fn claims_are_one_valid_object_with_spliced_parts() {
+        let app = StoredMetadata::new(json!({"roles": ["a\"b"], "n": 1}).as_object().unwrap().clone());
+        let keys = ["n".to_string(), "absent".to_string()];
+        let projected = project(&app, Some(&keys));
+        let input = ClaimsInput {
+            iss: "https://cs/",
+            aud: "api",
+            sub: "auth0|\"quoted\"\u{2028}",
+            client_id: "c",
+            iat: 10,
+            exp: 20,
+            jti: "j",
+            kept_claims: r#""email":"a@b.c","email_verified":true"#,
+            app_metadata: app.json(),
+            client_metadata: &projected,
+        };
+        let v: Value = serde_json::from_slice(&claims_json(&input)).unwrap();
+        assert_eq!(
+            v,
+            json!({"iss": "https://cs/", "aud": "api", "sub": "auth0|\"quoted\"\u{2028}", "client_id": "c",
+                   "iat": 10, "exp": 20, "jti": "j", "email": "a@b.c", "email_verified": true,
+                   "app_metadata": {"roles": ["a\"b"], "n": 1}, "client_metadata": {"n": 1}})
+        );
+        let none = ClaimsInput { kept_claims: "", app_metadata: "{}", client_metadata: "{}", ..input };
+        let v: Value = serde_json::from_slice(&claims_json(&none)).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 9);
     }
 
     #[test]

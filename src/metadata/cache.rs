@@ -6,14 +6,15 @@
 //! to 30 s, or longer when the source said `Retry-After`) has passed: lookups meanwhile
 //! serve the stale value, or fail at once with that `Retry-After` when none is held.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::{Metadata, MetadataSource, SourceError};
+use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
 
 /// (issuer, user or client id).
@@ -22,10 +23,8 @@ pub type Key = (Arc<str>, Arc<str>);
 #[derive(Clone)]
 struct Entry {
     /// `None`: the source said this id does not exist.
-    value: Option<Arc<Metadata>>,
+    value: Option<Arc<StoredMetadata>>,
     fetched_at: Instant,
-    /// Set while a background refresh of this entry runs.
-    refreshing: Arc<AtomicBool>,
 }
 
 struct Ttl {
@@ -141,6 +140,9 @@ pub struct MetadataCache {
     clients: Cache<Key, Entry>,
     /// Keys whose last source call failed, with their backoff.
     failures: moka::sync::Cache<(Kind, Key), Failure>,
+    /// Keys whose background refresh is running (one at a time per key). A set
+    /// beside the caches rather than a flag in every entry: few keys are ever in it.
+    refreshing: Arc<Mutex<HashSet<(Kind, Key)>>>,
     ttl: Duration,
     pub stats: Arc<CacheStats>,
 }
@@ -166,6 +168,7 @@ impl MetadataCache {
                 .time_to_live(FAILURE_PAUSE_MAX * 2)
                 .support_invalidation_closures()
                 .build(),
+            refreshing: Arc::default(),
             ttl: cfg.ttl,
             stats: Arc::new(CacheStats::default()),
         }
@@ -186,7 +189,7 @@ impl MetadataCache {
         source: &Arc<dyn MetadataSource>,
         issuer: &Arc<str>,
         id: &str,
-    ) -> Result<Option<Arc<Metadata>>, Unavailable> {
+    ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         self.get_traced(kind, source, issuer, id, &mut CacheLookup::Miss).await
     }
 
@@ -198,14 +201,14 @@ impl MetadataCache {
         issuer: &Arc<str>,
         id: &str,
         lookup: &mut CacheLookup,
-    ) -> Result<Option<Arc<Metadata>>, Unavailable> {
+    ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let key: Key = (issuer.clone(), Arc::from(id));
         let cache = self.cache(kind);
         if let Some(e) = cache.get(&key).await {
             if e.value.is_some() && e.fetched_at.elapsed() >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
-                self.refresh_in_background(kind, source, key, &e);
+                self.refresh_in_background(kind, source, key);
             } else {
                 self.stats.hits.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Hit;
@@ -225,9 +228,8 @@ impl MetadataCache {
         let entry = match cache
             .try_get_with(key.clone(), async move {
                 fetch(kind, source.as_ref(), &key.1, &stats).await.map(|value| Entry {
-                    value: value.map(Arc::new),
+                    value: value.map(|m| Arc::new(StoredMetadata::new(m))),
                     fetched_at: Instant::now(),
-                    refreshing: Arc::default(),
                 })
             })
             .await
@@ -260,27 +262,29 @@ impl MetadataCache {
         wait
     }
 
-    fn refresh_in_background(&self, kind: Kind, source: &Arc<dyn MetadataSource>, key: Key, e: &Entry) {
+    fn refresh_in_background(&self, kind: Kind, source: &Arc<dyn MetadataSource>, key: Key) {
         let fkey = (kind, key);
         // After a failed refresh, keep serving the stale value until the backoff ends
         // rather than asking the source on every request.
-        if self.failures.get(&fkey).is_some_and(|f| f.until > Instant::now()) || e.refreshing.swap(true, Relaxed) {
+        if self.failures.get(&fkey).is_some_and(|f| f.until > Instant::now())
+            || !self.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(fkey.clone())
+        {
             return;
         }
-        let (this, source, flag) = (self.clone(), source.clone(), e.refreshing.clone());
+        let (this, source) = (self.clone(), source.clone());
         tokio::spawn(async move {
             match fetch(kind, source.as_ref(), &fkey.1.1, &this.stats).await {
                 Ok(value) => {
                     let entry =
-                        Entry { value: value.map(Arc::new), fetched_at: Instant::now(), refreshing: Arc::default() };
+                        Entry { value: value.map(|m| Arc::new(StoredMetadata::new(m))), fetched_at: Instant::now() };
                     this.failures.invalidate(&fkey);
-                    this.cache(kind).insert(fkey.1, entry).await;
+                    this.cache(kind).insert(fkey.1.clone(), entry).await;
                 }
                 Err(err) => {
-                    this.note_failure(fkey, Arc::new(err));
-                    flag.store(false, Relaxed);
+                    this.note_failure(fkey.clone(), Arc::new(err));
                 }
             }
+            this.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&fkey);
         });
     }
 

@@ -20,6 +20,36 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A JSON object of metadata.
 pub type Metadata = Map<String, Value>;
 
+/// Metadata as the cache holds it: the object's compact JSON text, written once by
+/// serde_json when the source answered. A parsed `Map` costs several hundred bytes
+/// per small object (a `Value` per member, each key and string its own allocation);
+/// the text costs its length. The minter splices the text into the internal token
+/// as it is, and parses it only to keep a route's `app_metadata` / `client_metadata`
+/// keys.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoredMetadata(Box<str>);
+
+impl StoredMetadata {
+    pub fn new(m: Metadata) -> StoredMetadata {
+        // A Map of Values always serializes.
+        StoredMetadata(Value::Object(m).to_string().into_boxed_str())
+    }
+    /// `{}`.
+    pub fn empty() -> StoredMetadata {
+        StoredMetadata("{}".into())
+    }
+    /// The JSON object text.
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+    /// The object with only `keys` (top-level; absent ones skipped), as JSON text.
+    pub fn project(&self, keys: &[String]) -> String {
+        let Ok(m) = serde_json::from_str::<Metadata>(&self.0) else { return "{}".into() };
+        let kept: Metadata = keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone()))).collect();
+        Value::Object(kept).to_string()
+    }
+}
+
 /// What a source answers for one id: the metadata, or `None` when the user or client
 /// does not exist.
 pub type Lookup = Option<Metadata>;

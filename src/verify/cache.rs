@@ -24,13 +24,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-
 use super::VerifiedIdentity;
 use super::jwks::KeySet;
 
-/// Tokens held at most. Each entry is the verified identity (its claims) plus a
-/// 32-byte key, typically well under 1 KiB.
+/// Tokens held at most. Each entry is the verified identity (ids, times and the
+/// kept claims as text) plus a 32-byte key: a few hundred bytes.
 pub const DEFAULT_CAPACITY: u64 = 100_000;
 
 const SHARDS: usize = 16;
@@ -41,8 +39,6 @@ pub type TokenHash = [u8; 32];
 /// One verified token.
 pub struct Cached {
     identity: VerifiedIdentity,
-    /// `nbf` of the token, if any (re-checked at use).
-    nbf: Option<u64>,
     /// The key set that verified the signature; `None` for HMAC (the secret is
     /// fixed for the life of the verifier).
     keys: Option<Arc<KeySet>>,
@@ -72,7 +68,7 @@ impl Hasher for DigestHasher {
     }
 }
 
-type Shard = HashMap<TokenHash, Arc<Cached>, BuildHasherDefault<DigestHasher>>;
+type Shard = HashMap<TokenHash, Cached, BuildHasherDefault<DigestHasher>>;
 
 /// The cache of verified tokens of one [`super::Verifier`].
 pub struct TokenCache {
@@ -107,13 +103,14 @@ impl TokenCache {
         now: u64,
         current: impl FnOnce(usize) -> Option<Arc<KeySet>>,
     ) -> Option<VerifiedIdentity> {
-        let c = self.shard(hash).get(hash).cloned()?;
+        let (identity, keys) = self.shard(hash).get(hash).map(|c| (c.identity.clone(), c.keys.clone()))?;
+        let c = Cached { identity, keys };
         if c.expired(now) {
             self.shard(hash).remove(hash);
             return None;
         }
         let id = &c.identity;
-        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(id.leeway().as_secs())) {
+        if id.nbf().is_some_and(|nbf| nbf > now.saturating_add(id.leeway().as_secs())) {
             return None;
         }
         if let Some(keys) = &c.keys {
@@ -125,18 +122,12 @@ impl TokenCache {
                 }
             }
         }
-        Some(id.clone())
+        Some(c.identity)
     }
 
     /// Remembers a token that has just passed every check.
     pub fn insert(&self, hash: TokenHash, identity: &VerifiedIdentity, keys: Option<Arc<KeySet>>) {
-        let nbf = match identity.claim("nbf") {
-            None => None,
-            Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
-            // validate_claims refused anything else; do not cache what we cannot re-check.
-            Some(_) => return,
-        };
-        let entry = Arc::new(Cached { identity: identity.clone(), nbf, keys });
+        let entry = Cached { identity: identity.clone(), keys };
         let now = crate::mint::unix_now();
         if entry.expired(now) {
             return;
@@ -173,21 +164,17 @@ mod tests {
     use std::time::Duration;
 
     fn identity(exp: u64, extra: serde_json::Value) -> VerifiedIdentity {
-        let mut claims = serde_json::Map::new();
-        claims.insert("exp".into(), json!(exp));
-        if let Value::Object(m) = extra {
-            claims.extend(m);
-        }
-        VerifiedIdentity {
+        VerifiedIdentity(Arc::new(super::super::Identity {
             issuer_index: 0,
             issuer: Arc::from("https://issuer.test/"),
             subject: "u1".into(),
             client_id: "c1".into(),
             exp,
+            nbf: extra.get("nbf").and_then(serde_json::Value::as_u64),
             leeway: Duration::from_secs(30),
-            claims: claims.into_iter().collect(),
+            kept_claims: "".into(),
             token_hash: [7; 32],
-        }
+        }))
     }
 
     fn key_set() -> Arc<KeySet> {

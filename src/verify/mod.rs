@@ -91,51 +91,79 @@ impl VerifyError {
 }
 
 /// A caller whose token passed every check. Only [`Verifier::verify`] builds one.
+///
+/// Cheap to clone (one `Arc`): the token cache hands out a clone on every hit. Compact,
+/// because the token cache holds one per caller (docs/performance.md, memory).
 #[derive(Debug, Clone)]
-pub struct VerifiedIdentity {
+pub struct VerifiedIdentity(Arc<Identity>);
+
+#[derive(Debug)]
+struct Identity {
     issuer_index: usize,
     issuer: Arc<str>,
-    subject: String,
-    client_id: String,
+    subject: Box<str>,
+    client_id: Box<str>,
     exp: u64,
+    nbf: Option<u64>,
     leeway: Duration,
-    /// The kept claims. Shared, so cloning an identity (token cache hits) copies no
-    /// claim; a slice, not a map, because a `serde_json::Map` node reserves room for
-    /// eleven members and every cached token holds one.
-    claims: Arc<[(String, Value)]>,
+    /// The kept claims (`token.copy_claims`) as JSON object members written by
+    /// serde_json (`"email":"a@b.c","name":"A"`, empty when none): the minter splices
+    /// them into the internal token as they are, and text costs far less memory than
+    /// a `Value` per claim.
+    kept_claims: Box<str>,
     token_hash: [u8; 32],
 }
 
 impl VerifiedIdentity {
     pub fn issuer(&self) -> &Arc<str> {
-        &self.issuer
+        &self.0.issuer
     }
     /// Index of the issuer in the configuration.
     pub fn issuer_index(&self) -> usize {
-        self.issuer_index
+        self.0.issuer_index
     }
     /// The user: the token's `sub`.
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.0.subject
     }
     /// The application: `azp`, else the audience that matched.
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        &self.0.client_id
     }
     pub fn exp(&self) -> u64 {
-        self.exp
+        self.0.exp
+    }
+    /// `nbf` of the token, if any (re-checked on token cache hits).
+    pub fn nbf(&self) -> Option<u64> {
+        self.0.nbf
     }
     pub fn leeway(&self) -> Duration {
-        self.leeway
+        self.0.leeway
     }
-    /// A claim of the verified token.
-    pub fn claim(&self, name: &str) -> Option<&Value> {
-        self.claims.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    /// The claims the internal token copies, as JSON object members (`"a":1,"b":"x"`),
+    /// empty when the token has none of them.
+    pub fn kept_claims_json(&self) -> &str {
+        &self.0.kept_claims
     }
     /// SHA-256 of the token, used as a cache key instead of the token itself.
     pub fn token_hash(&self) -> [u8; 32] {
-        self.token_hash
+        self.0.token_hash
     }
+}
+
+/// The members of `claims` named in `keep`, as JSON object members without braces.
+fn kept_members(claims: &Map<String, Value>, keep: &[String]) -> Box<str> {
+    let mut out = String::new();
+    for (name, value) in claims.iter().filter(|(k, _)| keep.contains(k)) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        // Serializing a string or a `Value` into a String cannot fail.
+        out.push_str(&Value::String(name.clone()).to_string());
+        out.push(':');
+        out.push_str(&value.to_string());
+    }
+    out.into_boxed_str()
 }
 
 /// Verification state of one configured issuer.
@@ -152,9 +180,9 @@ pub struct Verifier {
     /// Tokens that passed, by SHA-256 (see `cache.rs`); successes only.
     tokens: cache::TokenCache,
     /// Claims kept in a [`VerifiedIdentity`] besides the registered ones it holds as
-    /// fields; `None` keeps them all. Each cached token holds only these, so a large
-    /// ID token costs no more memory than the claims the internal token copies.
-    keep_claims: Option<Arc<[String]>>,
+    /// fields (none by default). Each cached token holds only these, so a large ID
+    /// token costs no more memory than the claims the internal token copies.
+    keep_claims: Vec<String>,
 }
 
 impl Verifier {
@@ -169,13 +197,13 @@ impl Verifier {
                 hmac: cfg.hmac_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             })
             .collect();
-        Verifier { issuers, tokens: cache::TokenCache::default(), keep_claims: None }
+        Verifier { issuers, tokens: cache::TokenCache::default(), keep_claims: Vec::new() }
     }
 
-    /// Keeps only these claims (plus `nbf`, re-checked on cache hits) of each
-    /// verified token; [`VerifiedIdentity::claim`] answers `None` for the others.
+    /// Keeps these claims of each verified token (for the internal token's
+    /// `copy_claims`), see [`VerifiedIdentity::kept_claims_json`].
     pub fn keep_only_claims(mut self, names: &[String]) -> Verifier {
-        self.keep_claims = Some(names.iter().cloned().collect());
+        self.keep_claims = names.to_vec();
         self
     }
 
@@ -264,20 +292,19 @@ impl Verifier {
             return Err(VerifyError::BadSignature);
         }
         let (subject, client_id, exp) = validate_claims(&claims, &issuer.config, now)?;
-        let claims: Arc<[(String, Value)]> = match &self.keep_claims {
-            Some(keep) => claims.into_iter().filter(|(k, _)| k == "nbf" || keep.iter().any(|c| c == k)).collect(),
-            None => claims.into_iter().collect(),
-        };
-        let identity = VerifiedIdentity {
+        // validate_claims accepted it, so it is a valid NumericDate or absent.
+        let nbf = numeric_date(claims.get("nbf"))?;
+        let identity = VerifiedIdentity(Arc::new(Identity {
             issuer_index,
             issuer: issuer.issuer.clone(),
-            subject,
-            client_id,
+            subject: subject.into_boxed_str(),
+            client_id: client_id.into_boxed_str(),
             exp,
+            nbf,
             leeway: issuer.config.leeway,
+            kept_claims: kept_members(&claims, &self.keep_claims),
             token_hash,
-            claims,
-        };
+        }));
         Ok((identity, keys))
     }
 
