@@ -2,6 +2,7 @@
 //! their upstream clients, the verifier, metadata sources and cache, the minter.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, SourceConfig};
-use crate::http_client;
+use crate::http_client::{self, Connector};
 use crate::metadata::cache::MetadataCache;
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
@@ -85,16 +86,18 @@ impl App {
 
     /// [`Self::build`] with a given metrics registry.
     pub fn build_with(config: Config, metrics: Arc<Metrics>) -> Result<App, BuildError> {
-        let mut clients: BTreeMap<Option<std::path::PathBuf>, http_client::Connector> = BTreeMap::new();
-        let mut connector =
-            |ca: &Option<std::path::PathBuf>, key: String| -> Result<http_client::Connector, BuildError> {
-                if let Some(c) = clients.get(ca) {
-                    return Ok(c.clone());
-                }
-                let c = http_client::connector(ca.as_deref()).map_err(|e| invalid(key, e))?;
-                clients.insert(ca.clone(), c.clone());
-                Ok(c)
-            };
+        // One connector per (CA file, HTTP/1-only); routes get HTTP/1-only ones (see
+        // `http_client::http1_connector`), the JSON clients may negotiate h2.
+        let mut connectors: BTreeMap<(Option<PathBuf>, bool), Connector> = BTreeMap::new();
+        let mut connector = |ca: &Option<PathBuf>, http1_only: bool, key: String| -> Result<Connector, BuildError> {
+            if let Some(c) = connectors.get(&(ca.clone(), http1_only)) {
+                return Ok(c.clone());
+            }
+            let build = if http1_only { http_client::http1_connector } else { http_client::connector };
+            let c = build(ca.as_deref()).map_err(|e| invalid(key, e))?;
+            connectors.insert((ca.clone(), http1_only), c.clone());
+            Ok(c)
+        };
         let mut named_sources = Vec::new();
         for (name, sc) in &config.sources {
             let key = format!("metadata.{name}");
@@ -104,11 +107,11 @@ impl App {
                     (fs.clone(), Some(fs))
                 }
                 SourceConfig::Http(h) => {
-                    let c = connector(&h.ca_file, format!("{key}.ca_file"))?;
+                    let c = connector(&h.ca_file, false, format!("{key}.ca_file"))?;
                     (Arc::new(HttpSource::new(h, http_client::client(c))), None)
                 }
                 SourceConfig::Auth0(a) => {
-                    let c = connector(&a.ca_file, format!("{key}.ca_file"))?;
+                    let c = connector(&a.ca_file, false, format!("{key}.ca_file"))?;
                     (
                         Arc::new(crate::metadata::auth0::Auth0Source::new(a, http_client::client(c), config.cache.ttl)),
                         None,
@@ -128,14 +131,14 @@ impl App {
             .collect();
         let mut issuer_clients = Vec::new();
         for (i, iss) in config.issuers.iter().enumerate() {
-            issuer_clients.push(http_client::client(connector(&iss.ca_file, format!("issuer[{i}].ca_file"))?));
+            issuer_clients.push(http_client::client(connector(&iss.ca_file, false, format!("issuer[{i}].ca_file"))?));
         }
         let verifier = Verifier::new(&config.issuers, &issuer_clients).keep_only_claims(&config.token.copy_claims);
         let mut routes = Vec::new();
         for r in &config.routes {
-            let c = connector(&r.ca_file, format!("route {}", r.path_prefix))?;
             let name = format!("route {}", r.path_prefix);
-            routes.push(Route::new(r.clone(), http_client::client(c)).map_err(|e| invalid(name, e))?);
+            let c = connector(&r.ca_file, true, name.clone())?;
+            routes.push(Route::new(r.clone(), c).map_err(|e| invalid(name, e))?);
         }
         let minter = Minter::new(&config.token).map_err(|e| invalid("token.key_files", e))?;
         let token_header_canonical = hygiene::canonical(config.token.header.name().as_str()).into_owned();

@@ -26,8 +26,18 @@ pub enum ClientBuildError {
     CaEmpty(String),
 }
 
-/// Builds the TLS-capable connector; `ca_file` adds trusted roots.
+/// Builds the TLS-capable connector (ALPN h2 and http/1.1); `ca_file` adds trusted roots.
 pub fn connector(ca_file: Option<&Path>) -> Result<Connector, ClientBuildError> {
+    build_connector(ca_file, true)
+}
+
+/// [`connector`] offering only http/1.1 in ALPN: route forwarding speaks HTTP/1.1 to
+/// upstreams (its pool holds HTTP/1 connections), so a TLS upstream must not pick h2.
+pub fn http1_connector(ca_file: Option<&Path>) -> Result<Connector, ClientBuildError> {
+    build_connector(ca_file, false)
+}
+
+fn build_connector(ca_file: Option<&Path>, http2: bool) -> Result<Connector, ClientBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -47,12 +57,8 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, ClientBuildError> 
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http))
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
+    Ok(if http2 { builder.enable_http2().wrap_connector(http) } else { builder.wrap_connector(http) })
 }
 
 /// A pooled keep-alive client for bodies of type `B`.

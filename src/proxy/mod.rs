@@ -10,6 +10,7 @@
 
 pub mod hygiene;
 pub mod path;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
@@ -30,6 +30,7 @@ use crate::http_client::Connector;
 use crate::metadata::cache::{CacheLookup, Kind};
 use crate::mint::MintRequest;
 use crate::verify::VerifiedIdentity;
+use upstream::{PooledBody, Upstream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -41,16 +42,15 @@ pub struct Route {
     pub config: RouteConfig,
     pub name: Arc<str>,
     audience: Option<Arc<str>>,
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
     host_header: HeaderValue,
     /// The upstream URL's path without its trailing slash ("" for the root).
     base_path: String,
-    client: Client<Connector, Incoming>,
+    upstream: Upstream,
 }
 
 impl Route {
-    pub fn new(config: RouteConfig, client: Client<Connector, Incoming>) -> Result<Route, String> {
+    /// `connector` should offer only http/1.1 (`http_client::http1_connector`).
+    pub fn new(config: RouteConfig, connector: Connector) -> Result<Route, String> {
         let u = &config.upstream;
         let scheme = if u.scheme() == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
         let host = u.host_str().ok_or("upstream has no host")?;
@@ -60,14 +60,13 @@ impl Route {
         };
         let authority: http::uri::Authority = authority_s.parse().map_err(|_| "bad upstream authority")?;
         let host_header = HeaderValue::from_str(&authority_s).map_err(|_| "bad upstream host")?;
+        let upstream = Upstream::new(connector, scheme, authority).map_err(|_| "bad upstream URL")?;
         Ok(Route {
             name: config.name.clone(),
             audience: config.audience.as_deref().map(Arc::from),
-            scheme,
-            authority,
             host_header,
             base_path: u.path().trim_end_matches('/').to_string(),
-            client,
+            upstream,
             config,
         })
     }
@@ -128,7 +127,7 @@ async fn pipeline(
         prepare(app, route, req, &path, conn, request_id, internal_token, on_client_upgrade.as_ref().map(|u| &u.0))?;
     let sent = Instant::now();
     let remaining = app.config.listen.request_timeout.saturating_sub(start.elapsed());
-    let result = tokio::time::timeout(remaining, route.client.request(upstream_req)).await;
+    let result = tokio::time::timeout(remaining, route.upstream.request(upstream_req)).await;
     outcome.upstream_time = Some(sent.elapsed());
     let mut resp = match result {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
@@ -354,12 +353,9 @@ fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, P
         pq.push('?');
         pq.push_str(q);
     }
-    Uri::builder()
-        .scheme(route.scheme.clone())
-        .authority(route.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded"))
+    // Origin-form, as HTTP/1.1 sends it to an origin server: the connection already
+    // goes to the route's upstream, and `Host` names it.
+    Uri::builder().path_and_query(pq).build().map_err(|_| ProxyError::BadRequest("the path cannot be forwarded"))
 }
 
 /// Response hygiene (SPEC §3 step 7): hop-by-hop headers and any echoed internal
@@ -373,7 +369,7 @@ fn respond<B>(app: &App, resp: &mut Response<B>) {
 fn splice_upgrade(
     app: &App,
     client: hyper::upgrade::OnUpgrade,
-    resp: &mut Response<Incoming>,
+    resp: &mut Response<PooledBody>,
 ) -> Result<(), ProxyError> {
     let upstream = hyper::upgrade::on(&mut *resp);
     let proto = resp.headers().get(header::UPGRADE).cloned();

@@ -60,11 +60,23 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    serve_counting(handler).await.0
+}
+
+/// [`serve`], also counting the connections accepted.
+pub async fn serve_counting<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            accepted.fetch_add(1, SeqCst);
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -77,7 +89,7 @@ where
             });
         }
     });
-    addr
+    (addr, connections)
 }
 
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
@@ -237,6 +249,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub behavior: Arc<Mutex<Behavior>>,
     pub count: Arc<AtomicU64>,
+    /// TCP connections accepted (to observe connection reuse).
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -244,7 +258,7 @@ impl Upstream {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let behavior: Arc<Mutex<Behavior>> = Arc::default();
         let count = Arc::new(AtomicU64::new(0));
-        let addr = serve({
+        let (addr, connections) = serve_counting({
             let (seen, behavior, count) = (seen.clone(), behavior.clone(), count.clone());
             move |req: Request<Incoming>| {
                 let (seen, behavior, count) = (seen.clone(), behavior.clone(), count.clone());
@@ -275,7 +289,7 @@ impl Upstream {
             }
         })
         .await;
-        Upstream { addr, seen, behavior, count }
+        Upstream { addr, seen, behavior, count, connections }
     }
 
     pub fn url(&self) -> String {
