@@ -217,6 +217,20 @@ impl MetadataCache {
         }
         self.stats.misses.fetch_add(1, Relaxed);
         *lookup = CacheLookup::Miss;
+        // Boxed: a miss is the rare path, and its state (single-flight, the source
+        // call) would otherwise enlarge, and be copied with, every lookup's future.
+        Box::pin(self.load(kind, source, key)).await
+    }
+
+    /// A miss: asks the source (one call for concurrent misses of one key), unless
+    /// the key's last call failed a moment ago.
+    async fn load(
+        &self,
+        kind: Kind,
+        source: &Arc<dyn MetadataSource>,
+        key: Key,
+    ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
+        let cache = self.cache(kind);
         let fkey = (kind, key.clone());
         if let Some(f) = self.failures.get(&fkey)
             && let Some(left) = f.until.checked_duration_since(Instant::now())

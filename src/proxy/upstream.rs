@@ -90,6 +90,12 @@ impl Upstream {
             },
             None => req,
         };
+        // Boxed: connecting is the rare path, and its state would otherwise enlarge
+        // (and be copied with) every request's future.
+        Box::pin(self.send_on_new_connection(req)).await
+    }
+
+    async fn send_on_new_connection(&self, req: Request<Incoming>) -> Result<Response<PooledBody>, UpstreamError> {
         let tx = self.connect().await?;
         self.send(tx, req).await.map_err(|e| UpstreamError::Request(e.into_error()))
     }

@@ -232,7 +232,9 @@ impl Verifier {
         if let Some(id) = self.tokens.get(&token_hash, now, |i| self.issuers.get(i).and_then(|i| i.jwks.current())) {
             return Ok(id);
         }
-        let (identity, keys) = self.verify_full(token, token_hash, now).await?;
+        // Boxed: the full check (and a JWKS refetch) is the rare path; unboxed, its
+        // state would enlarge, and be copied with, every request's future.
+        let (identity, keys) = Box::pin(self.verify_full(token, token_hash, now)).await?;
         self.tokens.insert(token_hash, &identity, keys);
         Ok(identity)
     }
