@@ -12,6 +12,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -226,7 +227,10 @@ pub struct MintRequest<'a> {
 /// A signed token and what it was made from (for reuse).
 #[derive(Clone)]
 pub struct Minted {
-    pub token: Arc<str>,
+    /// The token as the header value the upstream receives (`Bearer ...` for
+    /// `Authorization`), built and validated once: a reused token is then one
+    /// reference-count increment per request, not a copy and a byte-by-byte check.
+    pub header_value: HeaderValue,
     issued_at: u64,
     expires_at: u64,
     app: Arc<StoredMetadata>,
@@ -243,6 +247,8 @@ pub struct Minter {
     issuer: String,
     ttl: Duration,
     signing: Arc<SigningKey>,
+    /// Whether header values get the `Bearer ` prefix (`token.header = "authorization"`).
+    bearer: bool,
     published: Vec<Arc<SigningKey>>,
     header_json_b64: String,
     reuse: moka::sync::Cache<ReuseKey, Minted>,
@@ -269,6 +275,7 @@ impl Minter {
             issuer: cfg.issuer.clone(),
             ttl: cfg.ttl,
             signing,
+            bearer: cfg.header == crate::config::TokenHeader::Authorization,
             published,
             header_json_b64,
             // Reuse pays off for callers that come back within half a token's life;
@@ -308,8 +315,9 @@ impl Minter {
         (self.minted.load(Relaxed), self.reused.load(Relaxed))
     }
 
-    /// Returns a token for this request: a reused one when still fresh enough, else a new one.
-    pub fn mint(&self, req: &MintRequest<'_>) -> Result<Arc<str>, MintError> {
+    /// Returns a token for this request, as the value of `token.header` (marked
+    /// sensitive): a reused one when still fresh enough, else a new one.
+    pub fn mint(&self, req: &MintRequest<'_>) -> Result<HeaderValue, MintError> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = unix_now();
         let key: ReuseKey = (req.identity.token_hash(), req.route.clone());
@@ -320,7 +328,7 @@ impl Minter {
                 && Arc::ptr_eq(&m.client, req.client_metadata)
             {
                 self.reused.fetch_add(1, Relaxed);
-                return Ok(m.token);
+                return Ok(m.header_value);
             }
         }
         let id = req.identity;
@@ -338,20 +346,24 @@ impl Minter {
             app_metadata: &project(req.app_metadata, req.app_keys),
             client_metadata: &project(req.client_metadata, req.client_keys),
         });
-        let mut token = String::with_capacity(self.header_json_b64.len() + payload.len() * 4 / 3 + 400);
+        let prefix = if self.bearer { "Bearer " } else { "" };
+        let mut token = String::with_capacity(prefix.len() + self.header_json_b64.len() + payload.len() * 4 / 3 + 400);
+        token.push_str(prefix);
         token.push_str(&self.header_json_b64);
         token.push('.');
         B64.encode_string(&payload, &mut token);
-        let sig = self.signing.sign(token.as_bytes())?;
+        let sig = self.signing.sign(&token.as_bytes()[prefix.len()..])?;
         token.push('.');
         B64.encode_string(&sig, &mut token);
-        let token: Arc<str> = Arc::from(token);
+        // Base64url and "Bearer " only: always a valid header value.
+        let mut header_value = HeaderValue::from_maybe_shared(bytes::Bytes::from(token)).map_err(|_| MintError::Encode)?;
+        header_value.set_sensitive(true);
         self.minted.fetch_add(1, Relaxed);
         if exp > now + 1 {
             self.reuse.insert(
                 key,
                 Minted {
-                    token: token.clone(),
+                    header_value: header_value.clone(),
                     issued_at: now,
                     expires_at: exp,
                     app: req.app_metadata.clone(),
@@ -359,7 +371,7 @@ impl Minter {
                 },
             );
         }
-        Ok(token)
+        Ok(header_value)
     }
 }
 

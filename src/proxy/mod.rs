@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::config::{AuthMode, RouteConfig, TokenHeader};
+use crate::config::{AuthMode, RouteConfig};
 use crate::error::{Body, ProxyError};
 use crate::http_client::Connector;
 use crate::metadata::cache::{CacheLookup, Kind};
@@ -225,7 +225,7 @@ async fn enrich(
     route: &Route,
     id: &VerifiedIdentity,
     cache_outcome: &mut Option<&'static str>,
-) -> Result<Arc<str>, ProxyError> {
+) -> Result<HeaderValue, ProxyError> {
     let (app_md, client_md) = match &app.sources[id.issuer_index()] {
         None => (app.empty.clone(), app.empty.clone()),
         Some(source) => {
@@ -273,7 +273,7 @@ fn prepare(
     path: &str,
     conn: Conn,
     request_id: &HeaderValue,
-    internal_token: Option<Arc<str>>,
+    internal_token: Option<HeaderValue>,
     upgrade: Option<&HeaderValue>,
 ) -> Result<Request<Incoming>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -320,13 +320,7 @@ fn prepare(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, proto.clone());
     }
-    if let Some(token) = internal_token {
-        let value = match &app.config.token.header {
-            TokenHeader::Authorization => HeaderValue::from_str(&format!("Bearer {token}")),
-            TokenHeader::Custom(_) => HeaderValue::from_str(&token),
-        };
-        let mut value = value.map_err(|_| ProxyError::Internal)?;
-        value.set_sensitive(true);
+    if let Some(value) = internal_token {
         h.insert(app.config.token.header.name(), value);
     }
     parts.uri = upstream_uri(route, path, parts.uri.query())?;
