@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
-use super::VerifiedIdentity;
+use super::IdentityCore;
 use super::jwks::KeySet;
 
 /// Tokens held at most. Each entry is the verified identity (ids, times and the
@@ -37,8 +37,8 @@ const SHARDS: usize = 16;
 pub type TokenHash = [u8; 32];
 
 /// One verified token.
-pub struct Cached {
-    identity: VerifiedIdentity,
+pub(crate) struct Cached {
+    identity: IdentityCore,
     /// The key set that verified the signature; `None` for HMAC (the secret is
     /// fixed for the life of the verifier).
     keys: Option<Arc<KeySet>>,
@@ -46,7 +46,7 @@ pub struct Cached {
 
 impl Cached {
     fn expired(&self, now: u64) -> bool {
-        now >= self.identity.exp().saturating_add(self.identity.leeway().as_secs())
+        now >= self.identity.exp().saturating_add(self.identity.leeway_secs())
     }
 }
 
@@ -97,12 +97,12 @@ impl TokenCache {
 
     /// The identity of a token verified before, if it is still valid at `now` and
     /// was verified with `current` (the issuer's key set now in use).
-    pub fn get(
+    pub(crate) fn get(
         &self,
         hash: &TokenHash,
         now: u64,
         current: impl FnOnce(usize) -> Option<Arc<KeySet>>,
-    ) -> Option<VerifiedIdentity> {
+    ) -> Option<IdentityCore> {
         let (identity, keys) = self.shard(hash).get(hash).map(|c| (c.identity.clone(), c.keys.clone()))?;
         let c = Cached { identity, keys };
         if c.expired(now) {
@@ -110,7 +110,7 @@ impl TokenCache {
             return None;
         }
         let id = &c.identity;
-        if id.nbf().is_some_and(|nbf| nbf > now.saturating_add(id.leeway().as_secs())) {
+        if id.nbf().is_some_and(|nbf| nbf > now.saturating_add(id.leeway_secs())) {
             return None;
         }
         if let Some(keys) = &c.keys {
@@ -126,8 +126,8 @@ impl TokenCache {
     }
 
     /// Remembers a token that has just passed every check.
-    pub fn insert(&self, hash: TokenHash, identity: &VerifiedIdentity, keys: Option<Arc<KeySet>>) {
-        let entry = Cached { identity: identity.clone(), keys };
+    pub(crate) fn insert(&self, hash: TokenHash, identity: IdentityCore, keys: Option<Arc<KeySet>>) {
+        let entry = Cached { identity, keys };
         let now = crate::mint::unix_now();
         if entry.expired(now) {
             return;
@@ -163,18 +163,9 @@ mod tests {
     use serde_json::json;
     use std::time::Duration;
 
-    fn identity(exp: u64, extra: serde_json::Value) -> VerifiedIdentity {
-        VerifiedIdentity(Arc::new(super::super::Identity {
-            issuer_index: 0,
-            issuer: Arc::from("https://issuer.test/"),
-            subject: "u1".into(),
-            client_id: "c1".into(),
-            exp,
-            nbf: extra.get("nbf").and_then(serde_json::Value::as_u64),
-            leeway: Duration::from_secs(30),
-            kept_claims: "".into(),
-            token_hash: [7; 32],
-        }))
+    fn identity(exp: u64, extra: serde_json::Value) -> IdentityCore {
+        let nbf = extra.get("nbf").and_then(serde_json::Value::as_u64);
+        IdentityCore::new(0, "u1", "c1", "", exp, nbf, Duration::from_secs(30)).unwrap()
     }
 
     fn key_set() -> Arc<KeySet> {
@@ -189,7 +180,7 @@ mod tests {
         let t = crate::mint::unix_now();
         let c = TokenCache::with_capacity(10);
         let keys = key_set();
-        c.insert([1; 32], &identity(t + 1_000, json!({})), Some(keys.clone()));
+        c.insert([1; 32], identity(t + 1_000, json!({})), Some(keys.clone()));
         assert_eq!(c.get(&[1; 32], t + 900, |_| Some(keys.clone())).unwrap().subject(), "u1");
         // Within the leeway still, past it not.
         assert!(c.get(&[1; 32], t + 1_029, |_| Some(keys.clone())).is_some());
@@ -202,7 +193,7 @@ mod tests {
     fn an_expired_token_is_not_kept() {
         let t = crate::mint::unix_now();
         let c = TokenCache::with_capacity(10);
-        c.insert([1; 32], &identity(t - 60, json!({})), None);
+        c.insert([1; 32], identity(t - 60, json!({})), None);
         assert!(c.get(&[1; 32], t - 100, |_| None).is_none());
     }
 
@@ -210,7 +201,7 @@ mod tests {
     fn nbf_is_rechecked_at_use() {
         let t = crate::mint::unix_now();
         let c = TokenCache::with_capacity(10);
-        c.insert([1; 32], &identity(t + 10_000, json!({"nbf": t + 5_000})), None);
+        c.insert([1; 32], identity(t + 10_000, json!({"nbf": t + 5_000})), None);
         assert!(c.get(&[1; 32], t + 4_000, |_| None).is_none());
         assert!(c.get(&[1; 32], t + 5_000, |_| None).is_some());
     }
@@ -219,13 +210,13 @@ mod tests {
     fn a_new_key_set_means_verifying_again() {
         let c = TokenCache::with_capacity(10);
         let (old, new) = (key_set(), key_set());
-        c.insert([1; 32], &identity(u64::MAX / 2, json!({})), Some(old.clone()));
+        c.insert([1; 32], identity(u64::MAX / 2, json!({})), Some(old.clone()));
         assert!(c.get(&[1; 32], 100, |_| Some(old.clone())).is_some());
         assert!(c.get(&[1; 32], 100, |_| Some(new.clone())).is_none());
         // The entry is gone, even if the old set came back.
         assert!(c.get(&[1; 32], 100, |_| Some(old.clone())).is_none());
         // No key set held at all: no hit either.
-        c.insert([1; 32], &identity(u64::MAX / 2, json!({})), Some(old.clone()));
+        c.insert([1; 32], identity(u64::MAX / 2, json!({})), Some(old.clone()));
         assert!(c.get(&[1; 32], 100, |_| None).is_none());
     }
 
@@ -235,7 +226,7 @@ mod tests {
         let key = |i: u32| -> TokenHash { Sha256::digest(i.to_le_bytes()).into() };
         let c = TokenCache::with_capacity(50);
         for i in 0..500u32 {
-            c.insert(key(i), &identity(u64::MAX / 2, json!({})), None);
+            c.insert(key(i), identity(u64::MAX / 2, json!({})), None);
         }
         assert!(c.len() <= 50, "{} entries", c.len());
         // A full shard makes room: the newest token is held.

@@ -92,67 +92,112 @@ impl VerifyError {
 
 /// A caller whose token passed every check. Only [`Verifier::verify`] builds one.
 ///
-/// Cheap to clone (one `Arc`): the token cache hands out a clone on every hit. Compact,
-/// because the token cache holds one per caller (docs/performance.md, memory).
+/// Cheap to clone (two reference counts and a few words): the token cache hands out
+/// its [`IdentityCore`] on every hit.
 #[derive(Debug, Clone)]
-pub struct VerifiedIdentity(Arc<Identity>);
-
-#[derive(Debug)]
-struct Identity {
-    issuer_index: usize,
+pub struct VerifiedIdentity {
+    core: IdentityCore,
     issuer: Arc<str>,
-    subject: Box<str>,
-    client_id: Box<str>,
+    token_hash: [u8; 32],
+}
+
+/// What the token cache keeps of a verified identity; the issuer's name and the
+/// token's hash are known at lookup, so they are not stored per token. Compact on
+/// purpose: the cache holds one per caller (docs/performance.md, memory).
+#[derive(Debug, Clone)]
+pub(crate) struct IdentityCore {
+    /// `sub`, then the client id, then the kept claims, in one allocation.
+    text: Arc<str>,
+    client_at: u32,
+    kept_at: u32,
+    issuer_index: u32,
+    leeway_secs: u32,
     exp: u64,
     nbf: Option<u64>,
-    leeway: Duration,
-    /// The kept claims (`token.copy_claims`) as JSON object members written by
-    /// serde_json (`"email":"a@b.c","name":"A"`, empty when none): the minter splices
-    /// them into the internal token as they are, and text costs far less memory than
-    /// a `Value` per claim.
-    kept_claims: Box<str>,
-    token_hash: [u8; 32],
+}
+
+impl IdentityCore {
+    /// `kept_claims`: the claims the internal token copies, as JSON object members
+    /// written by serde_json (`"email":"a@b.c","name":"A"`), empty when none; the
+    /// minter splices them in as they are, and text costs far less memory than a
+    /// `Value` per claim.
+    fn new(
+        issuer_index: usize,
+        subject: &str,
+        client_id: &str,
+        kept_claims: &str,
+        exp: u64,
+        nbf: Option<u64>,
+        leeway: Duration,
+    ) -> Option<IdentityCore> {
+        let client_at = u32::try_from(subject.len()).ok()?;
+        let kept_at = u32::try_from(subject.len() + client_id.len()).ok()?;
+        Some(IdentityCore {
+            text: Arc::from([subject, client_id, kept_claims].concat()),
+            client_at,
+            kept_at,
+            issuer_index: u32::try_from(issuer_index).ok()?,
+            leeway_secs: u32::try_from(leeway.as_secs()).unwrap_or(u32::MAX),
+            exp,
+            nbf,
+        })
+    }
+    pub(crate) fn subject(&self) -> &str {
+        &self.text[..self.client_at as usize]
+    }
+    pub(crate) fn issuer_index(&self) -> usize {
+        self.issuer_index as usize
+    }
+    pub(crate) fn exp(&self) -> u64 {
+        self.exp
+    }
+    pub(crate) fn nbf(&self) -> Option<u64> {
+        self.nbf
+    }
+    pub(crate) fn leeway_secs(&self) -> u64 {
+        u64::from(self.leeway_secs)
+    }
 }
 
 impl VerifiedIdentity {
     pub fn issuer(&self) -> &Arc<str> {
-        &self.0.issuer
+        &self.issuer
     }
     /// Index of the issuer in the configuration.
     pub fn issuer_index(&self) -> usize {
-        self.0.issuer_index
+        self.core.issuer_index()
     }
     /// The user: the token's `sub`.
     pub fn subject(&self) -> &str {
-        &self.0.subject
+        self.core.subject()
     }
     /// The application: `azp`, else the audience that matched.
     pub fn client_id(&self) -> &str {
-        &self.0.client_id
+        &self.core.text[self.core.client_at as usize..self.core.kept_at as usize]
     }
     pub fn exp(&self) -> u64 {
-        self.0.exp
+        self.core.exp
     }
-    /// `nbf` of the token, if any (re-checked on token cache hits).
+    /// `nbf` of the token, if any.
     pub fn nbf(&self) -> Option<u64> {
-        self.0.nbf
+        self.core.nbf
     }
     pub fn leeway(&self) -> Duration {
-        self.0.leeway
+        Duration::from_secs(self.core.leeway_secs())
     }
     /// The claims the internal token copies, as JSON object members (`"a":1,"b":"x"`),
     /// empty when the token has none of them.
     pub fn kept_claims_json(&self) -> &str {
-        &self.0.kept_claims
+        &self.core.text[self.core.kept_at as usize..]
     }
     /// SHA-256 of the token, used as a cache key instead of the token itself.
     pub fn token_hash(&self) -> [u8; 32] {
-        self.0.token_hash
+        self.token_hash
     }
 }
 
 /// The members of `claims` named in `keep`, as JSON object members without braces.
-fn kept_members(claims: &Map<String, Value>, keep: &[String]) -> Box<str> {
+fn kept_members(claims: &Map<String, Value>, keep: &[String]) -> String {
     let mut out = String::new();
     for (name, value) in claims.iter().filter(|(k, _)| keep.contains(k)) {
         if !out.is_empty() {
@@ -163,7 +208,7 @@ fn kept_members(claims: &Map<String, Value>, keep: &[String]) -> Box<str> {
         out.push(':');
         out.push_str(&value.to_string());
     }
-    out.into_boxed_str()
+    out
 }
 
 /// Verification state of one configured issuer.
@@ -229,13 +274,15 @@ impl Verifier {
             return Err(VerifyError::TooLarge);
         }
         let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(id) = self.tokens.get(&token_hash, now, |i| self.issuers.get(i).and_then(|i| i.jwks.current())) {
-            return Ok(id);
+        if let Some(core) = self.tokens.get(&token_hash, now, |i| self.issuers.get(i).and_then(|i| i.jwks.current()))
+            && let Some(issuer) = self.issuers.get(core.issuer_index())
+        {
+            return Ok(VerifiedIdentity { core, issuer: issuer.issuer.clone(), token_hash });
         }
         // Boxed: the full check (and a JWKS refetch) is the rare path; unboxed, its
         // state would enlarge, and be copied with, every request's future.
         let (identity, keys) = Box::pin(self.verify_full(token, token_hash, now)).await?;
-        self.tokens.insert(token_hash, &identity, keys);
+        self.tokens.insert(token_hash, identity.core.clone(), keys);
         Ok(identity)
     }
 
@@ -296,17 +343,10 @@ impl Verifier {
         let (subject, client_id, exp) = validate_claims(&claims, &issuer.config, now)?;
         // validate_claims accepted it, so it is a valid NumericDate or absent.
         let nbf = numeric_date(claims.get("nbf"))?;
-        let identity = VerifiedIdentity(Arc::new(Identity {
-            issuer_index,
-            issuer: issuer.issuer.clone(),
-            subject: subject.into_boxed_str(),
-            client_id: client_id.into_boxed_str(),
-            exp,
-            nbf,
-            leeway: issuer.config.leeway,
-            kept_claims: kept_members(&claims, &self.keep_claims),
-            token_hash,
-        }));
+        let kept = kept_members(&claims, &self.keep_claims);
+        let core = IdentityCore::new(issuer_index, &subject, &client_id, &kept, exp, nbf, issuer.config.leeway)
+            .ok_or(VerifyError::TooLarge)?;
+        let identity = VerifiedIdentity { core, issuer: issuer.issuer.clone(), token_hash };
         Ok((identity, keys))
     }
 
