@@ -5,11 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc instead of glibc malloc: per-request allocations are cheaper, and small
-/// cache entries carry no per-allocation header (docs/performance.md has the figures).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "claimsmith", version, about = "Token-enrichment reverse proxy")]
 struct Cli {
