@@ -196,7 +196,9 @@ upstream = "http://{upstream}"
 audience = "fill-api"
 "#,
             signing = signing.display(),
-            cap = (users as u64 + 1000).max(100_000),
+            // Room for every user: users get 90% of max_entries, and the 16 shards of
+            // each store fill unevenly, so leave 15% slack.
+            cap = (users as u64 * 13 / 10 + 1000).max(100_000),
         ),
     )
     .unwrap();
@@ -280,10 +282,11 @@ audience = "fill-api"
         let r = client.request(req).await.unwrap();
         String::from_utf8_lossy(&r.into_body().collect().await.unwrap().to_bytes()).into_owned()
     };
-    for l in metrics
-        .lines()
-        .filter(|l| l.starts_with("claimsmith_metadata_cache_") || l.starts_with("claimsmith_tokens_minted_total"))
-    {
+    for l in metrics.lines().filter(|l| {
+        l.starts_with("claimsmith_metadata_cache_")
+            || l.starts_with("claimsmith_tokens_minted_total")
+            || l.starts_with("claimsmith_token_cache_entries")
+    }) {
         println!("  {l}");
     }
     println!(

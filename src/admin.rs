@@ -200,6 +200,10 @@ async fn render_metrics(app: &App) -> String {
         "# HELP claimsmith_metadata_cache_entries Entries held.\n# TYPE claimsmith_metadata_cache_entries gauge\n",
     );
     out.push_str(&format!("claimsmith_metadata_cache_entries{{kind=\"user\"}} {users}\nclaimsmith_metadata_cache_entries{{kind=\"client\"}} {clients}\n"));
+    out.push_str(&format!(
+        "# HELP claimsmith_token_cache_entries Verified ID tokens held.\n# TYPE claimsmith_token_cache_entries gauge\nclaimsmith_token_cache_entries {}\n",
+        app.verifier.cached_tokens()
+    ));
     out
 }
 

@@ -133,7 +133,9 @@ impl App {
         for (i, iss) in config.issuers.iter().enumerate() {
             issuer_clients.push(http_client::client(connector(&iss.ca_file, false, format!("issuer[{i}].ca_file"))?));
         }
-        let verifier = Verifier::new(&config.issuers, &issuer_clients).keep_only_claims(&config.token.copy_claims);
+        let verifier = Verifier::new(&config.issuers, &issuer_clients)
+            .keep_only_claims(&config.token.copy_claims)
+            .token_cache_capacity(config.cache.max_entries);
         let mut routes = Vec::new();
         for r in &config.routes {
             let name = format!("route {}", r.path_prefix);
@@ -206,7 +208,7 @@ impl App {
     pub async fn evict_source(&self, name: &str) {
         for iss in &self.config.issuers {
             if iss.metadata.as_deref() == Some(name) {
-                self.cache.evict_issuer(&Arc::from(iss.issuer.as_str())).await;
+                self.cache.forget_issuer(&Arc::from(iss.issuer.as_str()));
             }
         }
     }

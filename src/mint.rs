@@ -356,7 +356,8 @@ impl Minter {
         token.push('.');
         B64.encode_string(&sig, &mut token);
         // Base64url and "Bearer " only: always a valid header value.
-        let mut header_value = HeaderValue::from_maybe_shared(bytes::Bytes::from(token)).map_err(|_| MintError::Encode)?;
+        let mut header_value =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(token)).map_err(|_| MintError::Encode)?;
         header_value.set_sensitive(true);
         self.minted.fetch_add(1, Relaxed);
         if exp > now + 1 {

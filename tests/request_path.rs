@@ -209,6 +209,8 @@ async fn admin_endpoints() {
         "claimsmith_metadata_fetches_total",
         "claimsmith_jwks_refreshes_total",
         "claimsmith_tokens_minted_total 1",
+        "claimsmith_token_cache_entries 1",
+        "claimsmith_metadata_cache_entries{kind=\"user\"} 1",
     ] {
         assert!(m.contains(name), "metrics lack {name}:\n{m}");
     }

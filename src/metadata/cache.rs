@@ -1,4 +1,4 @@
-//! The metadata cache (SPEC §5): users and clients in separate moka caches keyed by
+//! The metadata cache (SPEC §5): users and clients in separate stores (`store.rs`) keyed by
 //! (issuer, id). Fresh for `ttl`; then served stale while one background refresh runs;
 //! kept up to `ttl + max_stale` so a failing source does not fail requests; "does not
 //! exist" remembered for `negative_ttl`. Concurrent misses for one key make one call.
@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
-use moka::future::Cache;
-
+use super::store::{Store, Timestamped};
 use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
 
@@ -27,17 +25,9 @@ struct Entry {
     fetched_at: Instant,
 }
 
-struct Ttl {
-    fresh_and_stale: Duration,
-    negative: Duration,
-}
-
-impl Expiry<Key, Entry> for Ttl {
-    fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
-        Some(if v.value.is_some() { self.fresh_and_stale } else { self.negative })
-    }
-    fn expire_after_update(&self, _: &Key, v: &Entry, _: Instant, _: Option<Duration>) -> Option<Duration> {
-        Some(if v.value.is_some() { self.fresh_and_stale } else { self.negative })
+impl Timestamped for Entry {
+    fn created(&self) -> Instant {
+        self.fetched_at
     }
 }
 
@@ -133,11 +123,14 @@ struct Failure {
     err: Arc<SourceError>,
 }
 
+/// One kind's entries: a failed source call is shared by every waiter as one `Arc`.
+type Entries = Store<Key, Entry, SourceError>;
+
 /// Users and clients, each in its own cache.
 #[derive(Clone)]
 pub struct MetadataCache {
-    users: Cache<Key, Entry>,
-    clients: Cache<Key, Entry>,
+    users: Arc<Entries>,
+    clients: Arc<Entries>,
     /// Keys whose last source call failed, with their backoff.
     failures: moka::sync::Cache<(Kind, Key), Failure>,
     /// Keys whose background refresh is running (one at a time per key). A set
@@ -153,12 +146,10 @@ impl MetadataCache {
         // users, so clients get a tenth of the budget.
         let clients_cap = (cfg.max_entries / 10).max(1);
         let users_cap = cfg.max_entries - clients_cap;
+        let (fresh_and_stale, negative) = (cfg.ttl + cfg.max_stale, cfg.negative_ttl);
         let build = |cap: u64| {
-            Cache::builder()
-                .max_capacity(cap)
-                .expire_after(Ttl { fresh_and_stale: cfg.ttl + cfg.max_stale, negative: cfg.negative_ttl })
-                .support_invalidation_closures()
-                .build()
+            let lifetime = move |e: &Entry| if e.value.is_some() { fresh_and_stale } else { negative };
+            Arc::new(Entries::new(cap, Box::new(lifetime)))
         };
         MetadataCache {
             users: build(users_cap),
@@ -174,7 +165,7 @@ impl MetadataCache {
         }
     }
 
-    fn cache(&self, kind: Kind) -> &Cache<Key, Entry> {
+    fn cache(&self, kind: Kind) -> &Entries {
         match kind {
             Kind::User => &self.users,
             Kind::Client => &self.clients,
@@ -204,7 +195,7 @@ impl MetadataCache {
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let key: Key = (issuer.clone(), Arc::from(id));
         let cache = self.cache(kind);
-        if let Some(e) = cache.get(&key).await {
+        if let Some(e) = cache.get(&key) {
             if e.value.is_some() && e.fetched_at.elapsed() >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
@@ -292,7 +283,7 @@ impl MetadataCache {
                     let entry =
                         Entry { value: value.map(|m| Arc::new(StoredMetadata::new(m))), fetched_at: Instant::now() };
                     this.failures.invalidate(&fkey);
-                    this.cache(kind).insert(fkey.1.clone(), entry).await;
+                    this.cache(kind).insert(fkey.1.clone(), entry);
                 }
                 Err(err) => {
                     this.note_failure(fkey.clone(), Arc::new(err));
@@ -304,43 +295,27 @@ impl MetadataCache {
 
     /// Removes one entry (admin API); true when something was held.
     pub async fn evict(&self, kind: Kind, issuer: Option<&Arc<str>>, id: &str) -> bool {
-        let cache = self.cache(kind);
-        let before = cache.iter().filter(|(k, _)| &*k.1 == id && issuer.is_none_or(|i| *i == k.0)).count();
         let id: Arc<str> = Arc::from(id);
         let issuer = issuer.cloned();
         let (fid, fissuer) = (id.clone(), issuer.clone());
         let _ = self.failures.invalidate_entries_if(move |k, _| {
             k.0 == kind && k.1.1 == fid && fissuer.as_ref().is_none_or(|i| *i == k.1.0)
         });
-        let _ = cache.invalidate_entries_if(move |k, _| k.1 == id && issuer.as_ref().is_none_or(|i| *i == k.0));
-        cache.run_pending_tasks().await;
         self.failures.run_pending_tasks();
-        before > 0
+        self.cache(kind).remove_if(|k| k.1 == id && issuer.as_ref().is_none_or(|i| *i == k.0)) > 0
     }
 
-    /// Drops every entry of an issuer (its file source was reloaded).
-    /// Marks every entry of an issuer as gone without waiting for maintenance: reads
-    /// stop returning them at once.
+    /// Drops every entry of an issuer (its file source was reloaded); reads stop
+    /// returning them at once.
     pub fn forget_issuer(&self, issuer: &Arc<str>) {
         for kind in [Kind::User, Kind::Client] {
-            let issuer = issuer.clone();
-            let _ = self.cache(kind).invalidate_entries_if(move |k, _| k.0 == issuer);
+            self.cache(kind).remove_if(|k| k.0 == *issuer);
         }
     }
 
-    pub async fn evict_issuer(&self, issuer: &Arc<str>) {
-        for kind in [Kind::User, Kind::Client] {
-            let issuer = issuer.clone();
-            let _ = self.cache(kind).invalidate_entries_if(move |k, _| k.0 == issuer);
-            self.cache(kind).run_pending_tasks().await;
-        }
-    }
-
-    /// Entries held (users, clients), after pending maintenance.
+    /// Entries held (users, clients).
     pub async fn sizes(&self) -> (u64, u64) {
-        self.users.run_pending_tasks().await;
-        self.clients.run_pending_tasks().await;
-        (self.users.entry_count(), self.clients.entry_count())
+        (self.users.len(), self.clients.len())
     }
 }
 

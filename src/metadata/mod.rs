@@ -7,6 +7,7 @@ pub mod file;
 pub mod http;
 pub mod ratelimit;
 pub mod remote;
+pub mod store;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -256,6 +256,18 @@ impl Verifier {
         &self.issuers
     }
 
+    /// Holds at most `n` verified tokens (the configured `cache.max_entries`: one
+    /// token per caller, as the metadata cache holds one entry per caller).
+    pub fn token_cache_capacity(mut self, n: u64) -> Verifier {
+        self.tokens = cache::TokenCache::with_capacity(n);
+        self
+    }
+
+    /// Tokens held in the token cache.
+    pub fn cached_tokens(&self) -> u64 {
+        self.tokens.len()
+    }
+
     /// Whether every issuer holds a key set.
     pub fn ready(&self) -> bool {
         self.issuers.iter().all(|i| i.jwks.current().is_some())

@@ -1,0 +1,238 @@
+//! Where the metadata cache keeps its entries: a sharded map with expiry checked at
+//! read, least-recently-used eviction, and one source call for concurrent misses.
+//!
+//! Not moka, for memory: the cache holds one entry per caller, and moka's per-entry
+//! bookkeeping (access and timer queue nodes, entry info, the key in its own `Arc`)
+//! measured about 300 bytes per entry on top of what a plain map costs
+//! (docs/performance.md, memory). What moka gave us here is small to keep: expiry is
+//! one comparison at read, a full shard drops its expired entries and then its least
+//! recently used eighth, and concurrent misses for one key share one call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+const SHARDS: usize = 16;
+
+/// What a store holds per key: when it was made (its lifetime is the store's
+/// `lifetime` of it).
+pub trait Timestamped: Clone {
+    fn created(&self) -> Instant;
+}
+
+/// How long a value stays usable.
+pub type Lifetime<V> = Box<dyn Fn(&V) -> Duration + Send + Sync>;
+
+struct Slot<V> {
+    value: V,
+    /// The store's use counter at the last read: a logical clock, no time read needed.
+    last_used: u64,
+}
+
+/// One call in flight for a key, shared by every caller that missed meanwhile.
+type Flight<V, E> = Arc<OnceCell<Result<V, Arc<E>>>>;
+
+type Shard<K, V> = Mutex<HashMap<K, Slot<V>>>;
+
+pub struct Store<K, V, E> {
+    shards: Box<[Shard<K, V>]>,
+    per_shard: usize,
+    lifetime: Lifetime<V>,
+    hasher: RandomState,
+    uses: AtomicU64,
+    flights: Mutex<HashMap<K, Flight<V, E>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
+    /// A store of at most `capacity` entries.
+    pub fn new(capacity: u64, lifetime: Lifetime<V>) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        let shards = SHARDS.min(capacity);
+        Store {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            per_shard: capacity / shards,
+            lifetime,
+            hasher: RandomState::new(),
+            uses: AtomicU64::new(0),
+            flights: Mutex::default(),
+        }
+    }
+
+    fn shard(&self, key: &K) -> MutexGuard<'_, HashMap<K, Slot<V>>> {
+        let i = (self.hasher.hash_one(key) >> 7) as usize % self.shards.len();
+        lock(&self.shards[i])
+    }
+
+    /// The value of `key`, unless absent or past its lifetime.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let mut shard = self.shard(key);
+        let slot = shard.get_mut(key)?;
+        if slot.value.created().elapsed() >= (self.lifetime)(&slot.value) {
+            shard.remove(key);
+            return None;
+        }
+        slot.last_used = self.uses.fetch_add(1, Relaxed);
+        Some(slot.value.clone())
+    }
+
+    pub fn insert(&self, key: K, value: V) {
+        let mut shard = self.shard(&key);
+        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+            make_room(&mut shard, self.per_shard, &self.lifetime);
+        }
+        shard.insert(key, Slot { value, last_used: self.uses.fetch_add(1, Relaxed) });
+    }
+
+    /// The value of `key`, or the one `init` produces, stored. Callers that miss the
+    /// same key while a call is running wait for that call and share its result,
+    /// errors included (the same `Arc`, so a failure is counted once). If the caller
+    /// running the call goes away, a waiting one runs its own `init` instead.
+    pub async fn try_get_with(&self, key: K, init: impl Future<Output = Result<V, E>>) -> Result<V, Arc<E>> {
+        let flight = lock(&self.flights).entry(key.clone()).or_default().clone();
+        let result = flight
+            .get_or_init(|| async {
+                // A call that ended just before we joined may have stored the value.
+                if let Some(v) = self.get(&key) {
+                    return Ok(v);
+                }
+                let r = init.await.map_err(Arc::new);
+                if let Ok(v) = &r {
+                    self.insert(key.clone(), v.clone());
+                }
+                r
+            })
+            .await
+            .clone();
+        let mut flights = lock(&self.flights);
+        if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(&key);
+        }
+        result
+    }
+
+    /// Removes the entries `drop` selects; returns how many.
+    pub fn remove_if(&self, drop: impl Fn(&K) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let before = shard.len();
+            shard.retain(|k, _| !drop(k));
+            removed += before - shard.len();
+        }
+        removed
+    }
+
+    /// Entries held (expired ones not yet met included).
+    pub fn len(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A full shard drops its expired entries, then, if still full, its least recently
+/// used eighth: one scan per `per_shard / 8` inserts, not one per insert.
+fn make_room<K: Hash + Eq, V: Timestamped>(shard: &mut HashMap<K, Slot<V>>, per_shard: usize, lifetime: &Lifetime<V>) {
+    shard.retain(|_, s| s.value.created().elapsed() < lifetime(&s.value));
+    if shard.len() < per_shard {
+        return;
+    }
+    let mut uses: Vec<u64> = shard.values().map(|s| s.last_used).collect();
+    let cut = (uses.len() / 8).max(1);
+    let (_, threshold, _) = uses.select_nth_unstable(cut - 1);
+    let threshold = *threshold;
+    shard.retain(|_, s| s.last_used > threshold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct V(u32, Instant, Duration);
+    impl Timestamped for V {
+        fn created(&self) -> Instant {
+            self.1
+        }
+    }
+    fn store<E>(capacity: u64) -> Store<u32, V, E> {
+        Store::new(capacity, Box::new(|v: &V| v.2))
+    }
+    fn v(n: u32) -> V {
+        V(n, Instant::now(), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn expired_values_are_not_returned() {
+        let s: Store<u32, V, ()> = store(10);
+        s.insert(1, V(1, Instant::now(), Duration::ZERO));
+        s.insert(2, v(2));
+        assert_eq!(s.get(&1), None);
+        assert_eq!(s.get(&2).map(|v| v.0), Some(2));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_least_recently_used() {
+        let s: Store<u32, V, ()> = store(16 * 8);
+        for i in 0..(16 * 8) {
+            s.insert(i, v(i));
+        }
+        // Key 0 is read between the inserts that fill the store again: it stays.
+        for i in 1000..1400 {
+            assert!(s.get(&0).is_some(), "the recently used entry was evicted before insert {i}");
+            s.insert(i, v(i));
+        }
+        assert!(s.len() <= 16 * 8, "{} entries", s.len());
+        assert!(s.get(&1399).is_some(), "the newest entry was not kept");
+        // The others of the first fill were not used again: all gone.
+        assert_eq!((1..16 * 8).filter(|i| s.get(i).is_some()).count(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_call_and_its_error() {
+        let s: Arc<Store<u32, V, String>> = Arc::new(store(10));
+        let calls = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (s, calls, gate) = (s.clone(), calls.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                s.try_get_with(7, async {
+                    calls.fetch_add(1, Relaxed);
+                    gate.notified().await;
+                    Err::<V, _>("down".to_string())
+                })
+                .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.notify_one();
+        let errs: Vec<Arc<String>> = futures_like_join(tasks).await.into_iter().map(|r| r.unwrap_err()).collect();
+        assert_eq!(calls.load(Relaxed), 1);
+        assert!(errs.iter().all(|e| Arc::ptr_eq(e, &errs[0])));
+        // Nothing stored after a failure; the next call runs again and stores.
+        let ok = s.try_get_with(7, async { Ok::<_, String>(v(7)) }).await.unwrap();
+        assert_eq!(ok.0, 7);
+        assert_eq!(s.get(&7).map(|v| v.0), Some(7));
+    }
+
+    async fn futures_like_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+}
