@@ -340,7 +340,7 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         // request takes the state current when it arrives and keeps it to the end.
         let builder = builder(&shared.app.load());
         let tls = shared.tls.load_full();
-        let conn = Conn { peer, tls: tls.is_some() };
+        let conn = Conn::new(peer, tls.is_some());
         let state = shared.clone();
         let first_request = Arc::new(AtomicBool::new(false));
         let seen = first_request.clone();
@@ -348,6 +348,7 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             seen.store(true, Relaxed);
             let app = state.app.load_full();
+            let conn = conn.clone();
             async move { Ok::<_, Infallible>(serve_one(&app, req, conn).await) }
         });
         match tls {

@@ -73,10 +73,21 @@ impl Route {
 }
 
 /// Facts about the connection a request came in on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Conn {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's address as an `X-Forwarded-For` element, formatted once per
+    /// connection rather than per request.
+    peer_ip: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, tls: bool) -> Conn {
+        // An IP address is always a valid header value.
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static(""));
+        Conn { peer, tls, peer_ip }
+    }
 }
 
 /// What the access log and metrics learn about one request.
@@ -299,12 +310,11 @@ fn prepare(
         hygiene::remove_cookie(h, cookie);
     }
     h.insert(header::HOST, route.host_header.clone());
-    let peer_ip = conn.peer.ip().to_string();
     let xff = match prior_xff {
-        Some(prior) => format!("{prior}, {peer_ip}"),
-        None => peer_ip,
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok(),
+        None => Some(conn.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
@@ -389,6 +399,13 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    let id: u128 = rand::random();
-    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // 128 random bits as 32 hex digits, written directly (this runs on every request).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes: [u8; 16] = rand::random();
+    let mut hex = [0u8; 32];
+    for (i, b) in bytes.iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
