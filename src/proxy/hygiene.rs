@@ -6,18 +6,21 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// RFC 9110 §7.6.1 and the long-standing hop-by-hop list.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
+/// RFC 9110 §7.6.1 and the long-standing hop-by-hop list (canonical names).
+fn is_hop_by_hop_canonical(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
 
 /// A header name in canonical form: lower case, `_` as `-`.
 pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
@@ -28,9 +31,15 @@ pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// [`canonical`] for a parsed `HeaderName`, which is lower case already: only `_`
+/// can differ, so the common case is one byte scan and no allocation.
+fn canonical_header(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str();
+    if s.contains('_') { std::borrow::Cow::Owned(s.replace('_', "-")) } else { std::borrow::Cow::Borrowed(s) }
+}
+
 pub fn is_hop_by_hop(name: &str) -> bool {
-    let c = canonical(name);
-    HOP_BY_HOP.contains(&c.as_ref())
+    is_hop_by_hop_canonical(&canonical(name))
 }
 
 /// Names listed in `Connection` headers, canonical.
@@ -54,15 +63,14 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes every header whose canonical name satisfies `drop`, plus hop-by-hop
 /// headers and those named in `Connection`.
 pub fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
-    let listed = connection_listed(headers);
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            let c = canonical(n.as_str());
-            HOP_BY_HOP.contains(&c.as_ref()) || listed.iter().any(|l| *l == c) || drop(&c)
-        })
-        .cloned()
-        .collect();
+    let listed = if headers.contains_key(header::CONNECTION) { connection_listed(headers) } else { Vec::new() };
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let c = canonical_header(name);
+        if is_hop_by_hop_canonical(&c) || listed.iter().any(|l| *l == c) || drop(&c) {
+            doomed.push(name.clone());
+        }
+    }
     for n in doomed {
         headers.remove(&n);
     }
