@@ -37,6 +37,7 @@ const SHARDS: usize = 16;
 pub type TokenHash = [u8; 32];
 
 /// One verified token.
+#[derive(Clone)]
 pub(crate) struct Cached {
     identity: IdentityCore,
     /// The key set that verified the signature; `None` for HMAC (the secret is
@@ -103,8 +104,8 @@ impl TokenCache {
         now: u64,
         current: impl FnOnce(usize) -> Option<Arc<KeySet>>,
     ) -> Option<IdentityCore> {
-        let (identity, keys) = self.shard(hash).get(hash).map(|c| (c.identity.clone(), c.keys.clone()))?;
-        let c = Cached { identity, keys };
+        // Cloned out (two reference counts) so the shard's lock is held for the lookup only.
+        let c = self.shard(hash).get(hash).cloned()?;
         if c.expired(now) {
             self.shard(hash).remove(hash);
             return None;
