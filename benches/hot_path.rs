@@ -206,6 +206,18 @@ fn benches(c: &mut Criterion) {
     let stored = |v: serde_json::Value| Arc::new(StoredMetadata::new(v.as_object().unwrap().clone()));
     let app_md = stored(json!({"roles": ["reader"], "plan": "pro"}));
     let client_md = stored(json!({"tenant_key": "k-bench", "region": "eu"}));
+    let mint = |m: &Minter, route: &Arc<str>| {
+        m.mint(&MintRequest {
+            identity: &identity,
+            audience: "bench-api",
+            route,
+            app_metadata: &app_md,
+            client_metadata: &client_md,
+            app_keys: None,
+            client_keys: None,
+        })
+        .unwrap()
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group("mint");
     for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
@@ -215,34 +227,12 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("{alg:?}_fresh"), |b| {
             b.iter(|| {
                 let route: Arc<str> = Arc::from(format!("r{}", n.fetch_add(1, Relaxed)));
-                m.mint(&MintRequest {
-                    identity: &identity,
-                    audience: "bench-api",
-                    route: &route,
-                    app_metadata: &app_md,
-                    client_metadata: &client_md,
-                    app_keys: None,
-                    client_keys: None,
-                })
-                .unwrap()
+                mint(&m, &route)
             })
         });
         if alg == Algorithm::EdDSA {
             let route: Arc<str> = Arc::from("reused");
-            g.bench_function("reuse", |b| {
-                b.iter(|| {
-                    m.mint(&MintRequest {
-                        identity: &identity,
-                        audience: "bench-api",
-                        route: &route,
-                        app_metadata: &app_md,
-                        client_metadata: &client_md,
-                        app_keys: None,
-                        client_keys: None,
-                    })
-                    .unwrap()
-                })
-            });
+            g.bench_function("reuse", |b| b.iter(|| mint(&m, &route)));
         }
     }
     g.finish();
