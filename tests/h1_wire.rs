@@ -1,0 +1,1077 @@
+//! HTTP/1.1 at the wire, both sides: a raw client talks to claimsmith, and claimsmith
+//! talks to a raw upstream whose every byte the test scripts. Keep-alive, pipelining,
+//! the response framings an upstream may use (chunked with extensions and trailers,
+//! close-delimited, bodiless statuses, HEAD, 1xx), invalid upstream framing, request
+//! bodies, connection close from either side, dead pooled connections.
+//!
+//! Request smuggling, malformed request framing, header limits and hop-by-hop
+//! hygiene are in `attacks.rs` and `hygiene.rs`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long any single read may wait before the test calls it a hang.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// Reading HTTP/1.1 messages off a socket (both sides use these)
+
+/// How a message's body was delimited on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body by definition (HEAD, 1xx, 204, 304) or no framing header on a request.
+    None,
+    Length(usize),
+    Chunked,
+    /// Delimited by the end of the connection (responses only).
+    Close,
+}
+
+/// One message head: the start line and the header fields as received.
+#[derive(Clone, Debug)]
+struct Head {
+    start: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads more bytes into `buf`; `Err` on EOF, error or [`READ_TIMEOUT`].
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut chunk = [0u8; 16384];
+    match tokio::time::timeout(READ_TIMEOUT, stream.read(&mut chunk)).await {
+        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(format!("read error: {e}")),
+        Ok(Ok(0)) => Err("connection closed".into()),
+        Ok(Ok(n)) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+    }
+}
+
+/// One CRLF-terminated line (without the CRLF).
+async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, String> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.drain(..i + 2);
+            return Ok(line);
+        }
+        fill(stream, buf).await?;
+    }
+}
+
+/// A head up to and including the empty line; `Ok(None)` on a clean EOF before any byte.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Head>, String> {
+    let end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i;
+        }
+        if let Err(e) = fill(stream, buf).await {
+            return if buf.is_empty() && e == "connection closed" { Ok(None) } else { Err(e) };
+        }
+    };
+    let text = String::from_utf8(buf[..end].to_vec()).map_err(|_| "head is not UTF-8".to_string())?;
+    buf.drain(..end + 4);
+    let mut lines = text.split("\r\n");
+    let start = lines.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    for l in lines {
+        let (k, v) = l.split_once(':').ok_or_else(|| format!("bad header line {l:?}"))?;
+        if k.is_empty() || k.ends_with(' ') || k.starts_with([' ', '\t']) {
+            return Err(format!("bad header name in {l:?}"));
+        }
+        headers.push((k.to_string(), v.trim().to_string()));
+    }
+    Ok(Some(Head { start, headers }))
+}
+
+async fn read_exact_body(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Result<Vec<u8>, String> {
+    while buf.len() < len {
+        fill(stream, buf).await.map_err(|e| format!("{e} after {} of {len} body bytes", buf.len()))?;
+    }
+    Ok(buf.drain(..len).collect())
+}
+
+/// A chunked body, strictly: hex sizes, extensions ignored, CRLF after each chunk,
+/// trailer fields skipped. Returns the decoded bytes and the trailer lines.
+async fn read_chunked_body(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Vec<u8>, Vec<String>), String> {
+    let mut body = Vec::new();
+    loop {
+        let line = read_line(stream, buf).await?;
+        let size_s = line.split(';').next().unwrap_or_default().trim_end_matches([' ', '\t']);
+        if size_s.is_empty() || !size_s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("bad chunk size line {line:?}"));
+        }
+        let size = usize::from_str_radix(size_s, 16).map_err(|_| format!("chunk size overflows: {line:?}"))?;
+        if size == 0 {
+            let mut trailers = Vec::new();
+            loop {
+                let t = read_line(stream, buf).await?;
+                if t.is_empty() {
+                    return Ok((body, trailers));
+                }
+                trailers.push(t);
+            }
+        }
+        let data = read_exact_body(stream, buf, size + 2).await?;
+        if &data[size..] != b"\r\n" {
+            return Err("chunk data not followed by CRLF".into());
+        }
+        body.extend_from_slice(&data[..size]);
+    }
+}
+
+fn is_chunked(te: &str) -> bool {
+    te.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+}
+
+// ---------------------------------------------------------------------------
+// The scripted upstream
+
+/// What the upstream does for one request, in order.
+#[derive(Clone, Debug)]
+enum Step {
+    Write(Vec<u8>),
+    Pause(Duration),
+    /// Closes the connection (no more requests are read from it).
+    Close,
+}
+
+fn write(s: impl AsRef<[u8]>) -> Step {
+    Step::Write(s.as_ref().to_vec())
+}
+
+fn pause_ms(ms: u64) -> Step {
+    Step::Pause(Duration::from_millis(ms))
+}
+
+/// `200 OK` with a Content-Length body.
+fn ok(body: &str) -> Vec<Step> {
+    vec![write(format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len()))]
+}
+
+/// One request as the upstream read it.
+#[derive(Clone, Debug)]
+struct Seen {
+    /// Index of the upstream connection it came on (0 for the first accepted).
+    conn: usize,
+    method: String,
+    target: String,
+    version: String,
+    head: Head,
+    body: Vec<u8>,
+    framing: Framing,
+}
+
+type Responder = Arc<dyn Fn(&Seen) -> Vec<Step> + Send + Sync>;
+
+struct RawUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+    /// Framing errors in what claimsmith sent (a test fails when any is recorded).
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawUpstream {
+    /// Serves on 127.0.0.1:0; each request is answered by `respond`.
+    async fn start(respond: impl Fn(&Seen) -> Vec<Step> + Send + Sync + 'static) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let respond: Responder = Arc::new(respond);
+        let (s, c, e) = (seen.clone(), connections.clone(), errors.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let conn = c.fetch_add(1, SeqCst);
+                let (s, e, respond) = (s.clone(), e.clone(), respond.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = serve_raw(stream, conn, &s, &respond).await {
+                        e.lock().unwrap().push(err);
+                    }
+                });
+            }
+        });
+        RawUpstream { addr, seen, connections, errors }
+    }
+
+    /// Answers every request with `200 OK` and the body `echo <target>`.
+    async fn echo() -> RawUpstream {
+        Self::start(|r| ok(&format!("echo {}", r.target))).await
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(SeqCst)
+    }
+
+    fn assert_no_errors(&self) {
+        let e = self.errors.lock().unwrap();
+        assert!(e.is_empty(), "the upstream got malformed requests: {e:?}");
+    }
+}
+
+/// One upstream connection: read a request, answer as scripted, repeat.
+async fn serve_raw(
+    mut stream: TcpStream,
+    conn: usize,
+    seen: &Mutex<Vec<Seen>>,
+    respond: &Responder,
+) -> Result<(), String> {
+    let mut buf = Vec::new();
+    loop {
+        let head = match read_head(&mut stream, &mut buf).await {
+            Ok(Some(h)) => h,
+            // claimsmith closed (or idled past the timeout on) a pooled connection.
+            Ok(None) => return Ok(()),
+            Err(e) if e == "timed out" || e.starts_with("connection closed") || e.starts_with("read error") => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut parts = head.start.splitn(3, ' ');
+        let (method, target, version) = (
+            parts.next().unwrap_or_default().to_string(),
+            parts.next().unwrap_or_default().to_string(),
+            parts.next().unwrap_or_default().to_string(),
+        );
+        if version != "HTTP/1.1" {
+            return Err(format!("request line {:?} is not HTTP/1.1", head.start));
+        }
+        let te = head.all("transfer-encoding");
+        let cl = head.all("content-length");
+        if !te.is_empty() && !cl.is_empty() {
+            return Err(format!("both Transfer-Encoding and Content-Length sent: {:?}", head.headers));
+        }
+        if cl.len() > 1 {
+            return Err(format!("several Content-Length fields: {cl:?}"));
+        }
+        if head.get("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+            stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|e| e.to_string())?;
+        }
+        let (body, framing) = if !te.is_empty() {
+            if te.len() > 1 || !is_chunked(te[0]) || te[0].contains(',') {
+                return Err(format!("unexpected Transfer-Encoding {te:?}"));
+            }
+            (read_chunked_body(&mut stream, &mut buf).await?.0, Framing::Chunked)
+        } else if let Some(v) = cl.first() {
+            let n: usize = v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?;
+            (read_exact_body(&mut stream, &mut buf, n).await?, Framing::Length(n))
+        } else {
+            (Vec::new(), Framing::None)
+        };
+        let req = Seen { conn, method, target, version, head, body, framing };
+        seen.lock().unwrap().push(req.clone());
+        for step in respond(&req) {
+            match step {
+                Step::Write(b) => {
+                    // The peer may be gone already (after an invalid answer).
+                    if stream.write_all(&b).await.is_err() {
+                        return Ok(());
+                    }
+                    let _ = stream.flush().await;
+                }
+                Step::Pause(d) => tokio::time::sleep(d).await,
+                Step::Close => return Ok(()),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The raw client
+
+/// A response as the client read it.
+#[derive(Clone, Debug)]
+struct Got {
+    status: u16,
+    head: Head,
+    body: Vec<u8>,
+    framing: Framing,
+}
+
+impl Got {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// As the harness's type, for the leak audit.
+    fn audit(&self, h: &Harness) {
+        let r = RawResp { status: self.status, headers: self.head.headers.clone(), body: self.body.clone() };
+        h.audit(&r.to_resp());
+    }
+}
+
+/// One client connection to the proxy.
+struct Wire {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Wire {
+    async fn connect(h: &Harness) -> Wire {
+        Wire { stream: TcpStream::connect(h.proxy.proxy_addr).await.unwrap(), buf: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    /// Reads one response (a 1xx included). `head_request`: it answers a HEAD, so it
+    /// has no body whatever its headers say. Err when the connection closed or
+    /// stalled before a whole well-framed response came.
+    async fn read(&mut self, head_request: bool) -> Result<Got, String> {
+        let head = read_head(&mut self.stream, &mut self.buf).await?.ok_or("connection closed")?;
+        let mut parts = head.start.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default();
+        if version != "HTTP/1.1" && version != "HTTP/1.0" {
+            return Err(format!("bad status line {:?}", head.start));
+        }
+        let status: u16 =
+            parts.next().and_then(|s| s.parse().ok()).ok_or(format!("bad status line {:?}", head.start))?;
+        let te = head.all("transfer-encoding");
+        let cl = head.all("content-length");
+        if !te.is_empty() && !cl.is_empty() {
+            return Err(format!("response with both Transfer-Encoding and Content-Length: {:?}", head.headers));
+        }
+        if cl.len() > 1 {
+            return Err(format!("response with several Content-Length fields: {cl:?}"));
+        }
+        let (body, framing) = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+            (Vec::new(), Framing::None)
+        } else if !te.is_empty() {
+            if te.len() > 1 || !is_chunked(te[0]) {
+                return Err(format!("response Transfer-Encoding {te:?}"));
+            }
+            (read_chunked_body(&mut self.stream, &mut self.buf).await?.0, Framing::Chunked)
+        } else if let Some(v) = cl.first() {
+            let n: usize = v.parse().map_err(|_| format!("bad response Content-Length {v:?}"))?;
+            (read_exact_body(&mut self.stream, &mut self.buf, n).await?, Framing::Length(n))
+        } else {
+            loop {
+                match fill(&mut self.stream, &mut self.buf).await {
+                    Ok(()) => {}
+                    Err(e) if e == "connection closed" => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            (std::mem::take(&mut self.buf), Framing::Close)
+        };
+        Ok(Got { status, head, body, framing })
+    }
+
+    /// The final response: informational ones before it are skipped.
+    async fn read_final(&mut self, head_request: bool) -> Result<Got, String> {
+        loop {
+            let r = self.read(head_request).await?;
+            if r.status >= 200 {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Sends `req` and returns the final response, which must come.
+    async fn roundtrip(&mut self, req: impl AsRef<[u8]>) -> Got {
+        self.send(req).await;
+        self.read_final(false).await.unwrap_or_else(|e| panic!("no response: {e}"))
+    }
+
+    /// Bytes that arrive within `within` (none, if all is well), and whether the
+    /// connection was closed.
+    async fn extra(&mut self, within: Duration) -> (Vec<u8>, bool) {
+        let mut out = std::mem::take(&mut self.buf);
+        let deadline = tokio::time::Instant::now() + within;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return (out, false),
+                Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+                Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Setup
+
+/// The default template plus two routes to `up`: `/off/` (auth off) and `/auth/`
+/// (token required, audience orders-api).
+fn template(up: &RawUpstream) -> String {
+    let base = Harness::template_with_listen("request_timeout = \"5s\"");
+    let a = up.addr;
+    format!(
+        "{base}\n[[route]]\npath_prefix = \"/off/\"\nupstream = \"http://{a}\"\nauth = \"off\"\n\n\
+         [[route]]\npath_prefix = \"/auth/\"\nupstream = \"http://{a}\"\naudience = \"orders-api\"\n"
+    )
+}
+
+async fn proxy_to(up: &RawUpstream) -> Harness {
+    Harness::start_with(&template(up), default_metadata()).await
+}
+
+fn get(h: &Harness, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", h.proxy.proxy_addr)
+}
+
+/// Asserts a 200 with exactly `body`.
+fn assert_ok(r: &Got, body: &str) {
+    assert_eq!(r.status, 200, "{:?} {}", r.head, r.text());
+    assert_eq!(r.text(), body, "{:?}", r.head);
+}
+
+// ---------------------------------------------------------------------------
+// 1, 2: connection reuse and pipelining
+
+#[tokio::test]
+async fn keep_alive_reuses_client_and_upstream_connections_with_a_token() {
+    let up = RawUpstream::echo().await;
+    let h = proxy_to(&up).await;
+    let token = h.issuer.token(USER_1);
+    h.add_secret(&token);
+    let mut c = Wire::connect(&h).await;
+    for i in 0..3 {
+        let r = c
+            .roundtrip(format!(
+                "GET /auth/k{i}?q={i} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+                h.proxy.proxy_addr
+            ))
+            .await;
+        r.audit(&h);
+        assert_ok(&r, &format!("echo /auth/k{i}?q={i}"));
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 3);
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s.method, "GET");
+        assert_eq!(s.target, format!("/auth/k{i}?q={i}"));
+        assert_eq!(s.conn, 0, "request {i} came on upstream connection {}", s.conn);
+        assert_eq!(s.framing, Framing::None, "a bodiless GET was sent with a body framing: {:?}", s.head);
+        assert!(s.head.get("authorization").is_none(), "the client's token reached the upstream");
+        let internal = s.head.all("x-internal-token");
+        assert_eq!(internal.len(), 1, "{:?}", s.head.headers);
+        let claims = verify_internal(internal[0], &h.admin_jwks().await, INTERNAL_AUD);
+        assert_eq!(claims["sub"], USER_1);
+        h.add_secret(internal[0]);
+    }
+    assert_eq!(up.connections(), 1);
+    // The client connection is still open and usable.
+    let r = c.roundtrip(get(&h, "/off/after")).await;
+    assert_ok(&r, "echo /off/after");
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    // The first answer is slow, so a proxy answering out of order would show it.
+    let up = RawUpstream::start(|r| {
+        let mut steps = if r.target == "/off/p1" { vec![pause_ms(150)] } else { vec![] };
+        steps.extend(ok(&format!("answer to {}", r.target)));
+        steps
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    c.send(format!("{}{}", get(&h, "/off/p1"), get(&h, "/off/p2"))).await;
+    let r1 = c.read_final(false).await.expect("first answer");
+    let r2 = c.read_final(false).await.expect("second answer");
+    assert_ok(&r1, "answer to /off/p1");
+    assert_ok(&r2, "answer to /off/p2");
+    let (extra, _) = c.extra(Duration::from_millis(200)).await;
+    assert!(extra.is_empty(), "unexpected bytes after the two answers: {:?}", String::from_utf8_lossy(&extra));
+    let targets: Vec<String> = up.requests().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(targets, ["/off/p1", "/off/p2"]);
+    // And a third request on the same connection.
+    assert_ok(&c.roundtrip(get(&h, "/off/p3")).await, "answer to /off/p3");
+    up.assert_no_errors();
+}
+
+// ---------------------------------------------------------------------------
+// 3-6: response framings
+
+#[tokio::test]
+async fn chunked_upstream_response_with_extension_and_trailer() {
+    let up = RawUpstream::start(|r| match r.target.as_str() {
+        "/off/chunked" => vec![
+            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            write("5;foo=bar\r\nhello\r\n"),
+            pause_ms(20),
+            write("1\r\n \r\n"),
+            pause_ms(20),
+            write("a\r\nchunked wo\r\n3\r\nrld\r\n"),
+            pause_ms(20),
+            write("0\r\n\r\n"),
+        ],
+        "/off/trailer" => vec![
+            write(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n",
+            ),
+            write("4;foo=bar;baz=\"q\"\r\nwith\r\n"),
+            pause_ms(20),
+            write("8\r\n trailer\r\n0\r\nX-Sum: 1234\r\n\r\n"),
+        ],
+        t => ok(&format!("plain {t}")),
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip(get(&h, "/off/chunked")).await;
+    assert_ok(&r, "hello chunked world");
+    assert_ne!(r.framing, Framing::Close, "the client connection would have to close: {:?}", r.head);
+    let (extra, closed) = c.extra(Duration::from_millis(100)).await;
+    assert!(extra.is_empty() && !closed, "{closed} {:?}", String::from_utf8_lossy(&extra));
+    // The same client connection goes on; the upstream connection was reused too.
+    assert_ok(&c.roundtrip(get(&h, "/off/next")).await, "plain /off/next");
+    assert_eq!(up.connections(), 1);
+
+    // With a trailer section (the client did not ask for trailers with `TE: trailers`).
+    let r = c.roundtrip(get(&h, "/off/trailer")).await;
+    assert_ok(&r, "with trailer");
+    assert_ne!(r.framing, Framing::Close, "{:?}", r.head);
+    assert!(r.head.get("trailer").is_none(), "hop-by-hop Trailer passed: {:?}", r.head);
+    assert!(r.head.get("x-sum").is_none(), "a trailer field became a header: {:?}", r.head);
+    let (extra, closed) = c.extra(Duration::from_millis(100)).await;
+    assert!(extra.is_empty() && !closed, "{closed} {:?}", String::from_utf8_lossy(&extra));
+    assert_ok(&c.roundtrip(get(&h, "/off/next2")).await, "plain /off/next2");
+    // Observed with hyper: after a body that ended in trailers the upstream
+    // connection is not pooled again (so /off/next2 came on a second connection).
+    // Reusing it would be fine too.
+    assert!(up.connections() <= 2, "{}", up.connections());
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn close_delimited_upstream_response() {
+    let body = "no length, the end of the connection ends me";
+    let up = RawUpstream::start(move |r| {
+        if r.target == "/off/eof" {
+            vec![write(format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{body}")), pause_ms(30), Step::Close]
+        } else {
+            ok("after")
+        }
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip(get(&h, "/off/eof")).await;
+    assert_ok(&r, body);
+    let mut c = if r.framing == Framing::Close { Wire::connect(&h).await } else { c };
+    assert_ok(&c.roundtrip(get(&h, "/off/after")).await, "after");
+    // The upstream connection ended with the body, so the second came on a new one.
+    assert_eq!(up.connections(), 2);
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn bodiless_responses_do_not_desync_the_connection() {
+    let up = RawUpstream::start(|r| match r.target.as_str() {
+        "/off/204" => vec![write("HTTP/1.1 204 No Content\r\nX-Kind: nc\r\n\r\n")],
+        "/off/304" => vec![write("HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nX-Kind: nm\r\n\r\n")],
+        "/off/head" => vec![write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n")],
+        t => ok(&format!("after {t}")),
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    let host = h.proxy.proxy_addr;
+
+    c.send(get(&h, "/off/204")).await;
+    let r = c.read_final(false).await.unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.head.get("x-kind"), Some("nc"));
+    assert!(r.head.get("transfer-encoding").is_none(), "{:?}", r.head);
+    assert_ok(&c.roundtrip(get(&h, "/off/a")).await, "after /off/a");
+
+    c.send(format!("GET /off/304 HTTP/1.1\r\nHost: {host}\r\nIf-None-Match: \"v1\"\r\n\r\n")).await;
+    let r = c.read_final(false).await.unwrap();
+    assert_eq!(r.status, 304);
+    assert_eq!(r.head.get("etag"), Some("\"v1\""));
+    assert!(r.head.get("transfer-encoding").is_none(), "{:?}", r.head);
+    assert_ok(&c.roundtrip(get(&h, "/off/b")).await, "after /off/b");
+
+    c.send(format!("HEAD /off/head HTTP/1.1\r\nHost: {host}\r\n\r\n")).await;
+    let r = c.read_final(true).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.head.get("content-length"), Some("5"), "HEAD answer headers: {:?}", r.head);
+    // No body bytes follow the HEAD answer: the next answer starts right after it.
+    assert_ok(&c.roundtrip(get(&h, "/off/c")).await, "after /off/c");
+
+    let methods: Vec<String> = up.requests().iter().map(|s| format!("{} {}", s.method, s.target)).collect();
+    assert_eq!(methods, ["GET /off/204", "GET /off/a", "GET /off/304", "GET /off/b", "HEAD /off/head", "GET /off/c"]);
+    assert_eq!(up.connections(), 1, "bodiless answers should leave the upstream connection reusable");
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn early_hints_then_final_response() {
+    let up = RawUpstream::start(|r| {
+        if r.target != "/off/hints" {
+            return ok("plain");
+        }
+        vec![
+            write("HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n"),
+            pause_ms(30),
+            write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nfinal"),
+        ]
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip(get(&h, "/off/hints")).await;
+    assert_ok(&r, "final");
+    assert_ok(&c.roundtrip(get(&h, "/off/x")).await, "plain");
+    up.assert_no_errors();
+}
+
+// ---------------------------------------------------------------------------
+// 7: invalid upstream framing
+
+/// Whether `raw` holds a whole response (a head and the body its framing declares).
+fn answer_complete(raw: &[u8]) -> bool {
+    let Some(end) = find(raw, b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    let value = |n: &str| head.split("\r\n").find_map(|l| l.strip_prefix(n).map(|v| v.trim().to_string()));
+    if value("transfer-encoding:").is_some_and(|v| is_chunked(&v)) {
+        body.ends_with(b"0\r\n\r\n")
+    } else {
+        value("content-length:").and_then(|v| v.parse::<usize>().ok()) == Some(body.len())
+    }
+}
+
+/// Reads what comes back for one request: until a whole response has come (and
+/// 200 ms more, to catch anything after it) or the connection closes.
+async fn collect_answer(c: &mut Wire) -> (Vec<u8>, bool) {
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    let mut raw = Vec::new();
+    loop {
+        let (more, closed) = c.extra(Duration::from_millis(50)).await;
+        raw.extend_from_slice(&more);
+        if closed {
+            return (raw, true);
+        }
+        if answer_complete(&raw) || tokio::time::Instant::now() >= deadline {
+            let (more, closed) = c.extra(Duration::from_millis(200)).await;
+            raw.extend_from_slice(&more);
+            return (raw, closed);
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_upstream_framing_never_mixes_responses() {
+    const SMUGGLED: &str = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED";
+    let up = RawUpstream::start(|r| match r.target.as_str() {
+        // Read by Transfer-Encoding: "first", then a whole second response; read by
+        // Content-Length: the chunked framing and part of that second response.
+        "/off/cl-te" => vec![write(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n{SMUGGLED}"
+        ))],
+        "/off/cl-abc" => vec![write(format!("HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nhello{SMUGGLED}"))],
+        "/off/cl-two" => {
+            vec![write(format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello{SMUGGLED}"))]
+        }
+        t => ok(&format!("legit {t}")),
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    for path in ["/off/cl-te", "/off/cl-abc", "/off/cl-two"] {
+        let mut c = Wire::connect(&h).await;
+        c.send(get(&h, path)).await;
+        // Everything that comes back for this one request.
+        let (raw, closed) = collect_answer(&mut c).await;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        assert!(!text.contains("SMUGGLED"), "{path}: smuggled bytes reached the client: {text:?}");
+        assert_eq!(text.matches("HTTP/1.").count(), 1, "{path}: not exactly one response: {text:?}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{path}: no whole head: {text:?}"));
+        let status: u16 = head[9..12].parse().unwrap();
+        let header = |n: &str| {
+            head.split("\r\n").skip(1).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(n).then(|| v.trim().to_string())
+            })
+        };
+        let chunked = header("transfer-encoding").is_some_and(|v| is_chunked(&v));
+        assert!(!(chunked && header("content-length").is_some()), "{path}: both framings to the client: {head}");
+        if path == "/off/cl-te" {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3), or 502.
+            assert!(status == 200 || status == 502, "{path}: {text:?}");
+            if status == 200 {
+                assert!(body.contains("first"), "{path}: {text:?}");
+            }
+        } else {
+            // hyper refuses an unparseable or conflicting Content-Length.
+            assert_eq!(status, 502, "{path}: {text:?}");
+            assert!(header("content-type").is_some_and(|v| v == "application/problem+json"), "{path}: {head}");
+        }
+        // A response that did not deliver the length it declared must end with the
+        // connection, so the client cannot take later bytes for its rest.
+        assert!(answer_complete(&raw) || closed, "{path}: an incomplete response left the connection open: {text:?}");
+        // The next requests (on the same connection if still open) get their own
+        // answers, never the smuggled one, which may still sit on the upstream connection.
+        let mut c = if closed { Wire::connect(&h).await } else { c };
+        for i in 0..2 {
+            let r = c.roundtrip(get(&h, &format!("/off/next{i}"))).await;
+            assert_ok(&r, &format!("legit /off/next{i}"));
+        }
+    }
+    // No upstream connection was used again after an invalid answer.
+    let seen = up.requests();
+    assert_eq!(seen.len(), 9);
+    for w in seen.windows(2) {
+        if w[0].target.starts_with("/off/cl-") {
+            assert_ne!(w[0].conn, w[1].conn, "{} was followed on the same upstream connection", w[0].target);
+        }
+    }
+    up.assert_no_errors();
+}
+
+// ---------------------------------------------------------------------------
+// 8: request bodies
+
+#[tokio::test]
+async fn content_length_request_body_arrives_intact() {
+    let up = RawUpstream::start(|r| ok(&format!("got {}", r.body.len()))).await;
+    let h = proxy_to(&up).await;
+    let body: Vec<u8> = (0..100 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut c = Wire::connect(&h).await;
+    let mut req = format!(
+        "POST /off/upload HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        h.proxy.proxy_addr,
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let r = c.roundtrip(&req).await;
+    assert_ok(&r, "got 102400");
+    let s = up.requests().pop().unwrap();
+    assert_eq!(s.method, "POST");
+    assert!(s.body == body, "the upstream got {} bytes, not the client's", s.body.len());
+    assert!(matches!(s.framing, Framing::Length(102400) | Framing::Chunked), "{:?}", s.framing);
+    assert_eq!(s.head.get("content-type"), Some("application/octet-stream"));
+    // The connection goes on.
+    assert_ok(&c.roundtrip(get(&h, "/off/x")).await, "got 0");
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn chunked_request_body_arrives_decoded() {
+    let up = RawUpstream::start(|r| ok(&format!("got {}", r.body.len()))).await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    c.send(format!(
+        "POST /off/chunks HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n",
+        h.proxy.proxy_addr
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.send("1\r\n \r\n").await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.send("C\r\nchunked body\r\n0\r\n\r\n").await;
+    let r = c.read_final(false).await.expect("no answer");
+    assert_ok(&r, "got 18");
+    let s = up.requests().pop().unwrap();
+    assert_eq!(s.body, b"hello chunked body");
+    assert!(matches!(s.framing, Framing::Chunked | Framing::Length(18)), "{:?}", s.framing);
+    assert!(s.head.get("transfer-encoding").is_none_or(|v| v.eq_ignore_ascii_case("chunked")), "{:?}", s.head);
+    // With a trailer section, then another request on the same connection.
+    c.send(format!(
+        "POST /off/chunks2 HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n",
+        h.proxy.proxy_addr
+    ))
+    .await;
+    assert_ok(&c.read_final(false).await.expect("no answer"), "got 3");
+    assert_eq!(up.requests().pop().unwrap().body, b"abc");
+    assert_ok(&c.roundtrip(get(&h, "/off/x")).await, "got 0");
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn expect_100_continue_request_completes() {
+    let up = RawUpstream::start(|r| ok(&format!("got {}", String::from_utf8_lossy(&r.body)))).await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    c.send(format!(
+        "POST /off/expect HTTP/1.1\r\nHost: {}\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
+        h.proxy.proxy_addr
+    ))
+    .await;
+    // The body is sent only after the interim answer, as curl would (after 1 s).
+    let interim = c.read(false).await.expect("no 100 Continue before the body");
+    assert_eq!(interim.status, 100, "{:?}", interim.head);
+    c.send("hello there").await;
+    let r = c.read_final(false).await.expect("no final answer");
+    assert_ok(&r, "got hello there");
+    let s = up.requests().pop().unwrap();
+    assert_eq!(s.body, b"hello there");
+    // The connection goes on.
+    assert_ok(&c.roundtrip(get(&h, "/off/x")).await, "got ");
+    up.assert_no_errors();
+}
+
+// ---------------------------------------------------------------------------
+// 9-12: connection endings
+
+#[tokio::test]
+async fn client_connection_close_is_honoured() {
+    let up = RawUpstream::echo().await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    let r = c
+        .roundtrip(format!("GET /off/bye HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", h.proxy.proxy_addr))
+        .await;
+    assert_ok(&r, "echo /off/bye");
+    assert!(closed_within(&mut c.stream, Duration::from_secs(2)).await, "the client connection stayed open");
+    // The client's Connection is hop-by-hop: the upstream connection stays pooled.
+    let s = up.requests().pop().unwrap();
+    assert!(s.head.get("connection").is_none_or(|v| !v.to_ascii_lowercase().contains("close")), "{:?}", s.head);
+    let mut c = Wire::connect(&h).await;
+    assert_ok(&c.roundtrip(get(&h, "/off/again")).await, "echo /off/again");
+    assert_eq!(up.connections(), 1);
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn pooled_connection_closed_by_the_upstream_is_not_used() {
+    // Answers, then closes the idle connection 50 ms later without a word.
+    let up = RawUpstream::start(|r| {
+        let mut s = ok(&format!("echo {}", r.target));
+        s.extend([pause_ms(50), Step::Close]);
+        s
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    assert_ok(&c.roundtrip(get(&h, "/off/one")).await, "echo /off/one");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_ok(&c.roundtrip(get(&h, "/off/two")).await, "echo /off/two");
+    let mut c2 = Wire::connect(&h).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_ok(&c2.roundtrip(get(&h, "/off/three")).await, "echo /off/three");
+    assert_eq!(up.connections(), 3);
+    assert_eq!(up.requests().len(), 3, "a request was sent twice");
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn upstream_connection_close_answer() {
+    let up = RawUpstream::start(|r| {
+        let body = format!("echo {}", r.target);
+        vec![
+            write(format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())),
+            Step::Close,
+        ]
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip(get(&h, "/off/one")).await;
+    assert_ok(&r, "echo /off/one");
+    // The upstream's Connection is hop-by-hop: the client connection stays open.
+    assert!(r.head.get("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close")), "{:?}", r.head);
+    let r = c.roundtrip(get(&h, "/off/two")).await;
+    assert_ok(&r, "echo /off/two");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!((seen[0].conn, seen[1].conn), (0, 1));
+    assert_eq!(up.connections(), 2);
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn upstream_dying_mid_body_closes_the_client_connection() {
+    let up = RawUpstream::start(|r| {
+        if r.target == "/off/die" {
+            vec![
+                write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789"),
+                pause_ms(50),
+                Step::Close,
+            ]
+        } else {
+            ok("fine")
+        }
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    c.send(get(&h, "/off/die")).await;
+    let started = tokio::time::Instant::now();
+    match c.read_final(false).await {
+        // The head (200, Content-Length 100) may have gone out; the body cannot complete.
+        Err(_) => {}
+        Ok(r) => panic!("a complete response came from a truncated one: {} {:?} {:?}", r.status, r.head, r.text()),
+    }
+    assert!(closed_within(&mut c.stream, Duration::from_secs(3)).await, "the client connection hangs");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The proxy is fine afterwards.
+    let mut c = Wire::connect(&h).await;
+    assert_ok(&c.roundtrip(get(&h, "/off/after")).await, "fine");
+    up.assert_no_errors();
+}
+
+// ---------------------------------------------------------------------------
+// 13: large bodies
+
+#[tokio::test]
+async fn one_mib_response_body_arrives_intact() {
+    let big: Arc<Vec<u8>> = Arc::new((0..1024 * 1024).map(|i| (i * 31 % 253) as u8).collect());
+    let body = big.clone();
+    let up = RawUpstream::start(move |r| {
+        if r.target != "/off/big" {
+            return ok("small");
+        }
+        let mut head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(&body[..1000]);
+        vec![Step::Write(head), pause_ms(10), Step::Write(body[1000..].to_vec())]
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip(get(&h, "/off/big")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body == *big, "the 1 MiB body arrived changed");
+    assert_eq!(r.framing, Framing::Length(big.len()), "{:?}", r.head);
+    assert_ok(&c.roundtrip(get(&h, "/off/x")).await, "small");
+    up.assert_no_errors();
+}
+
+// ---------------------------------------------------------------------------
+// 14: request-target forms and HTTP/1.0
+
+#[tokio::test]
+async fn absolute_form_target_is_routed_by_its_path() {
+    let up = RawUpstream::echo().await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    // Observed with hyper: accepted; the target's path routes, and the upstream gets
+    // the origin form with the upstream's Host and the client's in X-Forwarded-Host.
+    let r = c.roundtrip("GET http://example.test/off/x?y=1 HTTP/1.1\r\nHost: example.test\r\n\r\n").await;
+    assert_ok(&r, "echo /off/x?y=1");
+    let s = up.requests().pop().unwrap();
+    assert_eq!(s.target, "/off/x?y=1");
+    assert_eq!(s.head.all("host"), [up.addr.to_string().as_str()]);
+    assert_eq!(s.head.get("x-forwarded-host"), Some("example.test"));
+    // Dot-segments in an absolute-form target are resolved like in the origin form:
+    // they cannot lead to an auth route without a token.
+    let r = c.roundtrip("GET http://example.test/off/../auth/x HTTP/1.1\r\nHost: example.test\r\n\r\n").await;
+    r.audit(&h);
+    assert_eq!(r.status, 401, "{:?} {}", r.head, r.text());
+    let r = c.roundtrip("GET http://example.test/auth/x HTTP/1.1\r\nHost: example.test\r\n\r\n").await;
+    assert_eq!(r.status, 401);
+    // The connection goes on with an origin-form request.
+    assert_ok(&c.roundtrip(get(&h, "/off/z")).await, "echo /off/z");
+    assert_eq!(up.requests().len(), 2);
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn http_1_0_request_without_host() {
+    let up = RawUpstream::start(|r| match r.target.as_str() {
+        "/off/eof" => vec![write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"), Step::Close],
+        t => ok(&format!("echo {t}")),
+    })
+    .await;
+    let h = proxy_to(&up).await;
+    // Observed with hyper: answered 200 (status line HTTP/1.0) with a Content-Length,
+    // and no keep-alive: the connection closes after the answer. The upstream gets
+    // HTTP/1.1 with its own Host and, with no Host from the client, no X-Forwarded-Host.
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip("GET /off/old HTTP/1.0\r\n\r\n").await;
+    assert_ok(&r, "echo /off/old");
+    assert_eq!(r.framing, Framing::Length(13));
+    assert!(closed_within(&mut c.stream, Duration::from_secs(2)).await, "an HTTP/1.0 connection stayed open");
+    let s = up.requests().pop().unwrap();
+    assert_eq!(s.version, "HTTP/1.1");
+    assert_eq!(s.head.all("host"), [up.addr.to_string().as_str()]);
+    assert!(s.head.get("x-forwarded-host").is_none(), "{:?}", s.head);
+    // A body of unknown length cannot be sent chunked to an HTTP/1.0 client: it is
+    // delimited by closing the connection.
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip("GET /off/eof HTTP/1.0\r\n\r\n").await;
+    assert_ok(&r, "until the end");
+    assert_eq!(r.framing, Framing::Close, "{:?}", r.head);
+    // HTTP/1.0 with keep-alive asked for: the connection is kept.
+    let mut c = Wire::connect(&h).await;
+    let r = c.roundtrip("GET /off/ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    assert_ok(&r, "echo /off/ka");
+    let r = c.roundtrip("GET /off/ka2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    assert_ok(&r, "echo /off/ka2");
+    up.assert_no_errors();
+}
+
+// ---------------------------------------------------------------------------
+// Hand-over: plain requests are served by claimsmith's own HTTP/1.1 path, anything
+// else (here a chunked request body) by hyper, from that request on.
+
+#[tokio::test]
+async fn one_connection_serves_plain_then_chunked_then_plain_requests() {
+    let up = RawUpstream::start(|r| ok(&format!("{} {} {}", r.method, r.target, r.body.len()))).await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    assert_ok(&c.roundtrip(get(&h, "/off/one")).await, "GET /off/one 0");
+    let post = format!(
+        "POST /off/two HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        h.proxy.proxy_addr
+    );
+    assert_ok(&c.roundtrip(post).await, "POST /off/two 4");
+    let with_length =
+        format!("PUT /off/three HTTP/1.1\r\nHost: {}\r\nContent-Length: 3\r\n\r\nxyz", h.proxy.proxy_addr);
+    assert_ok(&c.roundtrip(with_length).await, "PUT /off/three 3");
+    assert_ok(&c.roundtrip(get(&h, "/off/four")).await, "GET /off/four 0");
+    let seen = up.requests();
+    assert_eq!(
+        seen.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(),
+        ["/off/one", "/off/two", "/off/three", "/off/four"]
+    );
+    assert_eq!(seen[1].body, b"abcd");
+    assert_eq!(seen[2].body, b"xyz");
+    up.assert_no_errors();
+}
+
+#[tokio::test]
+async fn refused_head_request_gets_no_body_and_the_connection_stays_in_step() {
+    let up = RawUpstream::echo().await;
+    let h = proxy_to(&up).await;
+    let mut c = Wire::connect(&h).await;
+    // No token on an authenticated route: claimsmith's own 401, to a HEAD request.
+    c.send(format!("HEAD /auth/x HTTP/1.1\r\nHost: {}\r\n\r\n", h.proxy.proxy_addr)).await;
+    let r = c.read_final(true).await.expect("no answer");
+    assert_eq!(r.status, 401);
+    assert!(r.head.get("content-length").is_some_and(|n| n != "0"), "{:?}", r.head);
+    // The problem body's length is announced, but the body itself must not follow.
+    let (extra, _) = c.extra(Duration::from_millis(100)).await;
+    assert!(extra.is_empty(), "a HEAD answer carried a body: {:?}", String::from_utf8_lossy(&extra));
+    assert_ok(&c.roundtrip(get(&h, "/off/next")).await, "echo /off/next");
+    assert!(up.requests().iter().all(|s| s.target != "/auth/x"), "the refused request reached the upstream");
+}
