@@ -3,7 +3,7 @@
 //! No answer ever carries a token, a secret or a metadata value: details are fixed strings.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
 use crate::proxy::path::PathError;
@@ -107,6 +107,16 @@ impl ProxyError {
     /// The whole HTTP answer.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
+        let (headers, body) = self.into_parts();
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// The answer's header fields and problem+json body (its status is [`Self::status`]).
+    pub fn into_parts(self) -> (HeaderMap, Bytes) {
+        let status = self.status();
         let detail = self.to_string();
         let body = serde_json::json!({
             "type": self.problem_type(),
@@ -114,9 +124,7 @@ impl ProxyError {
             "status": status.as_u16(),
             "detail": detail,
         });
-        let mut resp = Response::new(full(body.to_string()));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
+        let mut h = HeaderMap::with_capacity(4);
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
@@ -138,6 +146,6 @@ impl ProxyError {
             }
             _ => {}
         }
-        resp
+        (h, Bytes::from(body.to_string()))
     }
 }

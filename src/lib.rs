@@ -14,6 +14,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod h1;
 pub mod http_client;
 pub mod metadata;
 pub mod metrics;

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::config::{Config, TlsFiles};
+use crate::h1;
 use crate::proxy::{self, Conn};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -322,6 +323,8 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
 
 async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
+    // Every plain connection's task holds a sender; shutdown waits until all are gone.
+    let (alive, mut all_gone) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -336,26 +339,22 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        // Connection settings and TLS come from the state current at accept; every
-        // request takes the state current when it arrives and keeps it to the end.
-        let builder = builder(&shared.app.load());
         let tls = shared.tls.load_full();
         let conn = Conn::new(peer, tls.is_some());
         let state = shared.clone();
-        let first_request = Arc::new(AtomicBool::new(false));
-        let seen = first_request.clone();
-        let head_timeout = shared.app.load().config.listen.header_read_timeout;
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            seen.store(true, Relaxed);
-            let app = state.app.load_full();
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(serve_one(&app, req, conn).await) }
-        });
         match tls {
             None => {
-                let fut = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let fut = graceful.watch(fut);
-                tokio::spawn(drop_if_no_request(fut, first_request, head_timeout));
+                // The fast path serves plain HTTP/1.1 and hands anything else to hyper.
+                let watcher = graceful.watcher();
+                let (alive, stop) = (alive.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let _alive = alive;
+                    let h1::Served::HandOver(io) = h1::serve(stream, conn.clone(), &state.app, stop).await else {
+                        return;
+                    };
+                    let (fut, first_request, head_timeout) = hyper_connection(&state, io, conn);
+                    drop_if_no_request(watcher.watch(fut), first_request, head_timeout).await;
+                });
             }
             Some(acceptor) => {
                 let watcher = graceful.watcher();
@@ -364,14 +363,42 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     let Ok(Ok(tls_stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await else {
                         return;
                     };
-                    let fut = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
+                    let (fut, first_request, head_timeout) = hyper_connection(&state, tls_stream, conn);
                     drop_if_no_request(watcher.watch(fut), first_request, head_timeout).await;
                 });
             }
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(alive);
+    tokio::join!(graceful.shutdown(), all_gone.recv());
+}
+
+/// A connection served by hyper (HTTP/1.1 and h2c, or TLS with ALPN): settings from
+/// the state current now; each request takes the state current when it arrives and
+/// keeps it to the end. Also returns the flag set by the first request, and the
+/// header read timeout, for [`drop_if_no_request`].
+fn hyper_connection<I>(
+    shared: &Arc<Shared>,
+    io: I,
+    conn: Conn,
+) -> (impl hyper_util::server::graceful::GracefulConnection + Send + use<I>, Arc<AtomicBool>, Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let app = shared.app.load();
+    let builder = builder(&app);
+    let head_timeout = app.config.listen.header_read_timeout;
+    let state = shared.clone();
+    let first_request = Arc::new(AtomicBool::new(false));
+    let seen = first_request.clone();
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        seen.store(true, Relaxed);
+        let app = state.app.load_full();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(serve_one(&app, req, conn).await) }
+    });
+    (builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned(), first_request, head_timeout)
 }
 
 /// Serves a connection, but drops it when no request has begun within `timeout`.
@@ -396,21 +423,7 @@ async fn serve_one(app: &App, req: hyper::Request<Incoming>, conn: Conn) -> hype
     let start = tokio::time::Instant::now();
     let method = req.method().clone();
     let (resp, outcome) = proxy::handle(app, req, conn).await;
-    let elapsed = start.elapsed();
-    let route = outcome.route.clone().unwrap_or_else(|| Arc::from("none"));
-    app.metrics.record(&route, resp.status().as_u16(), elapsed);
-    // The access log names the route, never the path's query or any header value.
-    tracing::info!(
-        target: "claimsmith::access",
-        method = %method,
-        route = %route,
-        status = resp.status().as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        upstream_ms = outcome.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-        cache = outcome.cache,
-        error = outcome.error,
-        "request"
-    );
+    proxy::record(app, &method, &outcome, resp.status().as_u16(), start.elapsed());
     resp
 }
 

@@ -7,19 +7,42 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// RFC 9110 §7.6.1 and the long-standing hop-by-hop list (canonical names).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
 fn is_hop_by_hop_canonical(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "proxy-connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    )
+    HOP_BY_HOP.contains(&name)
+}
+
+/// Whether a header name as received (any case, `_` or `-`) is `canon` (canonical),
+/// without allocating: the HTTP/1 fast path checks response headers this way.
+pub fn canonical_eq(name: &[u8], canon: &str) -> bool {
+    name.len() == canon.len()
+        && name.iter().zip(canon.bytes()).all(|(&a, b)| if a == b'_' { b == b'-' } else { a.to_ascii_lowercase() == b })
+}
+
+/// [`is_hop_by_hop`] for a name as received.
+pub fn is_hop_by_hop_raw(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| canonical_eq(name, h))
+}
+
+/// The names listed in `Connection` header values, canonical.
+pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| canonical(s.trim()).into_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// A header name in canonical form: lower case, `_` as `-`.
@@ -44,14 +67,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Names listed in `Connection` headers, canonical.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| canonical(s.trim()).into_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
+    connection_tokens(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes))
 }
 
 /// Whether the request asks for a protocol upgrade (WebSocket).
@@ -134,6 +150,21 @@ mod tests {
         strip(&mut h, |n| n == "x-internal-token");
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn raw_names() {
+        assert!(canonical_eq(b"X_Internal_Token", "x-internal-token"));
+        assert!(canonical_eq(b"x-internal-token", "x-internal-token"));
+        assert!(!canonical_eq(b"x-internal-tokens", "x-internal-token"));
+        assert!(!canonical_eq(b"x-internal+token", "x-internal-token"));
+        assert!(is_hop_by_hop_raw(b"Transfer-Encoding"));
+        assert!(is_hop_by_hop_raw(b"KEEP_ALIVE"));
+        assert!(!is_hop_by_hop_raw(b"Content-Length"));
+        assert_eq!(
+            connection_tokens([&b"close, X_Secret"[..], b"keep-alive"].into_iter()),
+            ["close", "x-secret", "keep-alive"]
+        );
     }
 
     #[test]

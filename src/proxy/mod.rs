@@ -46,6 +46,8 @@ pub struct Route {
     /// The upstream URL's path without its trailing slash ("" for the root).
     base_path: String,
     upstream: Upstream,
+    /// Plain-HTTP upstreams only: the fast path's connections (`h1`).
+    pub(crate) h1: Option<crate::h1::Pool>,
 }
 
 impl Route {
@@ -60,8 +62,13 @@ impl Route {
         };
         let authority: http::uri::Authority = authority_s.parse().map_err(|_| "bad upstream authority")?;
         let host_header = HeaderValue::from_str(&authority_s).map_err(|_| "bad upstream host")?;
+        let h1 = match (u.scheme(), u.port_or_known_default()) {
+            ("http", Some(port)) => Some(crate::h1::Pool::new(host, port)),
+            _ => None,
+        };
         let upstream = Upstream::new(connector, scheme, authority).map_err(|_| "bad upstream URL")?;
         Ok(Route {
+            h1,
             name: config.name.clone(),
             audience: config.audience.as_deref().map(Arc::from),
             host_header,
@@ -115,6 +122,31 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     (resp, outcome)
 }
 
+/// Counts the request in the metrics and writes its access-log line.
+pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status: u16, elapsed: Duration) {
+    let none: Arc<str>;
+    let route = match &outcome.route {
+        Some(r) => r,
+        None => {
+            none = Arc::from("none");
+            &none
+        }
+    };
+    app.metrics.record(route, status, elapsed);
+    // The access log names the route, never the path's query or any header value.
+    tracing::info!(
+        target: "claimsmith::access",
+        method = %method,
+        route = %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream_ms = outcome.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+        cache = outcome.cache,
+        error = outcome.error,
+        "request"
+    );
+}
+
 async fn pipeline(
     app: &App,
     mut req: Request<Incoming>,
@@ -123,15 +155,10 @@ async fn pipeline(
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
-    check_head(app, &req)?;
-    let path = path::normalize(req.uri().path())?;
-    let route = route(app, &path)?;
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let (route, path) = route_request(app, target_len, req.uri().path(), req.headers())?;
     outcome.route = Some(route.name.clone());
-    let identity = authenticate(app, route, req.headers()).await?;
-    let internal_token = match &identity {
-        Some(id) => Some(enrich(app, route, id, &mut outcome.cache).await?),
-        None => None,
-    };
+    let internal_token = authorize(app, route, req.headers(), &mut outcome.cache).await?;
     let on_client_upgrade =
         hygiene::upgrade_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let upstream_req =
@@ -157,8 +184,36 @@ async fn pipeline(
     {
         return splice_upgrade(app, client_upgrade, &mut resp).map(|_| resp.map(|b| b.boxed()));
     }
-    respond(app, &mut resp);
+    respond(app, resp.headers_mut());
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// The checks that need no token: head size, path normalisation, routing. Returns the
+/// route and the normalised path. `target_len` is the request target's length.
+pub(crate) fn route_request<'a>(
+    app: &'a App,
+    target_len: usize,
+    raw_path: &str,
+    headers: &HeaderMap,
+) -> Result<(&'a Route, String), ProxyError> {
+    check_head(app, target_len, headers)?;
+    let path = path::normalize(raw_path)?;
+    let route = route(app, &path)?;
+    Ok((route, path))
+}
+
+/// Authentication and enrichment, as the route asks: the internal token to forward,
+/// if the route authenticated a caller.
+pub(crate) async fn authorize(
+    app: &App,
+    route: &Route,
+    headers: &HeaderMap,
+    cache_outcome: &mut Option<&'static str>,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    match authenticate(app, route, headers).await? {
+        Some(id) => Ok(Some(enrich(app, route, &id, cache_outcome).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Whether forwarding failed because the client's own body did (malformed chunked
@@ -180,9 +235,9 @@ fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Refuses request heads larger than `listen.max_header_bytes` (431).
-fn check_head(app: &App, req: &Request<Incoming>) -> Result<(), ProxyError> {
-    let mut size = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    for (n, v) in req.headers() {
+fn check_head(app: &App, target_len: usize, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut size = target_len;
+    for (n, v) in headers {
         size += n.as_str().len() + v.len() + 4;
     }
     if size > app.config.listen.max_header_bytes {
@@ -288,15 +343,32 @@ fn prepare(
     upgrade: Option<&HeaderValue>,
 ) -> Result<Request<Incoming>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let pq = upstream_target(route, path, parts.uri.query())?;
+    prepare_headers(app, route, &mut parts.headers, parts.uri.authority(), &conn, request_id, internal_token, upgrade);
+    parts.uri = Uri::from(pq);
+    parts.version = http::Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The upstream request's headers (SPEC §3 step 6): hygiene, forwarding headers, the
+/// request id, the internal token. `authority` is the request target's, if it had one
+/// (absolute-form), standing in for a missing `Host`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare_headers(
+    app: &App,
+    route: &Route,
+    h: &mut HeaderMap,
+    authority: Option<&http::uri::Authority>,
+    conn: &Conn,
+    request_id: &HeaderValue,
+    internal_token: Option<HeaderValue>,
+    upgrade: Option<&HeaderValue>,
+) {
+    let original_host =
+        h.get(header::HOST).cloned().or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let trusted = app.config.listen.trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip()));
-    let prior_xff = if trusted { joined(&parts.headers, &X_FORWARDED_FOR) } else { None };
+    let prior_xff = if trusted { joined(h, &X_FORWARDED_FOR) } else { None };
     let token_header = app.token_header_canonical.as_str();
-    let h = &mut parts.headers;
     hygiene::strip(h, |name| {
         name == "authorization"
             || name == token_header
@@ -333,9 +405,6 @@ fn prepare(
     if let Some(value) = internal_token {
         h.insert(app.config.token.header.name(), value);
     }
-    parts.uri = upstream_uri(route, path, parts.uri.query())?;
-    parts.version = http::Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
 }
 
 fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -343,7 +412,13 @@ fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
     if v.is_empty() { None } else { Some(v.join(", ")) }
 }
 
-fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+/// The upstream request target (origin-form): the route's base path, the normalised
+/// path (prefix stripped if asked), the query as sent.
+pub(crate) fn upstream_target(
+    route: &Route,
+    path: &str,
+    query: Option<&str>,
+) -> Result<http::uri::PathAndQuery, ProxyError> {
     let rest = if route.config.strip_prefix {
         let stripped = &path[route.config.path_prefix.len().min(path.len())..];
         if stripped.starts_with('/') { stripped.to_string() } else { format!("/{stripped}") }
@@ -358,15 +433,21 @@ fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, P
         pq.push_str(q);
     }
     // Origin-form, as HTTP/1.1 sends it to an origin server: the connection already
-    // goes to the route's upstream, and `Host` names it.
-    Uri::builder().path_and_query(pq).build().map_err(|_| ProxyError::BadRequest("the path cannot be forwarded"))
+    // goes to the route's upstream, and `Host` names it. Parsing checks that the
+    // target holds only characters a request line may carry.
+    http::uri::PathAndQuery::try_from(pq).map_err(|_| ProxyError::BadRequest("the path cannot be forwarded"))
 }
 
 /// Response hygiene (SPEC §3 step 7): hop-by-hop headers and any echoed internal
 /// token header go; everything else is passed back unchanged.
-fn respond<B>(app: &App, resp: &mut Response<B>) {
+fn respond(app: &App, headers: &mut HeaderMap) {
+    // RFC 9112 §6.3: a message with both framings was delimited by the transfer
+    // coding; its Content-Length must not reach the client (which would trust it).
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let token_header = app.token_header_canonical.as_str();
-    hygiene::strip(resp.headers_mut(), |name| name == token_header);
+    hygiene::strip(headers, |name| name == token_header);
 }
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket).
@@ -377,7 +458,7 @@ fn splice_upgrade(
 ) -> Result<(), ProxyError> {
     let upstream = hyper::upgrade::on(&mut *resp);
     let proto = resp.headers().get(header::UPGRADE).cloned();
-    respond(app, resp);
+    respond(app, resp.headers_mut());
     if let Some(p) = proto {
         resp.headers_mut().insert(header::UPGRADE, p);
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -391,7 +472,7 @@ fn splice_upgrade(
 }
 
 /// Keeps a sane client `X-Request-Id`, else makes one.
-fn request_id(h: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(h: &HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&X_REQUEST_ID)
         && !v.is_empty()
         && v.len() <= 128

@@ -1,0 +1,416 @@
+//! The HTTP/1.1 fast path: one task per client connection reads each request head
+//! itself, runs the same pipeline phases as every request ([`proxy::route_request`],
+//! [`proxy::authorize`], [`proxy::prepare_headers`]), and speaks HTTP/1.1 to the
+//! route's upstream over a pooled connection it reads and writes from that same task.
+//!
+//! Why: with hyper's server and client, each request crossed from the client
+//! connection's task to the upstream connection's task and back (a channel, two
+//! wake-ups, two codecs' worth of bookkeeping); that, not authentication, was most of
+//! claimsmith's cost per request (docs/performance.md).
+//!
+//! It serves only the plainest requests: HTTP/1.1, origin-form target, no body or one
+//! `Content-Length` body, to a plain-HTTP upstream. Anything else (a malformed or
+//! oversized head, HTTP/1.0, `Transfer-Encoding`, `Expect`, upgrades, the HTTP/2
+//! preface, a TLS upstream) is handed to hyper at a request boundary, before a byte of
+//! it has been acted on, with the bytes read so far put back in front
+//! ([`Rewind`]); hyper then serves the rest of that connection exactly as it would
+//! have from the start. So the fast path never has to be lenient: when in doubt, it
+//! hands over.
+
+pub mod chunked;
+pub mod pool;
+pub mod rewind;
+pub mod wire;
+
+use std::pin::Pin;
+
+use arc_swap::ArcSwap;
+use bytes::{Buf, Bytes, BytesMut};
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::app::App;
+use crate::error::ProxyError;
+use crate::proxy::{self, Conn, Outcome, Route};
+pub use pool::Pool;
+use pool::UpConn;
+pub use rewind::Rewind;
+use wire::{Framing, Parsed, RequestHead, ResponseHead};
+
+/// How a connection left the fast path.
+pub enum Served {
+    /// Closed: by either side, a timeout, an error, or shutdown.
+    Done,
+    /// For hyper to serve from here on; the client's bytes so far come first.
+    HandOver(Rewind),
+}
+
+/// Serves `client` until it closes, a timeout or shutdown ends it, or a request
+/// needs hyper. Every request uses the state current when it arrives.
+pub async fn serve(mut client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut stop: watch::Receiver<bool>) -> Served {
+    let mut rbuf = BytesMut::with_capacity(8 * 1024);
+    let mut out = Vec::with_capacity(4 * 1024);
+    // One timer per connection, re-armed for each head read and each upstream exchange.
+    let timer = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(timer);
+    loop {
+        // Nothing holds the state while the connection waits: a request gets the state
+        // current when its head has arrived (after a reload, the new one).
+        let (head_timeout, max_head) = {
+            let app = apps.load();
+            (app.config.listen.header_read_timeout, app.config.listen.max_header_bytes)
+        };
+        timer.as_mut().reset(Instant::now() + head_timeout);
+        let head = match read_head(&mut client, &mut rbuf, max_head, timer.as_mut(), &mut stop).await {
+            Next::Head(head) => head,
+            Next::Closed => return Served::Done,
+            Next::HandOver => return Served::HandOver(Rewind::new(rbuf.freeze(), client)),
+        };
+        let app = apps.load_full();
+        let stopping = *stop.borrow();
+        match exchange(&app, &conn, head, &mut client, &mut rbuf, &mut out, timer.as_mut(), stopping).await {
+            Step::KeepAlive if !stopping => {}
+            Step::KeepAlive | Step::Close => return Served::Done,
+            Step::HandOver(head) => {
+                let mut pre = BytesMut::with_capacity(head.len() + rbuf.len());
+                pre.extend_from_slice(&head);
+                pre.extend_from_slice(&rbuf);
+                return Served::HandOver(Rewind::new(pre.freeze(), client));
+            }
+        }
+    }
+}
+
+enum Next {
+    Head(RequestHead),
+    Closed,
+    HandOver,
+}
+
+/// Reads until `rbuf` starts with a whole request head, within the header read timeout.
+/// A connection idle between requests also closes on shutdown.
+async fn read_head(
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    max_head: usize,
+    mut timer: Pin<&mut Sleep>,
+    stop: &mut watch::Receiver<bool>,
+) -> Next {
+    loop {
+        if !rbuf.is_empty() {
+            match wire::parse_request(rbuf, max_head) {
+                Parsed::Fast(head) => return Next::Head(head),
+                Parsed::HandOver => return Next::HandOver,
+                Parsed::Partial => {}
+            }
+        }
+        reserve(rbuf);
+        let idle = rbuf.is_empty();
+        tokio::select! {
+            biased;
+            r = client.read_buf(rbuf) => match r {
+                Ok(0) | Err(_) => return Next::Closed,
+                Ok(_) => {}
+            },
+            _ = &mut timer => {
+                tracing::debug!("no whole request head within the header read timeout; closing the connection");
+                return Next::Closed;
+            }
+            _ = stopped(stop), if idle => return Next::Closed,
+        }
+    }
+}
+
+/// Resolves once shutdown has been asked for (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(8 * 1024);
+    }
+}
+
+enum Step {
+    KeepAlive,
+    Close,
+    /// The request's route needs hyper; these are its head's bytes.
+    HandOver(Bytes),
+}
+
+/// One request, from its parsed head to the end of the answer.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    app: &App,
+    conn: &Conn,
+    mut head: RequestHead,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    timer: Pin<&mut Sleep>,
+    stopping: bool,
+) -> Step {
+    let start = Instant::now();
+    let routed = proxy::route_request(app, head.target.len(), head.path(), &head.headers);
+    if let Ok((route, _)) = &routed
+        && route.h1.is_none()
+    {
+        return Step::HandOver(head.raw.clone());
+    }
+    let mut outcome = Outcome { route: None, upstream_time: None, error: None, cache: None };
+    let request_id = proxy::request_id(&head.headers);
+    let mut body_left = head.body_len;
+    let mut close = head.close || stopping;
+    let method = head.method.clone();
+    let forwarded = async {
+        let (route, path) = routed?;
+        outcome.route = Some(route.name.clone());
+        let token = proxy::authorize(app, route, &head.headers, &mut outcome.cache).await?;
+        let target = proxy::upstream_target(route, &path, head.query())?;
+        proxy::prepare_headers(app, route, &mut head.headers, None, conn, &request_id, token, None);
+        out.clear();
+        wire::write_request_head(out, &head.method, target.as_str(), &head.headers);
+        let sent = Instant::now();
+        let deadline = start + app.config.listen.request_timeout;
+        let r = forward(route, &head.method, out, &mut body_left, client, rbuf, timer, deadline).await;
+        outcome.upstream_time = Some(sent.elapsed());
+        r.map(|(up, resp)| (route, up, resp))
+    }
+    .await;
+    let status = match forwarded {
+        Ok((route, up, resp)) => {
+            let status = resp.status;
+            out.clear();
+            wire::write_response_head(out, &resp, &app.token_header_canonical, &request_id, close);
+            match relay(up, &resp, client, out).await {
+                Ok(Some(up)) => route.h1.as_ref().map_or((), |pool| pool.give_back(up)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::info!(route = %route.name, error = %e, "the response could not be passed on whole; closing the connection");
+                    close = true;
+                }
+            }
+            status
+        }
+        Err(e) => {
+            outcome.error = Some(e.label());
+            // A body not read to its end would be taken for the next request.
+            close |= body_left > 0;
+            let status = e.status();
+            let (headers, body) = e.into_parts();
+            out.clear();
+            let ends = wire::Ends { request_id: &request_id, close, head_request: method == Method::HEAD };
+            wire::write_own_response(out, status, &headers, &body, ends);
+            if client.write_all(out).await.is_err() {
+                close = true;
+            }
+            status
+        }
+    };
+    proxy::record(app, &method, &outcome, status.as_u16(), start.elapsed());
+    if close { Step::Close } else { Step::KeepAlive }
+}
+
+/// Why forwarding failed, as the client will hear it.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("the upstream connection failed: {0}")]
+    Io(std::io::Error),
+    #[error("the upstream closed the connection before answering")]
+    NoAnswer,
+    #[error("{0}")]
+    BadResponse(#[from] wire::BadResponse),
+    #[error("the client's request body ended early")]
+    ClientBody,
+}
+
+impl From<ForwardError> for ProxyError {
+    fn from(e: ForwardError) -> ProxyError {
+        match e {
+            ForwardError::ClientBody => ProxyError::BadRequest("the request body is malformed or incomplete"),
+            e => {
+                tracing::warn!(error = %e, "upstream request failed");
+                ProxyError::UpstreamUnreachable
+            }
+        }
+    }
+}
+
+/// Sends the request (head in `out`, body from the client) on a pooled or new
+/// connection and reads the answer's head, all before `deadline`. A request that
+/// found its reused connection closed before any answer is sent again on a new one,
+/// once, if it is idempotent and has no body (so nothing is lost by sending it twice).
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    route: &Route,
+    method: &Method,
+    out: &mut Vec<u8>,
+    body_left: &mut u64,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    mut timer: Pin<&mut Sleep>,
+    deadline: Instant,
+) -> Result<(UpConn, ResponseHead), ProxyError> {
+    let Some(pool) = route.h1.as_ref() else { return Err(ProxyError::Internal) };
+    timer.as_mut().reset(deadline);
+    // The part of the body already read goes out with the head, in one write.
+    let first = usize::try_from(*body_left).unwrap_or(usize::MAX).min(rbuf.len());
+    out.extend_from_slice(&rbuf[..first]);
+    rbuf.advance(first);
+    *body_left -= first as u64;
+    let head_request = method == Method::HEAD;
+    let replayable = *body_left == 0 && first == 0 && method.is_idempotent();
+    let work = async {
+        let mut up = match pool.checkout() {
+            Some(up) => up,
+            None => Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?,
+        };
+        match send_and_receive(&mut up, out, body_left, client, rbuf, head_request).await {
+            Ok(resp) => Ok((up, resp)),
+            Err(ForwardError::Io(_) | ForwardError::NoAnswer) if up.reused && replayable => {
+                tracing::debug!("pooled upstream connection closed; sending again on a new one");
+                let mut up = Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?;
+                let resp = send_and_receive(&mut up, out, body_left, client, rbuf, head_request).await?;
+                Ok((up, resp))
+            }
+            Err(e) => Err(e),
+        }
+    };
+    tokio::select! {
+        biased;
+        r = work => r.map_err(ProxyError::from),
+        _ = timer => Err(ProxyError::UpstreamTimeout),
+    }
+}
+
+async fn send_and_receive(
+    up: &mut UpConn,
+    out: &[u8],
+    body_left: &mut u64,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    head_request: bool,
+) -> Result<ResponseHead, ForwardError> {
+    up.stream.write_all(out).await.map_err(ForwardError::Io)?;
+    while *body_left > 0 {
+        if rbuf.is_empty() {
+            reserve(rbuf);
+            match client.read_buf(rbuf).await {
+                Ok(0) | Err(_) => return Err(ForwardError::ClientBody),
+                Ok(_) => {}
+            }
+        }
+        let n = usize::try_from(*body_left).unwrap_or(usize::MAX).min(rbuf.len());
+        up.stream.write_all(&rbuf[..n]).await.map_err(ForwardError::Io)?;
+        rbuf.advance(n);
+        *body_left -= n as u64;
+    }
+    loop {
+        if !up.buf.is_empty()
+            && let Some(head) = wire::parse_response(&mut up.buf, head_request)?
+        {
+            return Ok(head);
+        }
+        reserve(&mut up.buf);
+        match up.stream.read_buf(&mut up.buf).await {
+            Ok(0) => return Err(ForwardError::NoAnswer),
+            Ok(_) => {}
+            Err(e) => return Err(ForwardError::Io(e)),
+        }
+    }
+}
+
+/// Why an answer could not be passed on whole (its head has gone out already, so
+/// the client's connection is closed).
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("the upstream closed the connection mid-body")]
+    Truncated,
+    #[error("the upstream connection failed: {0}")]
+    Upstream(std::io::Error),
+    #[error("bad chunked framing from the upstream: {0}")]
+    Chunked(#[from] chunked::ChunkError),
+    #[error("the client went away")]
+    Client,
+}
+
+/// Writes the head in `out` and the body to the client. Returns the upstream
+/// connection when it can serve another request.
+async fn relay(
+    mut up: UpConn,
+    resp: &ResponseHead,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+) -> Result<Option<UpConn>, RelayError> {
+    match resp.framing {
+        Framing::Empty => client.write_all(out).await.map_err(|_| RelayError::Client)?,
+        Framing::Length(mut left) => {
+            // Head and the body bytes already read, in one write.
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(up.buf.len());
+            out.extend_from_slice(&up.buf[..n]);
+            up.buf.advance(n);
+            left -= n as u64;
+            client.write_all(out).await.map_err(|_| RelayError::Client)?;
+            while left > 0 {
+                read_upstream(&mut up).await?;
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(up.buf.len());
+                client.write_all(&up.buf[..n]).await.map_err(|_| RelayError::Client)?;
+                up.buf.advance(n);
+                left -= n as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = chunked::ChunkedDecoder::default();
+            loop {
+                let used = decoder.feed(&up.buf, |data| wire::write_chunk(out, data))?;
+                up.buf.advance(used);
+                if decoder.is_done() {
+                    out.extend_from_slice(wire::LAST_CHUNK);
+                }
+                if !out.is_empty() {
+                    client.write_all(out).await.map_err(|_| RelayError::Client)?;
+                    out.clear();
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                read_upstream(&mut up).await?;
+            }
+        }
+        Framing::Close => loop {
+            wire::write_chunk(out, &up.buf);
+            up.buf.clear();
+            reserve(&mut up.buf);
+            let n = up.stream.read_buf(&mut up.buf).await.map_err(RelayError::Upstream)?;
+            if n == 0 {
+                out.extend_from_slice(wire::LAST_CHUNK);
+            }
+            client.write_all(out).await.map_err(|_| RelayError::Client)?;
+            out.clear();
+            if n == 0 {
+                return Ok(None);
+            }
+        },
+    }
+    // Bytes past the end of the answer were never asked for: do not reuse.
+    Ok((!resp.close && up.buf.is_empty()).then_some(up))
+}
+
+async fn read_upstream(up: &mut UpConn) -> Result<(), RelayError> {
+    reserve(&mut up.buf);
+    match up.stream.read_buf(&mut up.buf).await {
+        Ok(0) => Err(RelayError::Truncated),
+        Ok(_) => Ok(()),
+        Err(e) => Err(RelayError::Upstream(e)),
+    }
+}

@@ -1,0 +1,596 @@
+//! HTTP/1.1 heads on the wire: parsing request and response heads (httparse, the
+//! parser hyper uses), deciding which requests the fast path takes, and writing heads.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+use crate::proxy::hygiene;
+
+/// As many header fields as hyper accepts; more is handed to hyper, which answers 431.
+pub const MAX_HEADERS: usize = 100;
+
+/// A request head the fast path serves.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    /// The origin-form request target as sent (`/path?query`).
+    pub target: String,
+    pub headers: HeaderMap,
+    /// The body's length (`Content-Length`, else 0).
+    pub body_len: u64,
+    /// The client asked to close the connection after this exchange.
+    pub close: bool,
+    /// The head's bytes, to give hyper the request as it came.
+    pub raw: Bytes,
+}
+
+impl RequestHead {
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target.as_str(), |(p, _)| p)
+    }
+
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// What the bytes read so far hold.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// A head the fast path serves; its bytes have been taken from the buffer.
+    Fast(RequestHead),
+    /// Something for hyper: a malformed or oversized head, HTTP/1.0, a body framed
+    /// other than by one `Content-Length`, `Expect`, an upgrade (WebSocket, h2c), a
+    /// target not in origin-form, CONNECT, or the HTTP/2 preface.
+    HandOver,
+}
+
+/// Parses the request head at the start of `buf`. `max_head` is
+/// `listen.max_header_bytes`: longer heads go to hyper, which answers 431.
+pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= max_head => n,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,
+        _ => return Parsed::HandOver,
+    };
+    if req.version != Some(1) {
+        return Parsed::HandOver;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else { return Parsed::HandOver };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::HandOver };
+    // A fragment never belongs in a request; hyper's parsing drops it, so it decides.
+    if method == Method::CONNECT || !target.starts_with('/') || target.contains('#') {
+        return Parsed::HandOver;
+    }
+    let target = target.to_string();
+    // Decide before taking anything off the buffer, so that a hand-over leaves it whole.
+    let mut body_len = None;
+    let mut close = false;
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        // Bodies framed by Transfer-Encoding, and requests that expect an interim
+        // answer or change protocols, are hyper's to serve.
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parsed::HandOver;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            match (body_len, content_length(h.value)) {
+                (None, Some(n)) => body_len = Some(n),
+                _ => return Parsed::HandOver,
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if hosts > 1 {
+                return Parsed::HandOver;
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::HandOver;
+                }
+            }
+        }
+    }
+    // Header values are kept as slices of the head's bytes (no copy), as hyper does:
+    // note where each field is, then cut the head off the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
+    let count = req.headers.len();
+    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (name..name + h.name.len(), value..value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for (name, value) in &spans[..count] {
+        let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(&head[name.clone()]), HeaderValue::from_maybe_shared(head.slice(value.clone())))
+        else {
+            // httparse and `http` disagree on a byte (DEL, say): hyper decides.
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            return Parsed::HandOver;
+        };
+        headers.append(name, value);
+    }
+    Parsed::Fast(RequestHead { method, target, headers, body_len: body_len.unwrap_or(0), close, raw: head })
+}
+
+/// A `Content-Length` value: digits only (no sign, no list), at most 19 of them.
+pub fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed upstream response head; header fields are spans of `raw`.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    raw: Bytes,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+    pub framing: Framing,
+    /// A valid `Content-Length` of a bodiless answer (HEAD, 304), passed on as is.
+    content_length: Option<u64>,
+    /// The upstream will close the connection (or is HTTP/1.0): never pooled.
+    pub close: bool,
+}
+
+/// Why an upstream response head was refused (502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadResponse {
+    #[error("malformed response head")]
+    Malformed,
+    #[error("response head too large")]
+    TooLarge,
+    #[error("both Transfer-Encoding and Content-Length")]
+    AmbiguousLength,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("unsupported Transfer-Encoding")]
+    TransferEncoding,
+    #[error("unrequested protocol switch")]
+    Switch,
+}
+
+/// Largest upstream response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Parses the response head at the start of `buf`. `None`: not complete yet.
+/// Interim (1xx) answers are taken off `buf` and skipped, as hyper's client does.
+pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, BadResponse> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) => return Err(BadResponse::TooLarge),
+            Err(httparse::Error::TooManyHeaders) => return Err(BadResponse::TooLarge),
+            Err(_) => return Err(BadResponse::Malformed),
+        };
+        let code = resp.code.ok_or(BadResponse::Malformed)?;
+        let status = StatusCode::from_u16(code).map_err(|_| BadResponse::Malformed)?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(BadResponse::Switch);
+        }
+        if status.is_informational() {
+            let _ = buf.split_to(len);
+            continue;
+        }
+        let base = buf.as_ptr() as usize;
+        let mut fields = Vec::with_capacity(resp.headers.len());
+        let (mut lengths, mut chunked, mut other_coding, mut close) =
+            (Vec::new(), false, false, resp.version != Some(1));
+        for h in resp.headers.iter() {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            fields.push((name..name + h.name.len(), value..value + h.value.len()));
+            let n = h.name.as_bytes();
+            if n.eq_ignore_ascii_case(b"content-length") {
+                // A list of equal values is one value (RFC 9110 §8.6).
+                for v in h.value.split(|&b| b == b',') {
+                    lengths.push(content_length(v.trim_ascii()));
+                }
+            } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
+                for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    match coding.eq_ignore_ascii_case(b"chunked") {
+                        true if !chunked => chunked = true,
+                        _ => other_coding = true,
+                    }
+                }
+            } else if n.eq_ignore_ascii_case(b"connection") {
+                close |= h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+        }
+        let length = match lengths.split_first() {
+            None => None,
+            Some((first, rest)) => match first {
+                Some(n) if rest.iter().all(|o| o == first) => Some(*n),
+                _ => return Err(BadResponse::ContentLength),
+            },
+        };
+        let bodiless = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let framing = if bodiless {
+            Framing::Empty
+        } else if chunked || other_coding {
+            if !lengths.is_empty() {
+                return Err(BadResponse::AmbiguousLength);
+            }
+            if other_coding {
+                return Err(BadResponse::TransferEncoding);
+            }
+            Framing::Chunked
+        } else {
+            match length {
+                Some(n) => Framing::Length(n),
+                None => Framing::Close,
+            }
+        };
+        close |= framing == Framing::Close;
+        let raw = buf.split_to(len).freeze();
+        let content_length = if bodiless && status != StatusCode::NO_CONTENT { length } else { None };
+        return Ok(Some(ResponseHead { status, raw, fields, framing, content_length, close }));
+    }
+}
+
+/// Writes the status line and the header fields the client gets: the upstream's
+/// end-to-end fields (hop-by-hop ones, those `Connection` names, the internal token
+/// header, framing and `X-Request-Id` removed), then ours. The head ends with the
+/// framing `framing` gets toward the client: chunked for chunked and
+/// close-delimited bodies, so the client's connection can stay open.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    head: &ResponseHead,
+    token_header: &str,
+    request_id: &HeaderValue,
+    close: bool,
+) {
+    let listed = {
+        let values = head.fields.iter().filter(|(n, _)| head.raw[n.clone()].eq_ignore_ascii_case(b"connection"));
+        hygiene::connection_tokens(values.map(|(_, v)| &head.raw[v.clone()]))
+    };
+    status_line(out, head.status);
+    let mut has_date = false;
+    for (n, v) in &head.fields {
+        let name = &head.raw[n.clone()];
+        if hygiene::is_hop_by_hop_raw(name)
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || hygiene::canonical_eq(name, token_header)
+            || listed.iter().any(|l| hygiene::canonical_eq(name, l))
+        {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        field(out, name, &head.raw[v.clone()]);
+    }
+    match head.framing {
+        Framing::Empty => {
+            if let Some(n) = head.content_length {
+                length_field(out, n);
+            }
+        }
+        Framing::Length(n) => length_field(out, n),
+        Framing::Chunked | Framing::Close => field(out, b"transfer-encoding", b"chunked"),
+    }
+    end_head(out, request_id, has_date, close);
+}
+
+/// Writes a whole answer of claimsmith's own (an error) with its body; an answer to
+/// HEAD gets the body's length but not the body.
+pub fn write_own_response(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, body: &[u8], ends: Ends<'_>) {
+    status_line(out, status);
+    for (name, value) in headers {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    length_field(out, body.len() as u64);
+    end_head(out, ends.request_id, false, ends.close);
+    if !ends.head_request {
+        out.extend_from_slice(body);
+    }
+}
+
+/// What every answer's head ends with.
+pub struct Ends<'a> {
+    pub request_id: &'a HeaderValue,
+    /// `Connection: close`: this is the connection's last answer.
+    pub close: bool,
+    pub head_request: bool,
+}
+
+/// Writes the upstream request head: request line, then `headers` as they are.
+pub fn write_request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn length_field(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, without the allocation of `to_string` (this runs per answer).
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn end_head(out: &mut Vec<u8>, request_id: &HeaderValue, has_date: bool, close: bool) {
+    field(out, b"x-request-id", request_id.as_bytes());
+    if !has_date {
+        date::with_now(|d| field(out, b"date", d));
+    }
+    if close {
+        field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `data` as one chunk of a chunked body.
+pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The `Date` header's value (RFC 9110 §5.6.7), formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    pub fn with_now(f: impl FnOnce(&[u8])) {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                *c = (secs, format(secs));
+            }
+            f(&c.1);
+        });
+    }
+
+    /// `Sun, 06 Nov 1994 08:49:37 GMT` for seconds since the epoch.
+    pub fn format(secs: u64) -> [u8; 29] {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let days = secs / 86400;
+        let rem = secs % 86400;
+        let (y, m, d) = civil_from_days(days as i64);
+        let s = format!(
+            "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+            DAYS[(days % 7) as usize],
+            d,
+            MONTHS[(m - 1) as usize],
+            y,
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        );
+        let mut out = [b' '; 29];
+        let n = s.len().min(29);
+        out[..n].copy_from_slice(&s.as_bytes()[..n]);
+        out
+    }
+
+    /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+    fn civil_from_days(z: i64) -> (i64, u32, u32) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m, d)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn formats_imf_fixdate() {
+            assert_eq!(&super::format(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+            assert_eq!(&super::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+            assert_eq!(&super::format(1_709_208_000), b"Thu, 29 Feb 2024 12:00:00 GMT");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Parsed {
+        parse_request(&mut BytesMut::from(raw), 8192)
+    }
+
+    #[test]
+    fn plain_requests_take_the_fast_path() {
+        let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: 1\r\nContent-Length: 3\r\n\r\nabcGET");
+        let Parsed::Fast(h) = parse_request(&mut buf, 8192) else { panic!() };
+        assert_eq!((&h.method, h.path(), h.query(), h.body_len, h.close), (&Method::GET, "/a", Some("b=1"), 3, false));
+        assert_eq!(h.headers.get("x-y").unwrap(), "1");
+        assert_eq!(&buf[..], b"abcGET");
+        let Parsed::Fast(h) = parse("DELETE / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n") else { panic!() };
+        assert!(h.close);
+        assert!(matches!(parse("GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_hyper() {
+        let raws = [
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: a\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET  / HTTP/1.1\r\n\r\n",
+            "GET /a#b HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n",
+        ];
+        for raw in raws {
+            // Handed over with every byte still in the buffer.
+            let mut buf = BytesMut::from(format!("{raw}NEXT").as_str());
+            assert!(matches!(parse_request(&mut buf, 8192), Parsed::HandOver), "{raw:?}");
+            assert_eq!(&buf[..], format!("{raw}NEXT").as_bytes());
+        }
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert!(matches!(parse(&big), Parsed::HandOver));
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
+        assert!(matches!(parse(&endless), Parsed::HandOver));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert!(matches!(parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Parsed::HandOver));
+    }
+
+    fn response(raw: &str, head_request: bool) -> Result<Option<ResponseHead>, BadResponse> {
+        parse_response(&mut BytesMut::from(raw), head_request)
+    }
+
+    #[test]
+    fn response_framing() {
+        let framing = |raw: &str| response(raw, false).unwrap().unwrap().framing;
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), Framing::Length(5));
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"), Framing::Length(5));
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"), Framing::Chunked);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Framing::Close);
+        assert_eq!(framing("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"), Framing::Empty);
+        assert_eq!(framing("HTTP/1.1 304 Not Modified\r\n\r\n"), Framing::Empty);
+        let head = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
+        assert_eq!((head.framing, head.content_length), (Framing::Empty, Some(5)));
+        assert!(response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", false).unwrap().is_none());
+        let mut interim = BytesMut::from(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(parse_response(&mut interim, false).unwrap().unwrap().status, StatusCode::OK);
+        assert!(interim.is_empty());
+    }
+
+    #[test]
+    fn bad_responses_are_refused() {
+        let bad = |raw: &str, e: BadResponse| assert_eq!(response(raw, false).unwrap_err(), e, "{raw:?}");
+        bad("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", BadResponse::AmbiguousLength);
+        bad("HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", BadResponse::ContentLength);
+        bad("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", BadResponse::ContentLength);
+        bad("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n", BadResponse::ContentLength);
+        bad("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", BadResponse::TransferEncoding);
+        bad("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", BadResponse::TransferEncoding);
+        bad("HTTP/1.1 101 Switching Protocols\r\n\r\n", BadResponse::Switch);
+        bad("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", BadResponse::Malformed);
+        bad("HTTP/1.1 2000 OK\r\n\r\n", BadResponse::Malformed);
+        bad(&format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_RESPONSE_HEAD)), BadResponse::TooLarge);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn own_answers_to_head_have_no_body() {
+        let id = HeaderValue::from_static("id");
+        let mut out = Vec::new();
+        let ends = Ends { request_id: &id, close: false, head_request: true };
+        write_own_response(&mut out, StatusCode::NOT_FOUND, &HeaderMap::new(), b"{}", ends);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nx-request-id: id\r\n"), "{text}");
+        assert!(text.ends_with("GMT\r\n\r\n"), "the head ends the answer: {text}");
+    }
+
+    #[test]
+    fn response_heads_are_cleaned() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX_Internal_Token: t\r\n\
+             X-Request-Id: theirs\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nDate: D\r\n\r\nok",
+        );
+        let head = parse_response(&mut buf, false).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, &head, "x-internal-token", &HeaderValue::from_static("ours"), true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: D\r\ncontent-length: 2\r\nx-request-id: ours\r\nconnection: close\r\n\r\n"
+        );
+    }
+}
