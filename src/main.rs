@@ -126,8 +126,24 @@ fn check_build(cfg: claimsmith::Config) -> Result<String, claimsmith::config::Co
     }
 }
 
+/// With one worker thread (`TOKIO_WORKER_THREADS=1`, or a single CPU, as a sidecar
+/// often gets) one thread does all the work either way; tokio's single-threaded
+/// scheduler does it without the work-stealing machinery, for about a tenth less CPU
+/// per request (docs/performance.md).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
+    if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+}
+
 fn runtime_then(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), (u8, String)>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("claimsmith: cannot start the runtime: {e}");

@@ -178,6 +178,17 @@ fn metadata_with_note(note: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
+    sigterm_drains(&[]).await;
+}
+
+/// With one worker thread the binary runs tokio's single-threaded scheduler: the same
+/// serving, draining and exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_on_the_single_threaded_runtime_too() {
+    sigterm_drains(&[("TOKIO_WORKER_THREADS", "1")]).await;
+}
+
+async fn sigterm_drains(env: &[(&str, &str)]) {
     init();
     let issuer = Issuer::start().await;
     // An upstream that holds every request until the test releases it.
@@ -203,7 +214,7 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
     let md = dir.path().join("metadata.json");
     std::fs::write(&md, default_metadata().to_string()).unwrap();
     let cfg = write_config(dir.path(), &issuer, &format!("http://{upstream}"), &md, |t| t);
-    let mut p = Proc::start(&["--log-format", "json", "run", "--config", cfg.to_str().unwrap()], &[]).await;
+    let mut p = Proc::start(&["--log-format", "json", "run", "--config", cfg.to_str().unwrap()], env).await;
 
     let token = issuer.token(USER_1);
     let url = format!("http://{}/api/slow", p.proxy);
