@@ -56,6 +56,8 @@ pub async fn serve(mut client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut s
     // One timer per connection, re-armed for each head read and each upstream exchange.
     let timer = tokio::time::sleep(std::time::Duration::ZERO);
     tokio::pin!(timer);
+    // When the last exchange ended (clock reads are kept to two per request).
+    let mut now = Instant::now();
     loop {
         // Nothing holds the state while the connection waits: a request gets the state
         // current when its head has arrived (after a reload, the new one).
@@ -63,7 +65,7 @@ pub async fn serve(mut client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut s
             let app = apps.load();
             (app.config.listen.header_read_timeout, app.config.listen.max_header_bytes)
         };
-        timer.as_mut().reset(Instant::now() + head_timeout);
+        timer.as_mut().reset(now + head_timeout);
         let head = match read_head(&mut client, &mut rbuf, max_head, timer.as_mut(), &mut stop).await {
             Next::Head(head) => head,
             Next::Closed => return Served::Done,
@@ -71,7 +73,10 @@ pub async fn serve(mut client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut s
         };
         let app = apps.load_full();
         let stopping = *stop.borrow();
-        match exchange(&app, &conn, head, &mut client, &mut rbuf, &mut out, timer.as_mut(), stopping).await {
+        let (step, ended) =
+            exchange(&app, &conn, head, &mut client, &mut rbuf, &mut out, timer.as_mut(), stopping).await;
+        now = ended;
+        match step {
             Step::KeepAlive if !stopping => {}
             Step::KeepAlive | Step::Close => return Served::Done,
             Step::HandOver(head) => {
@@ -146,7 +151,8 @@ enum Step {
     HandOver(Bytes),
 }
 
-/// One request, from its parsed head to the end of the answer.
+/// One request, from its parsed head to the end of the answer; also returns when it
+/// ended.
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     app: &App,
@@ -157,14 +163,16 @@ async fn exchange(
     out: &mut Vec<u8>,
     timer: Pin<&mut Sleep>,
     stopping: bool,
-) -> Step {
+) -> (Step, Instant) {
     let start = Instant::now();
     let routed = proxy::route_request(app, head.target.len(), head.path(), &head.headers);
     if let Ok((route, _)) = &routed
         && route.h1.is_none()
     {
-        return Step::HandOver(head.raw.clone());
+        return (Step::HandOver(head.raw.clone()), start);
     }
+    // The upstream's own time is for the access log only: no clock reads without it.
+    let timed = tracing::enabled!(target: "claimsmith::access", tracing::Level::INFO);
     let mut outcome = Outcome { route: None, upstream_time: None, error: None, cache: None };
     let request_id = proxy::request_id(&head.headers);
     let mut body_left = head.body_len;
@@ -178,10 +186,10 @@ async fn exchange(
         proxy::prepare_headers(app, route, &mut head.headers, None, conn, &request_id, token, None);
         out.clear();
         wire::write_request_head(out, &head.method, target.as_str(), &head.headers);
-        let sent = Instant::now();
+        let sent = timed.then(Instant::now);
         let deadline = start + app.config.listen.request_timeout;
-        let r = forward(route, &head.method, out, &mut body_left, client, rbuf, timer, deadline).await;
-        outcome.upstream_time = Some(sent.elapsed());
+        let r = forward(route, &head.method, out, &mut body_left, client, rbuf, timer, (start, deadline)).await;
+        outcome.upstream_time = sent.map(|s| s.elapsed());
         r.map(|(up, resp)| (route, up, resp))
     }
     .await;
@@ -191,7 +199,7 @@ async fn exchange(
             out.clear();
             wire::write_response_head(out, &resp, &app.token_header_canonical, &request_id, close);
             match relay(up, &resp, client, out).await {
-                Ok(Some(up)) => route.h1.as_ref().map_or((), |pool| pool.give_back(up)),
+                Ok(Some(up)) => route.h1.as_ref().map_or((), |pool| pool.give_back(up, start)),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::info!(route = %route.name, error = %e, "the response could not be passed on whole; closing the connection");
@@ -215,8 +223,9 @@ async fn exchange(
             status
         }
     };
-    proxy::record(app, &method, &outcome, status.as_u16(), start.elapsed());
-    if close { Step::Close } else { Step::KeepAlive }
+    let end = Instant::now();
+    proxy::record(app, &method, &outcome, status.as_u16(), end - start);
+    (if close { Step::Close } else { Step::KeepAlive }, end)
 }
 
 /// Why forwarding failed, as the client will hear it.
@@ -247,7 +256,7 @@ impl From<ForwardError> for ProxyError {
 }
 
 /// Sends the request (head in `out`, body from the client) on a pooled or new
-/// connection and reads the answer's head, all before `deadline`. A request that
+/// connection and reads the answer's head, all before `deadline` (`at` is now). A request that
 /// found its reused connection closed before any answer is sent again on a new one,
 /// once, if it is idempotent and has no body (so nothing is lost by sending it twice).
 #[allow(clippy::too_many_arguments)]
@@ -259,7 +268,7 @@ async fn forward(
     client: &mut TcpStream,
     rbuf: &mut BytesMut,
     mut timer: Pin<&mut Sleep>,
-    deadline: Instant,
+    (at, deadline): (Instant, Instant),
 ) -> Result<(UpConn, ResponseHead), ProxyError> {
     let Some(pool) = route.h1.as_ref() else { return Err(ProxyError::Internal) };
     timer.as_mut().reset(deadline);
@@ -271,7 +280,7 @@ async fn forward(
     let head_request = method == Method::HEAD;
     let replayable = *body_left == 0 && first == 0 && method.is_idempotent();
     let work = async {
-        let mut up = match pool.checkout() {
+        let mut up = match pool.checkout(at) {
             Some(up) => up,
             None => Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?,
         };

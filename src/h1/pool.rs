@@ -44,9 +44,8 @@ impl Pool {
         Pool { addr: format!("{host}:{port}"), idle: Mutex::new(Vec::new()) }
     }
 
-    /// The most recently used idle connection that is still open.
-    pub fn checkout(&self) -> Option<UpConn> {
-        let now = Instant::now();
+    /// The most recently used idle connection that is still open (`now` is now).
+    pub fn checkout(&self, now: Instant) -> Option<UpConn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(Idle { mut conn, since }) = idle.pop() {
             if now.duration_since(since) < IDLE_TIMEOUT && still_open(&conn.stream) {
@@ -66,10 +65,10 @@ impl Pool {
     }
 
     /// Keeps `conn` for the next request. Only a connection whose last response was
-    /// read exactly to its end (nothing left over) may come back.
-    pub fn give_back(&self, conn: UpConn) {
+    /// read exactly to its end (nothing left over) may come back. `now` may be a little
+    /// early (the request's start): a connection then only looks older than it is.
+    pub fn give_back(&self, conn: UpConn, now: Instant) {
         debug_assert!(conn.buf.is_empty());
-        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() >= MAX_IDLE || idle.first().is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT) {
             idle.remove(0);

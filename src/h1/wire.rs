@@ -114,7 +114,8 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         *span = (name..name + h.name.len(), value..value + h.value.len());
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the pipeline adds (forwarding headers, the token).
+    let mut headers = HeaderMap::with_capacity(count + 8);
     for (name, value) in &spans[..count] {
         let (Ok(name), Ok(value)) =
             (HeaderName::from_bytes(&head[name.clone()]), HeaderValue::from_maybe_shared(head.slice(value.clone())))
@@ -207,8 +208,9 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<R
         }
         let base = buf.as_ptr() as usize;
         let mut fields = Vec::with_capacity(resp.headers.len());
-        let (mut lengths, mut chunked, mut other_coding, mut close) =
-            (Vec::new(), false, false, resp.version != Some(1));
+        // Content-Length: the value, and whether any value disagreed or was invalid.
+        let (mut length, mut bad_length) = (None::<u64>, false);
+        let (mut chunked, mut other_coding, mut close) = (false, false, resp.version != Some(1));
         for h in resp.headers.iter() {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
@@ -217,7 +219,11 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<R
             if n.eq_ignore_ascii_case(b"content-length") {
                 // A list of equal values is one value (RFC 9110 §8.6).
                 for v in h.value.split(|&b| b == b',') {
-                    lengths.push(content_length(v.trim_ascii()));
+                    match (content_length(v.trim_ascii()), length) {
+                        (Some(n), None) => length = Some(n),
+                        (Some(n), Some(first)) if n == first => {}
+                        _ => bad_length = true,
+                    }
                 }
             } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
                 for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -230,18 +236,14 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<R
                 close |= h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             }
         }
-        let length = match lengths.split_first() {
-            None => None,
-            Some((first, rest)) => match first {
-                Some(n) if rest.iter().all(|o| o == first) => Some(*n),
-                _ => return Err(BadResponse::ContentLength),
-            },
-        };
+        if bad_length {
+            return Err(BadResponse::ContentLength);
+        }
         let bodiless = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = if bodiless {
             Framing::Empty
         } else if chunked || other_coding {
-            if !lengths.is_empty() {
+            if length.is_some() {
                 return Err(BadResponse::AmbiguousLength);
             }
             if other_coding {
