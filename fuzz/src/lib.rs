@@ -490,7 +490,7 @@ pub fn normalize(data: &[u8]) {
         assert!(!out.contains(bad), "{bad:?} in normalised {out:?}");
     }
     assert!(!out.ends_with("/..") && !out.ends_with("/."), "trailing dot-segment in {out:?}");
-    assert_eq!(path::normalize(&out).as_deref(), Ok(out.as_str()), "normalize is not idempotent");
+    assert_eq!(path::normalize(&out).as_deref(), Ok(&*out), "normalize is not idempotent");
     // What a decoding backend sees: still no dot-segment (no %2E survives) and no new slash.
     let decoded = percent_decode_all(&out);
     assert_eq!(

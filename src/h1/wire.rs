@@ -1,6 +1,7 @@
 //! HTTP/1.1 heads on the wire: parsing request and response heads (httparse, the
 //! parser hyper uses), deciding which requests the fast path takes, and writing heads.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
@@ -16,8 +17,7 @@ pub const MAX_HEADERS: usize = 100;
 #[derive(Debug)]
 pub struct RequestHead {
     pub method: Method,
-    /// The origin-form request target as sent (`/path?query`).
-    pub target: String,
+    pub target: Target,
     pub headers: HeaderMap,
     /// The body's length (`Content-Length`, else 0).
     pub body_len: u64,
@@ -27,18 +27,36 @@ pub struct RequestHead {
     pub raw: Bytes,
 }
 
-impl RequestHead {
+/// The origin-form request target as sent (`/path?query`): visible ASCII only.
+#[derive(Debug)]
+pub struct Target {
+    bytes: Bytes,
+    path_end: usize,
+}
+
+impl Target {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(self.target.as_str(), |(p, _)| p)
+        std::str::from_utf8(&self.bytes[..self.path_end]).unwrap_or_default()
     }
 
     pub fn query(&self) -> Option<&str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        let q = self.bytes.get(self.path_end + 1..)?;
+        std::str::from_utf8(q).ok()
     }
 }
 
 /// What the bytes read so far hold.
 #[derive(Debug)]
+// Built and moved once per request; boxing the head would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// Not a whole head yet.
     Partial,
@@ -53,9 +71,11 @@ pub enum Parsed {
 /// Parses the request head at the start of `buf`. `max_head` is
 /// `listen.max_header_bytes`: longer heads go to hyper, which answers 431.
 pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Slots httparse fills: left uninitialised, as 100 empty headers would cost a
+    // 3 KiB memset per request.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) if n <= max_head => n,
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,
         _ => return Parsed::HandOver,
@@ -65,11 +85,20 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     }
     let (Some(method), Some(target)) = (req.method, req.path) else { return Parsed::HandOver };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::HandOver };
-    // A fragment never belongs in a request; hyper's parsing drops it, so it decides.
-    if method == Method::CONNECT || !target.starts_with('/') || target.contains('#') {
+    // A fragment never belongs in a request (hyper's parsing drops it), and the
+    // target is written to the upstream as it is, so it must be plain visible ASCII:
+    // anything else, hyper decides.
+    if method == Method::CONNECT
+        || !target.starts_with('/')
+        || !target.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+    {
         return Parsed::HandOver;
     }
-    let target = target.to_string();
+    let target_at = {
+        let start = target.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + target.len()
+    };
+    let path_end = target.find('?').unwrap_or(target.len());
     // Decide before taking anything off the buffer, so that a hand-over leaves it whole.
     let mut body_len = None;
     let mut close = false;
@@ -105,18 +134,11 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     }
     // Header values are kept as slices of the head's bytes (no copy), as hyper does:
     // note where each field is, then cut the head off the buffer.
-    let base = buf.as_ptr() as usize;
-    let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
-    let count = req.headers.len();
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name..name + h.name.len(), value..value + h.value.len());
-    }
+    let spans = spans(buf, req.headers);
     let head = buf.split_to(len).freeze();
     // Room for the fields the pipeline adds (forwarding headers, the token).
-    let mut headers = HeaderMap::with_capacity(count + 8);
-    for (name, value) in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
+    for (name, value) in &spans {
         let (Ok(name), Ok(value)) =
             (HeaderName::from_bytes(&head[name.clone()]), HeaderValue::from_maybe_shared(head.slice(value.clone())))
         else {
@@ -129,7 +151,18 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         };
         headers.append(name, value);
     }
+    let target = Target { bytes: head.slice(target_at), path_end };
     Parsed::Fast(RequestHead { method, target, headers, body_len: body_len.unwrap_or(0), close, raw: head })
+}
+
+/// Where each field's name and value sit in `buf`, which they borrow from.
+fn spans(buf: &[u8], fields: &[httparse::Header<'_>]) -> Vec<(Range<usize>, Range<usize>)> {
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    fields.iter().map(|h| (at(h.name.as_bytes()), at(h.value))).collect()
 }
 
 /// A `Content-Length` value: digits only (no sign, no list), at most 19 of them.
@@ -188,15 +221,16 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Interim (1xx) answers are taken off `buf` and skipped, as hyper's client does.
 pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, BadResponse> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
-        let len = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
-            Ok(httparse::Status::Partial) => return Err(BadResponse::TooLarge),
-            Err(httparse::Error::TooManyHeaders) => return Err(BadResponse::TooLarge),
-            Err(_) => return Err(BadResponse::Malformed),
-        };
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
+                Ok(httparse::Status::Partial) => return Err(BadResponse::TooLarge),
+                Err(httparse::Error::TooManyHeaders) => return Err(BadResponse::TooLarge),
+                Err(_) => return Err(BadResponse::Malformed),
+            };
         let code = resp.code.ok_or(BadResponse::Malformed)?;
         let status = StatusCode::from_u16(code).map_err(|_| BadResponse::Malformed)?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -206,15 +240,11 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<R
             let _ = buf.split_to(len);
             continue;
         }
-        let base = buf.as_ptr() as usize;
-        let mut fields = Vec::with_capacity(resp.headers.len());
+        let fields = spans(buf, resp.headers);
         // Content-Length: the value, and whether any value disagreed or was invalid.
         let (mut length, mut bad_length) = (None::<u64>, false);
         let (mut chunked, mut other_coding, mut close) = (false, false, resp.version != Some(1));
         for h in resp.headers.iter() {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            fields.push((name..name + h.name.len(), value..value + h.value.len()));
             let n = h.name.as_bytes();
             if n.eq_ignore_ascii_case(b"content-length") {
                 // A list of equal values is one value (RFC 9110 §8.6).
@@ -328,11 +358,16 @@ pub struct Ends<'a> {
     pub head_request: bool,
 }
 
-/// Writes the upstream request head: request line, then `headers` as they are.
-pub fn write_request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+/// Writes the upstream request head: request line (the target given as pieces of
+/// its path and the query), then `headers` as they are.
+pub fn write_request_head(out: &mut Vec<u8>, method: &Method, path: &[&str], query: Option<&str>, headers: &HeaderMap) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    path.iter().for_each(|p| out.extend_from_slice(p.as_bytes()));
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
         field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -480,7 +515,10 @@ mod tests {
     fn plain_requests_take_the_fast_path() {
         let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: 1\r\nContent-Length: 3\r\n\r\nabcGET");
         let Parsed::Fast(h) = parse_request(&mut buf, 8192) else { panic!() };
-        assert_eq!((&h.method, h.path(), h.query(), h.body_len, h.close), (&Method::GET, "/a", Some("b=1"), 3, false));
+        assert_eq!(
+            (&h.method, h.target.path(), h.target.query(), h.body_len, h.close),
+            (&Method::GET, "/a", Some("b=1"), 3, false)
+        );
         assert_eq!(h.headers.get("x-y").unwrap(), "1");
         assert_eq!(&buf[..], b"abcGET");
         let Parsed::Fast(h) = parse("DELETE / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n") else { panic!() };
@@ -507,6 +545,7 @@ mod tests {
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET  / HTTP/1.1\r\n\r\n",
             "GET /a#b HTTP/1.1\r\n\r\n",
+            "GET /caf\u{e9} HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n",
         ];
         for raw in raws {

@@ -83,15 +83,22 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// headers and those named in `Connection`.
 pub fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
     let listed = if headers.contains_key(header::CONNECTION) { connection_listed(headers) } else { Vec::new() };
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    // On the stack for the usual few (this runs twice per request); more spill over.
+    let mut doomed: [Option<HeaderName>; 8] = [const { None }; 8];
+    let mut more: Vec<HeaderName> = Vec::new();
+    let mut n = 0;
     for name in headers.keys() {
         let c = canonical_header(name);
         if is_hop_by_hop_canonical(&c) || listed.iter().any(|l| *l == c) || drop(&c) {
-            doomed.push(name.clone());
+            match doomed.get_mut(n) {
+                Some(slot) => *slot = Some(name.clone()),
+                None => more.push(name.clone()),
+            }
+            n += 1;
         }
     }
-    for n in doomed {
-        headers.remove(&n);
+    for name in doomed.iter().flatten().chain(more.iter()) {
+        headers.remove(name);
     }
 }
 

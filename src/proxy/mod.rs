@@ -157,6 +157,7 @@ async fn pipeline(
 ) -> Result<Response<Body>, ProxyError> {
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let (route, path) = route_request(app, target_len, req.uri().path(), req.headers())?;
+    let path = path.into_owned();
     outcome.route = Some(route.name.clone());
     let internal_token = authorize(app, route, req.headers(), &mut outcome.cache).await?;
     let on_client_upgrade =
@@ -190,12 +191,12 @@ async fn pipeline(
 
 /// The checks that need no token: head size, path normalisation, routing. Returns the
 /// route and the normalised path. `target_len` is the request target's length.
-pub(crate) fn route_request<'a>(
+pub(crate) fn route_request<'a, 'p>(
     app: &'a App,
     target_len: usize,
-    raw_path: &str,
+    raw_path: &'p str,
     headers: &HeaderMap,
-) -> Result<(&'a Route, String), ProxyError> {
+) -> Result<(&'a Route, std::borrow::Cow<'p, str>), ProxyError> {
     check_head(app, target_len, headers)?;
     let path = path::normalize(raw_path)?;
     let route = route(app, &path)?;
@@ -419,15 +420,9 @@ pub(crate) fn upstream_target(
     path: &str,
     query: Option<&str>,
 ) -> Result<http::uri::PathAndQuery, ProxyError> {
-    let rest = if route.config.strip_prefix {
-        let stripped = &path[route.config.path_prefix.len().min(path.len())..];
-        if stripped.starts_with('/') { stripped.to_string() } else { format!("/{stripped}") }
-    } else {
-        path.to_string()
-    };
-    let mut pq = String::with_capacity(route.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
-    pq.push_str(&route.base_path);
-    pq.push_str(&rest);
+    let parts = upstream_path(route, path);
+    let mut pq = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + query.map_or(0, |q| q.len() + 1));
+    parts.iter().for_each(|p| pq.push_str(p));
     if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);
@@ -436,6 +431,17 @@ pub(crate) fn upstream_target(
     // goes to the route's upstream, and `Host` names it. Parsing checks that the
     // target holds only characters a request line may carry.
     http::uri::PathAndQuery::try_from(pq).map_err(|_| ProxyError::BadRequest("the path cannot be forwarded"))
+}
+
+/// The upstream path, in pieces to write one after the other: the route's base path,
+/// a `/` if stripping the prefix left none, the (rest of the) normalised path.
+pub(crate) fn upstream_path<'a>(route: &'a Route, path: &'a str) -> [&'a str; 3] {
+    if route.config.strip_prefix {
+        let stripped = &path[route.config.path_prefix.len().min(path.len())..];
+        [&route.base_path, if stripped.starts_with('/') { "" } else { "/" }, stripped]
+    } else {
+        [&route.base_path, "", path]
+    }
 }
 
 /// Response hygiene (SPEC §3 step 7): hop-by-hop headers and any echoed internal

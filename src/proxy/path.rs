@@ -34,7 +34,7 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Decodes percent-encoded unreserved characters, upper-cases the hex of the rest,
 /// then removes dot-segments (RFC 3986 §5.2.4), refusing any climb above the root.
-pub fn normalize(path: &str) -> Result<String, PathError> {
+pub fn normalize(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -42,7 +42,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     // Fast path: nothing to decode and no dot-segment possible.
     let needs_work = bytes.iter().any(|&b| matches!(b, b'%' | b'.' | b'\\' | 0));
     if !needs_work {
-        return Ok(path.to_string());
+        return Ok(std::borrow::Cow::Borrowed(path));
     }
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
@@ -80,7 +80,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
             }
         }
     }
-    remove_dot_segments(&decoded)
+    remove_dot_segments(&decoded).map(std::borrow::Cow::Owned)
 }
 
 fn remove_dot_segments(path: &str) -> Result<String, PathError> {
