@@ -64,3 +64,25 @@ for path in api off; do
   sha=${sha:-0}
   echo "/$path/: $reqs requests, $((total / reqs)) Ir/request, $(((total - sha) / reqs)) without software SHA-256"
 done
+
+# The same count for nginx as the plain keep-alive proxy (load.sh's configuration, in
+# one process), for scale: what forwarding alone costs in a lean event loop.
+P_NGINX=18090
+sed 's/^master_process on;/master_process off;/' "$OUT/nginx/nginx.conf" >"$OUT/nginx/nginx-callgrind.conf"
+cg=$OUT/callgrind-nginx.out
+rm -f "$cg" "$cg".*
+valgrind --tool=callgrind --callgrind-out-file="$cg" \
+  nginx -p "$OUT/nginx" -e "$OUT/nginx/error.log" -c "$OUT/nginx/nginx-callgrind.conf" 2>"$OUT/callgrind-nginx.log" &
+pid=$!
+PIDS+=($pid)
+for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$P_NGINX/api/orders" 2>/dev/null && break; sleep 0.2; done
+url=http://127.0.0.1:$P_NGINX/api/orders
+wrk -t1 -c8 -d2s -s "$ROOT/benches/rotate_tokens.lua" "$url" -- /api/orders >/dev/null
+callgrind_control -z "$pid" >/dev/null
+reqs=$(wrk -t1 -c8 -d"${SECONDS_MEASURED}s" -s "$ROOT/benches/rotate_tokens.lua" "$url" -- /api/orders |
+  awk '/requests in/ {print $1}')
+callgrind_control -d "$pid" >/dev/null
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+total=$(callgrind_annotate "$cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "nginx proxy_pass: $reqs requests, $((total / reqs)) Ir/request"
