@@ -93,6 +93,21 @@ fn fuzz_config() {
     run("config");
 }
 
+#[test]
+fn fuzz_h1_request() {
+    run("h1_request");
+}
+
+#[test]
+fn fuzz_h1_response() {
+    run("h1_response");
+}
+
+#[test]
+fn fuzz_chunked() {
+    run("chunked");
+}
+
 /// The verification fixture is not vacuous: valid tokens of every allowed algorithm
 /// pass, and the same tokens broken in one way each fail.
 #[test]
@@ -319,4 +334,103 @@ upstream = "https://backend.example"
 "#,
     );
     write("config", "empty", "");
+
+    write_h1_seeds();
+}
+
+/// The seeds of the HTTP/1.1 fast path targets alone (they need no fixture).
+#[test]
+#[ignore = "regenerates fuzz/corpus/{h1_request,h1_response,chunked}; run by hand"]
+fn write_h1_seed_corpus() {
+    write_h1_seeds();
+}
+
+fn write_h1_seeds() {
+    // h1_request: max_head, split point (of 256), what the client sent.
+    for (n, max_head, split, raw) in [
+        (
+            "get-pipelined",
+            8192,
+            128,
+            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: 1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n",
+        ),
+        ("close", 8192, 200, "DELETE / HTTP/1.1\r\nConnection: keep-alive, Close\r\nHost: x\r\n\r\n"),
+        ("bare-lf", 1024, 17, "GET /x HTTP/1.1\nHost: x\nAccept: */*\n\n"),
+        ("partial", 8192, 100, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"),
+        (
+            "oversized",
+            64,
+            30,
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        ),
+        (
+            "exact-max",
+            100,
+            255,
+            "GET /exactly-one-hundred HTTP/1.1\r\nHost: example.com\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        ),
+        ("http10", 8192, 50, "GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
+        ("absolute-form", 8192, 50, "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("connect", 8192, 50, "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n"),
+        ("te-chunked", 8192, 50, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("expect", 8192, 50, "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"),
+        ("upgrade", 8192, 50, "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+        ("two-hosts", 8192, 50, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("length-list", 8192, 50, "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\na"),
+        ("h2-preface", 8192, 50, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        ("fragment", 8192, 50, "GET /a#b HTTP/1.1\r\n\r\n"),
+        ("del-in-value", 8192, 50, "GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n"),
+    ] {
+        write("h1_request", n, h1_request_input(max_head, split, raw.as_bytes()));
+    }
+
+    // h1_response: HEAD request?, close the client's connection?, what the upstream sent.
+    for (n, head_request, close, raw) in [
+        ("length", false, false, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"),
+        (
+            "interim-chunked",
+            false,
+            true,
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+             Connection: X-Secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("head", true, false, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"x\"\r\n\r\n"),
+        ("no-content", false, false, "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+        ("not-modified", false, false, "HTTP/1.1 304 Not Modified\r\nContent-Length: 7, 7\r\nETag: x\r\n\r\n"),
+        (
+            "http10-close",
+            false,
+            false,
+            "HTTP/1.0 200 OK\r\nX_Internal_Token: t\r\nx-internal-token: u\r\nX-Request-Id: theirs\r\nDate: D\r\n\r\nbody",
+        ),
+        (
+            "hop-by-hop",
+            false,
+            false,
+            "HTTP/1.1 200 OK\r\nProxy-Connection: x\r\nTE: trailers\r\nTrailer: x\r\nUpgrade: h2\r\n\
+             Transfer_Encoding: gzip\r\nContent-Length: 0\r\n\r\n",
+        ),
+        ("ambiguous", false, false, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        ("gzip-chunked", false, false, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+        ("lengths-differ", false, false, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+        ("switch", false, false, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"),
+        ("partial", false, false, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-"),
+    ] {
+        write("h1_response", n, h1_response_input(head_request, close, raw.as_bytes()));
+    }
+
+    // chunked: mode byte (split size, how the round trip encodes), then a body.
+    for (n, mode, body) in [
+        ("extension-trailer", 0x00u8, "5\r\nhello\r\n6;name=\"v\"\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT"),
+        ("upper-hex", 0x2b, "A\r\n0123456789\r\n0\r\n\r\n"),
+        ("empty-body", 0xf0, "0\r\n\r\n"),
+        ("then-response", 0x07, "3\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        ("overflow", 0x01, "11111111111111111\r\n"),
+        ("missing-crlf", 0x02, "5\r\nhelloXX"),
+        ("text", 0xfd, "The quick brown fox jumps over the lazy dog, again and again and again."),
+    ] {
+        let mut v = vec![mode];
+        v.extend_from_slice(body.as_bytes());
+        write("chunked", n, v);
+    }
 }

@@ -5,7 +5,8 @@
 //! - by the stable-Rust property test `tests/fuzz_smoke.rs` of the main crate, which
 //!   includes it with `#[path]` and runs every target over the committed corpus plus
 //!   a few thousand deterministic mutations. So it may only use crates the main crate
-//!   depends on (claimsmith, http, serde, serde_json, base64, jsonwebtoken, tokio, url).
+//!   depends on (claimsmith, bytes, http, httparse, serde, serde_json, base64, jsonwebtoken,
+//!   tokio, url).
 //!
 //! A target returns normally when the input is handled correctly and panics (the
 //! fuzzer's crash signal) when an invariant is broken.
@@ -15,6 +16,9 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::BytesMut;
+use claimsmith::h1::chunked::{ChunkError, ChunkedDecoder};
+use claimsmith::h1::wire::{self, BadResponse, Framing, Parsed, RequestHead, ResponseHead};
 use claimsmith::proxy::{hygiene, path};
 use claimsmith::verify::Verifier;
 use claimsmith::verify::jwks::KeySet;
@@ -401,12 +405,14 @@ pub fn hygiene(data: &[u8]) {
 
     // strip: no hop-by-hop, no Connection-listed and no dropped name survives; all else does.
     let drop_c = canon(&drop);
+    // Every ASCII element of every Connection value names a field, also in a value that
+    // holds obs-text elsewhere (RFC 9110 §7.6.1).
     let listed: Vec<String> = original
         .get_all(http::header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| canon(s.trim())).collect::<Vec<_>>())
-        .filter(|s| !s.is_empty())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty() && t.is_ascii())
+        .map(|t| canon(&String::from_utf8_lossy(t)))
         .collect();
     let doomed = |n: &str| {
         let c = canon(n);
@@ -560,6 +566,531 @@ pub fn config(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
+// HTTP/1.1 fast path: request heads
+
+/// Smallest and largest `max_head` (`listen.max_header_bytes`) an `h1_request` input picks.
+pub const H1_MIN_HEAD: usize = 64;
+pub const H1_MAX_HEAD: usize = 8192;
+
+/// An `h1_request` input: bytes 0-1 (little-endian) pick `max_head`, byte 2 where the
+/// request is split in two reads, the rest is what the client sent.
+pub fn h1_request_input(max_head: usize, split: u8, raw: &[u8]) -> Vec<u8> {
+    assert!((H1_MIN_HEAD..=H1_MAX_HEAD).contains(&max_head));
+    let mut v = ((max_head - H1_MIN_HEAD) as u16).to_le_bytes().to_vec();
+    v.push(split);
+    v.extend_from_slice(raw);
+    v
+}
+
+fn h1_kind(p: &Parsed) -> &'static str {
+    match p {
+        Parsed::Partial => "Partial",
+        Parsed::Fast(_) => "Fast",
+        Parsed::HandOver => "HandOver",
+    }
+}
+
+/// Parses `input` as the client's bytes read so far; returns the outcome and the buffer
+/// as `parse_request` left it, after checking the contract on both.
+fn h1_parse_checked(input: &[u8], max_head: usize) -> (Parsed, BytesMut) {
+    let mut buf = BytesMut::from(input);
+    let parsed = wire::parse_request(&mut buf, max_head);
+    h1_check_request(input, max_head, &parsed, &buf);
+    (parsed, buf)
+}
+
+/// The contract of `wire::parse_request` for one call on `input`.
+fn h1_check_request(input: &[u8], max_head: usize, parsed: &Parsed, rest: &[u8]) {
+    match parsed {
+        Parsed::Partial => {
+            assert_eq!(rest, input, "Partial changed the buffer");
+            // Waiting for more is only right while no complete head is there and the
+            // bytes so far still fit in max_head (else the buffer grows without bound).
+            assert!(input.len() <= max_head, "Partial with {} bytes > max_head {max_head}", input.len());
+            let mut fields = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+            let status = httparse::Request::new(&mut fields).parse(input);
+            assert!(matches!(status, Ok(httparse::Status::Partial)), "Partial, but httparse says {status:?}");
+        }
+        Parsed::HandOver => assert_eq!(rest, input, "HandOver changed the buffer"),
+        Parsed::Fast(head) => h1_check_fast(input, max_head, head, rest),
+    }
+}
+
+fn h1_check_fast(input: &[u8], max_head: usize, head: &RequestHead, rest: &[u8]) {
+    let raw: &[u8] = &head.raw;
+    let n = raw.len();
+    assert!(n > 0 && n <= max_head, "Fast head of {n} bytes, max_head {max_head}");
+    assert!(input.starts_with(raw), "raw is not the front of the input");
+    assert_eq!(rest, &input[n..], "Fast did not take exactly the head off the buffer");
+    // The head ends exactly where an independent parse of the input says.
+    let mut fields = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    assert_eq!(req.parse(input), Ok(httparse::Status::Complete(n)), "raw is not exactly the head");
+    assert_eq!(req.version, Some(1), "Fast for a request that is not HTTP/1.1");
+    let method = req.method.expect("method of a complete head");
+    assert_eq!(head.method.as_str(), method, "method differs from the request line");
+    assert_ne!(head.method, http::Method::CONNECT, "CONNECT took the fast path");
+    // The target: origin-form, visible ASCII, no fragment, and path + query is all of it.
+    let target = req.path.expect("target of a complete head");
+    assert!(target.starts_with('/') && head.target.path().starts_with('/'), "target not in origin-form: {target:?}");
+    assert!(target.bytes().all(|b| b.is_ascii_graphic() && b != b'#'), "target not visible ASCII: {target:?}");
+    let path = head.target.path();
+    assert!(!path.contains('?'), "path {path:?} holds the query");
+    let rebuilt = match head.target.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    assert_eq!(rebuilt, target, "path and query are not the target");
+    assert_eq!((head.target.len(), head.target.is_empty()), (target.len(), false));
+    // Header fields: each one of the head, with its value, in order per name.
+    assert_eq!(head.headers.len(), req.headers.len(), "header map does not hold every field");
+    let (mut hosts, mut close, mut lengths) = (0, false, Vec::new());
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        let expected: Vec<&[u8]> =
+            req.headers.iter().filter(|o| o.name.eq_ignore_ascii_case(&name)).map(|o| o.value).collect();
+        let got: Vec<&[u8]> = head.headers.get_all(name.as_str()).iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(got, expected, "values of {name} differ from the head's");
+        assert!(
+            !["transfer-encoding", "expect", "upgrade"].contains(&name.as_str()),
+            "a request with {name} took the fast path"
+        );
+        match name.as_str() {
+            "host" => hosts += 1,
+            "content-length" => lengths.push(h.value),
+            "connection" => {
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    assert!(!token.eq_ignore_ascii_case(b"upgrade"), "Connection: upgrade took the fast path");
+                    close |= token.eq_ignore_ascii_case(b"close");
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(hosts <= 1, "{hosts} Host fields took the fast path");
+    assert_eq!(head.close, close, "close differs from the Connection field");
+    match lengths.as_slice() {
+        [] => assert_eq!(head.body_len, 0, "body length without Content-Length"),
+        [v] => {
+            assert!(!v.is_empty() && v.iter().all(u8::is_ascii_digit), "Content-Length {v:?} took the fast path");
+            let n: u64 = std::str::from_utf8(v).unwrap().parse().expect("a Content-Length that is not a u64");
+            assert_eq!(head.body_len, n, "body_len differs from Content-Length");
+        }
+        more => panic!("{} Content-Length fields took the fast path", more.len()),
+    }
+}
+
+fn h1_same_head(a: &RequestHead, b: &RequestHead) {
+    assert_eq!(a.raw, b.raw, "a different head when read in two pieces");
+    assert_eq!(
+        (&a.method, a.target.path(), a.target.query(), a.body_len, a.close),
+        (&b.method, b.target.path(), b.target.query(), b.body_len, b.close)
+    );
+    assert_eq!(a.headers, b.headers);
+}
+
+/// Target `h1_request`: `h1::wire::parse_request` of what a client sent (see
+/// [`h1_request_input`]). Never panics; Partial and HandOver leave the buffer byte for
+/// byte; Fast takes exactly the head off and holds only what the fast path serves
+/// (HTTP/1.1, origin-form visible-ASCII target, no CONNECT, Transfer-Encoding,
+/// Expect, Upgrade or `Connection: upgrade`, at most one Host and one valid
+/// Content-Length, at most max_head bytes). The same bytes read in two pieces give the
+/// same outcome.
+pub fn h1_request(data: &[u8]) {
+    let (max_head, split, raw) = match data {
+        [lo, hi, split, raw @ ..] => {
+            (H1_MIN_HEAD + usize::from(u16::from_le_bytes([*lo, *hi])) % (H1_MAX_HEAD - H1_MIN_HEAD + 1), *split, raw)
+        }
+        _ => (H1_MAX_HEAD, 0, data),
+    };
+    let (whole, _) = h1_parse_checked(raw, max_head);
+    // Two reads: the first `at` bytes, then the rest appended to what is left.
+    let at_split = raw.len() * usize::from(split) / 256;
+    for at in [at_split, raw.len().saturating_sub(1)] {
+        if at == 0 || at >= raw.len() {
+            continue;
+        }
+        let (first, mut buf) = h1_parse_checked(&raw[..at], max_head);
+        match (&first, &whole) {
+            (Parsed::Partial, _) => {
+                buf.extend_from_slice(&raw[at..]);
+                let second = wire::parse_request(&mut buf, max_head);
+                h1_check_request(raw, max_head, &second, &buf);
+                match (&second, &whole) {
+                    (Parsed::Fast(a), Parsed::Fast(b)) => h1_same_head(a, b),
+                    (a, b) => assert_eq!(h1_kind(a), h1_kind(b), "two reads (split at {at}) decide otherwise"),
+                }
+            }
+            // A head complete in the first piece is the same head in the whole.
+            (Parsed::Fast(a), Parsed::Fast(b)) => h1_same_head(a, b),
+            (Parsed::HandOver, Parsed::HandOver) => {}
+            (a, b) => panic!("the first {at} bytes gave {}, all of them {}", h1_kind(a), h1_kind(b)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 fast path: upstream response heads
+
+/// The internal token header the response heads of `h1_response` must never carry.
+pub const H1_TOKEN_HEADER: &str = "x-internal-token";
+/// The request id `h1_response` writes.
+pub const H1_REQUEST_ID: &str = "fuzz-request-1";
+
+/// An `h1_response` input: byte 0 holds flags (bit 0: the request was HEAD; bit 1:
+/// the client's connection closes after this answer), the rest is what the upstream sent.
+pub fn h1_response_input(head_request: bool, close: bool, raw: &[u8]) -> Vec<u8> {
+    let mut v = vec![u8::from(head_request) | u8::from(close) << 1];
+    v.extend_from_slice(raw);
+    v
+}
+
+/// What `parse_response` must make of an upstream's bytes, by an independent reading
+/// of the framing rules.
+#[derive(Debug)]
+enum H1Expected {
+    /// Not complete; the interim answers before `at` were taken off.
+    Partial { at: usize },
+    /// A final head at `start..end`.
+    Head { start: usize, end: usize, status: u16, framing: Framing, close: bool, length: Option<u64> },
+    /// Refused for one of these reasons (several rules may be broken at once).
+    Refused(Vec<BadResponse>),
+}
+
+fn h1_response_oracle(input: &[u8], head_request: bool) -> H1Expected {
+    let mut at = 0;
+    loop {
+        let buf = &input[at..];
+        let mut fields = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        let n = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() < wire::MAX_RESPONSE_HEAD => return H1Expected::Partial { at },
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return H1Expected::Refused(vec![BadResponse::TooLarge]);
+            }
+            Err(_) => return H1Expected::Refused(vec![BadResponse::Malformed]),
+        };
+        let code = resp.code.expect("status of a complete head");
+        match code {
+            0..=99 => return H1Expected::Refused(vec![BadResponse::Malformed]),
+            101 => return H1Expected::Refused(vec![BadResponse::Switch]),
+            100..=199 => {
+                at += n;
+                continue;
+            }
+            _ => {}
+        }
+        let values = |name: &str| -> Vec<&[u8]> {
+            resp.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .flat_map(|h| h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii))
+                .collect()
+        };
+        // Content-Length: every list element 1-19 digits, all equal.
+        let lengths = values("content-length");
+        let parsed: Vec<Option<u64>> = lengths
+            .iter()
+            .map(|v| {
+                let digits = !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+                digits.then(|| std::str::from_utf8(v).unwrap().parse().unwrap())
+            })
+            .collect();
+        let bad_length = parsed.iter().any(|p| p.is_none() || *p != parsed[0]);
+        let length = parsed.first().copied().flatten();
+        let codings = values("transfer-encoding");
+        let has_te = resp.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        let chunked = codings.len() == 1 && codings[0].eq_ignore_ascii_case(b"chunked");
+        let bodiless = head_request || code == 204 || code == 304;
+        let mut refused = Vec::new();
+        if bad_length {
+            refused.push(BadResponse::ContentLength);
+        }
+        if !bodiless && has_te && !lengths.is_empty() {
+            refused.push(BadResponse::AmbiguousLength);
+        }
+        if !bodiless && has_te && !chunked {
+            refused.push(BadResponse::TransferEncoding);
+        }
+        if !refused.is_empty() {
+            return H1Expected::Refused(refused);
+        }
+        let framing = match (bodiless, has_te, length) {
+            (true, _, _) => Framing::Empty,
+            (false, true, _) => Framing::Chunked,
+            (false, false, Some(n)) => Framing::Length(n),
+            (false, false, None) => Framing::Close,
+        };
+        let close = resp.version != Some(1)
+            || framing == Framing::Close
+            || values("connection").iter().any(|t| t.eq_ignore_ascii_case(b"close"));
+        return H1Expected::Head { start: at, end: at + n, status: code, framing, close, length };
+    }
+}
+
+/// Target `h1_response`: `h1::wire::parse_response` of what an upstream sent (see
+/// [`h1_response_input`]) agrees with an independent reading of the framing rules
+/// (interim answers skipped, 101 refused, HEAD/204/304 bodiless, Transfer-Encoding
+/// only as exactly `chunked` and never with Content-Length, Content-Length values
+/// valid and equal, else read to close). A parsed head written for the client with
+/// `write_response_head` is one well-formed head with our framing, one request id,
+/// no token header and no hop-by-hop field but ours, and every end-to-end field kept.
+pub fn h1_response(data: &[u8]) {
+    let Some((&flags, input)) = data.split_first() else { return };
+    let (head_request, close) = (flags & 1 != 0, flags & 2 != 0);
+    let mut buf = BytesMut::from(input);
+    let result = wire::parse_response(&mut buf, head_request);
+    let expected = h1_response_oracle(input, head_request);
+    match (&result, &expected) {
+        (Ok(None), H1Expected::Partial { at }) => {
+            assert_eq!(&buf[..], &input[*at..], "interim answers not taken off exactly")
+        }
+        (Ok(Some(head)), H1Expected::Head { start, end, status, framing, close: upstream_close, length }) => {
+            assert_eq!(&buf[..], &input[*end..], "the head was not taken off exactly");
+            assert_eq!(head.status.as_u16(), *status);
+            assert_eq!(head.framing, *framing, "framing of {:?}", String::from_utf8_lossy(&input[*start..*end]));
+            assert_eq!(head.close, *upstream_close, "whether the upstream connection closes");
+            h1_check_written(head, &input[*start..*end], *length, close);
+        }
+        (Err(e), H1Expected::Refused(why)) => assert!(why.contains(e), "refused with {e:?}, expected one of {why:?}"),
+        (got, want) => panic!("parse_response gave {got:?}, expected {want:?}"),
+    }
+}
+
+/// What the client gets for `head` (whose bytes are `upstream`).
+fn h1_check_written(head: &ResponseHead, upstream: &[u8], length: Option<u64>, close: bool) {
+    let request_id = HeaderValue::from_static(H1_REQUEST_ID);
+    let mut out = Vec::new();
+    wire::write_response_head(&mut out, head, H1_TOKEN_HEADER, &request_id, close);
+    let shown = String::from_utf8_lossy(&out).into_owned();
+    let mut fields = [httparse::EMPTY_HEADER; 2 * wire::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    assert_eq!(resp.parse(&out), Ok(httparse::Status::Complete(out.len())), "not one well-formed head: {shown:?}");
+    assert_eq!((resp.version, resp.code), (Some(1), Some(head.status.as_u16())), "{shown:?}");
+    // Names compared canonically (lower case, `_` as `-`), as backends may merge them.
+    let count = |name: &str| resp.headers.iter().filter(|h| canon(h.name) == name).count();
+    let value = |name: &str| resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let ids: Vec<&[u8]> =
+        resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-request-id")).map(|h| h.value).collect();
+    assert_eq!(ids, [H1_REQUEST_ID.as_bytes()], "not exactly our request id: {shown:?}");
+    assert_eq!(count(H1_TOKEN_HEADER), 0, "the token header reaches the client: {shown:?}");
+    for hop in
+        ["keep-alive", "te", "trailer", "upgrade", "proxy-connection", "proxy-authenticate", "proxy-authorization"]
+    {
+        assert_eq!(count(hop), 0, "hop-by-hop {hop} reaches the client: {shown:?}");
+    }
+    // Connection: only ours, `close`, exactly when asked.
+    assert_eq!(count("connection"), usize::from(close), "{shown:?}");
+    if close {
+        assert_eq!(value("connection"), Some(&b"close"[..]));
+    }
+    // Framing: ours only, one way, matching the upstream's.
+    let lengths = resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).count();
+    let te = count("transfer-encoding");
+    assert!(lengths <= 1 && te <= 1 && lengths + te <= 1, "framing fields: {shown:?}");
+    if te == 1 {
+        assert_eq!(value("transfer-encoding"), Some(&b"chunked"[..]), "{shown:?}");
+    }
+    let written_length = value("content-length").map(|v| std::str::from_utf8(v).unwrap().parse::<u64>().unwrap());
+    match head.framing {
+        Framing::Chunked | Framing::Close => assert_eq!(te, 1, "chunked toward the client: {shown:?}"),
+        Framing::Length(n) => assert_eq!(written_length, Some(n), "{shown:?}"),
+        Framing::Empty => {
+            assert_eq!(te, 0, "{shown:?}");
+            if head.status == http::StatusCode::NO_CONTENT {
+                assert_eq!(lengths, 0, "a 204 with Content-Length: {shown:?}");
+            } else {
+                assert_eq!(written_length, length, "HEAD/304 length not passed on: {shown:?}");
+            }
+        }
+    }
+    // Every end-to-end field of the upstream is kept, in order, and nothing else
+    // comes through: what the client gets is those, then our own fields.
+    let mut up_fields = [httparse::EMPTY_HEADER; wire::MAX_HEADERS];
+    let mut up = httparse::Response::new(&mut up_fields);
+    assert!(matches!(up.parse(upstream), Ok(httparse::Status::Complete(_))));
+    let listed: Vec<String> = up
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+        .map(canon)
+        .collect();
+    let dropped = |name: &str| {
+        let c = canon(name);
+        HOP_BY_HOP.contains(&c.as_str())
+            || c == H1_TOKEN_HEADER
+            || listed.contains(&c)
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("x-request-id")
+    };
+    let kept: Vec<(&str, &[u8])> = up.headers.iter().filter(|h| !dropped(h.name)).map(|h| (h.name, h.value)).collect();
+    let got: Vec<(&str, &[u8])> = resp.headers.iter().map(|h| (h.name, h.value)).collect();
+    // RFC 9110 §7.6.1: the fields `Connection` names are for the upstream hop only
+    // (ours, which the upstream may name too, are written anyway).
+    const OURS: [&str; 5] = ["content-length", "transfer-encoding", "x-request-id", "connection", "date"];
+    for (n, _) in &got {
+        assert!(!listed.contains(&canon(n)) || OURS.contains(n), "Connection-listed {n} reaches the client: {shown:?}");
+    }
+    assert!(got.starts_with(&kept), "end-to-end fields not kept as they were: {shown:?}");
+    let ours: Vec<String> = got[kept.len()..].iter().map(|(n, _)| n.to_string()).collect();
+    for n in &ours {
+        let upstream_date = kept.iter().any(|(k, _)| k.eq_ignore_ascii_case("date"));
+        let allowed = OURS[..4].contains(&n.as_str()) || (n == "date" && !upstream_date);
+        assert!(allowed, "{n} is neither the upstream's nor ours: {shown:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 fast path: chunked bodies
+
+/// What feeding a decoder gave.
+#[derive(Debug, PartialEq, Eq)]
+struct Decoded {
+    data: Vec<u8>,
+    /// Bytes consumed (0 once refused).
+    used: usize,
+    done: bool,
+    error: Option<ChunkError>,
+}
+
+/// Feeds `input` to a new decoder in pieces of `piece()` bytes (at least one), checking
+/// that a call consumes at most its piece, all of it unless the body ended, never
+/// hands on more data than it consumed, and that a finished decoder takes nothing more.
+fn decode_pieces(input: &[u8], mut piece: impl FnMut() -> usize) -> Decoded {
+    let mut d = ChunkedDecoder::default();
+    let mut out = Decoded { data: Vec::new(), used: 0, done: false, error: None };
+    while out.used < input.len() && !out.done {
+        let n = piece().clamp(1, input.len() - out.used);
+        let part = &input[out.used..out.used + n];
+        let before = out.data.len();
+        match d.feed(part, |b| out.data.extend_from_slice(b)) {
+            Ok(k) => {
+                assert!(k <= n, "consumed {k} of {n} bytes");
+                assert!(out.data.len() - before <= k, "handed on more data than it consumed");
+                assert!(k == n || d.is_done(), "stopped after {k} of {n} bytes without the body's end");
+                out.used += k;
+                out.done = d.is_done();
+            }
+            Err(e) => {
+                // A refused body's connection is closed: what was consumed no longer matters.
+                out.error = Some(e);
+                out.used = 0;
+                return out;
+            }
+        }
+    }
+    if out.done {
+        let next = [&input[out.used..], b"5\r\nhello\r\n0\r\n\r\n"].concat();
+        let again = d.feed(&next, |_| panic!("data after the end of the body"));
+        assert_eq!(again, Ok(0), "a finished decoder consumed more");
+        assert!(d.is_done());
+    }
+    out
+}
+
+/// Extensions a round trip adds after a chunk size (valid per RFC 9112 §7.1.1).
+const CHUNK_EXTENSIONS: &[&[u8]] =
+    &[b";a", b";name=value", b";q=\"quoted; \\\"value\\\"\"", b" ;x=1", b"\t;y = z", b";a=1;b;c=\"\""];
+/// Trailer sections a round trip adds after the last chunk.
+const CHUNK_TRAILERS: &[&[u8]] = &[b"x-trailer: 1\r\n", b"Expires: never\r\nx-a:\r\nx-b:  2 \r\n"];
+/// What may follow a chunked body on a connection.
+const CHUNK_AFTER: &[&[u8]] = &[b"", b"HTTP/1.1 200 OK\r\n\r\n", b"0\r\n\r\n", b"\r\n", b"5\r\nhello"];
+
+/// FNV-1a, to seed split points from the input.
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Target `chunked`: byte 0 picks how bodies are split into reads (bits 0-2: the
+/// largest piece) and how the round trip encodes (bits 3-7), the rest is
+/// (a) fed to `ChunkedDecoder` as an upstream's body: never panics, consumes at most
+///     what it is given (all of it unless the body ended), nothing once done, and the
+///     outcome does not depend on how the input is split into reads;
+/// (b) cut into data pieces, encoded with `write_chunk` and `LAST_CHUNK` (plus
+///     extensions and trailers inserted by hand), followed by more bytes: decoding in
+///     random pieces gives back the data and consumes exactly the encoding.
+pub fn chunked(data: &[u8]) {
+    let Some((&mode, body)) = data.split_first() else { return };
+    let mut rng = Rng::new(fnv(data));
+    let max_piece = [1, 2, 3, 7, 16, 100, 4096, usize::MAX][usize::from(mode & 7)];
+    let pieces = |rng: &mut Rng| 1 + rng.below(max_piece.min(body.len() + 1));
+
+    // (a) arbitrary bytes.
+    let whole = decode_pieces(body, || usize::MAX);
+    let split = decode_pieces(body, || pieces(&mut rng));
+    assert_eq!(split, whole, "the outcome depends on how the body is split into reads");
+    let single = decode_pieces(body, || 1);
+    assert_eq!(single, whole, "the outcome differs when read byte by byte");
+
+    // (b) round trip.
+    let mut expected = Vec::new();
+    let mut encoded = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let n = match rng.below(4) {
+            0 => 0,
+            1 => 1 + rng.below(8),
+            2 => 1 + rng.below(300),
+            _ => body.len(),
+        }
+        .min(body.len() - at);
+        let piece = &body[at..at + n];
+        at += n;
+        expected.extend_from_slice(piece);
+        let start = encoded.len();
+        wire::write_chunk(&mut encoded, piece);
+        if piece.is_empty() {
+            assert_eq!(encoded.len(), start, "an empty piece was written as a chunk (the last chunk)");
+            continue;
+        }
+        let size_end = start + encoded[start..].iter().position(|&b| b == b'\r').expect("a chunk size line");
+        assert_eq!(
+            usize::from_str_radix(std::str::from_utf8(&encoded[start..size_end]).unwrap(), 16),
+            Ok(n),
+            "the chunk size is not the piece's length"
+        );
+        if mode & 0x08 != 0 {
+            encoded[start..size_end].make_ascii_uppercase();
+        }
+        if mode & 0x10 != 0 && rng.below(2) == 0 {
+            encoded.splice(start..start, *b"000");
+        }
+        if mode & 0x20 != 0 && rng.below(2) == 0 {
+            let ext = CHUNK_EXTENSIONS[rng.below(CHUNK_EXTENSIONS.len())];
+            let size_end = start + encoded[start..].iter().position(|&b| b == b'\r').unwrap();
+            encoded.splice(size_end..size_end, ext.iter().copied());
+        }
+    }
+    let mut last = wire::LAST_CHUNK.to_vec();
+    if mode & 0x40 != 0 {
+        // Trailer fields go between the last chunk's line and the final CRLF.
+        let line_end = last.windows(2).position(|w| w == b"\r\n").expect("the last chunk's line") + 2;
+        let trailers = CHUNK_TRAILERS[rng.below(CHUNK_TRAILERS.len())];
+        last.splice(line_end..line_end, trailers.iter().copied());
+    }
+    if mode & 0x80 != 0 {
+        let ext = CHUNK_EXTENSIONS[rng.below(CHUNK_EXTENSIONS.len())];
+        last.splice(1..1, ext.iter().copied());
+    }
+    encoded.extend_from_slice(&last);
+    let mut stream = encoded.clone();
+    stream.extend_from_slice(CHUNK_AFTER[rng.below(CHUNK_AFTER.len())]);
+    stream.extend_from_slice(&body[..rng.below(body.len().min(16) + 1)]);
+    let decoded = decode_pieces(&stream, || pieces(&mut rng));
+    let shown = String::from_utf8_lossy(&encoded);
+    assert_eq!(decoded.error, None, "refused a valid chunked body: {shown:?}");
+    assert!(decoded.done, "did not finish a whole chunked body: {shown:?}");
+    assert!(decoded.data == expected, "decoded data differs from the pieces encoded: {shown:?}");
+    assert_eq!(decoded.used, encoded.len(), "did not consume exactly the chunked body: {shown:?}");
+    // Cut short, it is neither finished nor refused.
+    let cut = decode_pieces(&encoded[..encoded.len() - 1], || pieces(&mut rng));
+    assert_eq!((cut.error, cut.done, cut.used), (None, false, encoded.len() - 1), "a truncated body: {shown:?}");
+}
+
+// ---------------------------------------------------------------------------
 // A small deterministic mutator for the stable smoke test (libFuzzer has its own).
 
 /// xorshift64*: deterministic, seedable, good enough to mutate inputs.
@@ -639,6 +1170,21 @@ const DICTIONARY: &[&[u8]] = &[
     b"algorithms = [\"HS256\"]",
     b"auth = \"off\"",
     b"ttl = \"99999999999999999999h\"",
+    b"\r\n",
+    b"\r\n\r\n",
+    b" HTTP/1.1\r\n",
+    b"HTTP/1.1 200 OK\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.0",
+    b"Host: x\r\n",
+    b"Content-Length: ",
+    b"Transfer-Encoding: chunked\r\n",
+    b"chunked",
+    b"Expect: 100-continue\r\n",
+    b"x-internal-token: ",
+    b"0\r\n\r\n",
+    b"\r\n0\r\n",
+    b"ffffffffffffffff",
 ];
 
 /// One to four random edits of `input` (byte flips, inserts, deletes, dictionary
@@ -687,4 +1233,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hygiene", hygiene),
     ("normalize", normalize),
     ("config", config),
+    ("h1_request", h1_request),
+    ("h1_response", h1_response),
+    ("chunked", chunked),
 ];

@@ -204,6 +204,7 @@ async fn exchange(
                 Ok(None) => {}
                 Err(e) => {
                     tracing::info!(route = %route.name, error = %e, "the response could not be passed on whole; closing the connection");
+                    outcome.error = Some("response_incomplete");
                     close = true;
                 }
             }
