@@ -235,6 +235,14 @@ pub struct Minted {
     expires_at: u64,
     app: Arc<StoredMetadata>,
     client: Arc<StoredMetadata>,
+    /// When it was minted, for the reuse store's expiry.
+    created: std::time::Instant,
+}
+
+impl crate::metadata::store::Timestamped for Minted {
+    fn created(&self) -> std::time::Instant {
+        self.created
+    }
 }
 
 type ReuseKey = ([u8; 32], Arc<str>);
@@ -251,7 +259,9 @@ pub struct Minter {
     bearer: bool,
     published: Vec<Arc<SigningKey>>,
     header_json_b64: String,
-    reuse: moka::sync::Cache<ReuseKey, Minted>,
+    /// The same sharded store as the metadata cache (a lookup per request: a lock and
+    /// a hash, none of moka's read bookkeeping).
+    reuse: crate::metadata::store::Store<ReuseKey, Minted, std::convert::Infallible>,
     minted: std::sync::atomic::AtomicU64,
     reused: std::sync::atomic::AtomicU64,
 }
@@ -281,7 +291,10 @@ impl Minter {
             // Reuse pays off for callers that come back within half a token's life;
             // the most recent 10,000 are enough for that, and each entry holds a whole
             // signed token (~0.7 KB), so a larger bound costs memory, not signatures.
-            reuse: moka::sync::Cache::builder().max_capacity(REUSE_CAPACITY).time_to_live(cfg.ttl).build(),
+            reuse: {
+                let ttl = cfg.ttl;
+                crate::metadata::store::Store::new(REUSE_CAPACITY, Box::new(move |_: &Minted| ttl))
+            },
             minted: Default::default(),
             reused: Default::default(),
         })
@@ -369,6 +382,7 @@ impl Minter {
                     expires_at: exp,
                     app: req.app_metadata.clone(),
                     client: req.client_metadata.clone(),
+                    created: std::time::Instant::now(),
                 },
             );
         }
