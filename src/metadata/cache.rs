@@ -18,6 +18,47 @@ use crate::config::CacheConfig;
 /// (issuer, user or client id).
 pub type Key = (Arc<str>, Arc<str>);
 
+/// A [`Key`] seen as two strings, so a lookup can use `(&str, &str)` and allocate
+/// nothing; hashes and compares exactly as the tuple of `Arc<str>` does.
+trait KeyParts {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl KeyParts for Key {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl KeyParts for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn KeyParts + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `(Arc<str>, Arc<str>)` hashes: each `str` in turn.
+        let (a, b) = self.parts();
+        a.hash(state);
+        b.hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
 #[derive(Clone)]
 struct Entry {
     /// `None`: the source said this id does not exist.
@@ -193,13 +234,13 @@ impl MetadataCache {
         id: &str,
         lookup: &mut CacheLookup,
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
-        let key: Key = (issuer.clone(), Arc::from(id));
         let cache = self.cache(kind);
-        if let Some(e) = cache.get(&key) {
-            if e.value.is_some() && e.fetched_at.elapsed() >= self.ttl {
+        let probe: &dyn KeyParts = &(&**issuer, id);
+        if let Some((e, age)) = cache.get_aged(probe) {
+            if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
-                self.refresh_in_background(kind, source, key);
+                self.refresh_in_background(kind, source, (issuer.clone(), Arc::from(id)));
             } else {
                 self.stats.hits.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Hit;
@@ -210,7 +251,7 @@ impl MetadataCache {
         *lookup = CacheLookup::Miss;
         // Boxed: a miss is the rare path, and its state (single-flight, the source
         // call) would otherwise enlarge, and be copied with, every lookup's future.
-        Box::pin(self.load(kind, source, key)).await
+        Box::pin(self.load(kind, source, (issuer.clone(), Arc::from(id)))).await
     }
 
     /// A miss: asks the source (one call for concurrent misses of one key), unless
@@ -366,6 +407,24 @@ async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_key_finds_what_an_owned_key_stored() {
+        let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
+        for i in 0..200 {
+            let key: Key = (Arc::from("https://issuer/"), Arc::from(format!("user|{i}").as_str()));
+            store.insert(key, Entry { value: None, fetched_at: Instant::now() });
+        }
+        for i in 0..200 {
+            let id = format!("user|{i}");
+            let probe: &dyn KeyParts = &("https://issuer/", id.as_str());
+            assert!(store.get_aged(probe).is_some(), "{id} not found by a borrowed key");
+        }
+        let other: &dyn KeyParts = &("https://other/", "user|1");
+        assert!(store.get_aged(other).is_none());
+        let swapped: &dyn KeyParts = &("user|1", "https://issuer/");
+        assert!(store.get_aged(swapped).is_none());
+    }
 
     #[test]
     fn failure_warnings_are_folded_to_one_a_second() {

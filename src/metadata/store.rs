@@ -67,21 +67,31 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
         }
     }
 
-    fn shard(&self, key: &K) -> MutexGuard<'_, HashMap<K, Slot<V>>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, Slot<V>>> {
         let i = (self.hasher.hash_one(key) >> 7) as usize % self.shards.len();
         lock(&self.shards[i])
     }
 
     /// The value of `key`, unless absent or past its lifetime.
     pub fn get(&self, key: &K) -> Option<V> {
+        self.get_aged(key).map(|(v, _)| v)
+    }
+
+    /// The value and its age, unless absent or past its lifetime. `key` may be any
+    /// borrowed form of `K` that hashes as `K` does (so a lookup need not build a `K`).
+    pub fn get_aged<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<(V, Duration)>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         let mut shard = self.shard(key);
         let slot = shard.get_mut(key)?;
-        if slot.value.created().elapsed() >= (self.lifetime)(&slot.value) {
+        let age = slot.value.created().elapsed();
+        if age >= (self.lifetime)(&slot.value) {
             shard.remove(key);
             return None;
         }
         slot.last_used = self.uses.fetch_add(1, Relaxed);
-        Some(slot.value.clone())
+        Some((slot.value.clone(), age))
     }
 
     pub fn insert(&self, key: K, value: V) {
