@@ -25,6 +25,22 @@ pub struct RequestHead {
     pub close: bool,
     /// The head's bytes, to give hyper the request as it came.
     pub raw: Bytes,
+    /// `Authorization` values, kept out of `headers`: never forwarded, they need not
+    /// become (and be validated again as) `HeaderValue`s. At most two are kept: a
+    /// second one is already an error.
+    pub authorization: [Option<Bytes>; 2],
+}
+
+impl RequestHead {
+    pub fn authorization(&self) -> impl Iterator<Item = &[u8]> {
+        self.authorization.iter().flatten().map(|b| &b[..])
+    }
+
+    /// What the `Authorization` fields add to the head's size, counted as
+    /// `proxy::check_head` counts every field.
+    pub fn authorization_len(&self) -> usize {
+        self.authorization().map(|v| "authorization".len() + v.len() + 4).sum()
+    }
 }
 
 /// The origin-form request target as sent (`/path?query`): visible ASCII only.
@@ -138,7 +154,16 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let head = buf.split_to(len).freeze();
     // Room for the fields the pipeline adds (forwarding headers, the token).
     let mut headers = HeaderMap::with_capacity(spans.len() + 8);
+    let mut authorization: [Option<Bytes>; 2] = [None, None];
+    let mut authorizations = 0;
     for (name, value) in &spans {
+        if head[name.clone()].eq_ignore_ascii_case(b"authorization") {
+            if let Some(slot) = authorization.get_mut(authorizations) {
+                *slot = Some(head.slice(value.clone()));
+            }
+            authorizations += 1;
+            continue;
+        }
         let (Ok(name), Ok(value)) =
             (HeaderName::from_bytes(&head[name.clone()]), HeaderValue::from_maybe_shared(head.slice(value.clone())))
         else {
@@ -152,7 +177,15 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         headers.append(name, value);
     }
     let target = Target { bytes: head.slice(target_at), path_end };
-    Parsed::Fast(RequestHead { method, target, headers, body_len: body_len.unwrap_or(0), close, raw: head })
+    Parsed::Fast(RequestHead {
+        method,
+        target,
+        headers,
+        body_len: body_len.unwrap_or(0),
+        close,
+        raw: head,
+        authorization,
+    })
 }
 
 /// Where each field's name and value sit in `buf`, which they borrow from.
@@ -523,6 +556,12 @@ mod tests {
         assert_eq!(&buf[..], b"abcGET");
         let Parsed::Fast(h) = parse("DELETE / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n") else { panic!() };
         assert!(h.close);
+        // Authorization values are kept apart (and counted in the head's size), all of them.
+        let raw = "GET / HTTP/1.1\r\nAuthorization: Bearer a.b.c\r\nX: 1\r\nauthorization: Basic x\r\n\r\n";
+        let Parsed::Fast(h) = parse(raw) else { panic!() };
+        assert_eq!(h.authorization().collect::<Vec<_>>(), [&b"Bearer a.b.c"[..], b"Basic x"]);
+        assert!(h.headers.get("authorization").is_none());
+        assert_eq!(h.authorization_len(), (13 + 12 + 4) + (13 + 7 + 4));
         assert!(matches!(parse("GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
     }
 

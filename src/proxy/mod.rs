@@ -159,7 +159,9 @@ async fn pipeline(
     let (route, path) = route_request(app, target_len, req.uri().path(), req.headers())?;
     let path = path.into_owned();
     outcome.route = Some(route.name.clone());
-    let internal_token = authorize(app, route, req.headers(), &mut outcome.cache).await?;
+    let authorization = req.headers().get_all(header::AUTHORIZATION);
+    let authorization = authorization.iter().map(HeaderValue::as_bytes);
+    let internal_token = authorize(app, route, authorization, req.headers(), &mut outcome.cache).await?;
     let on_client_upgrade =
         hygiene::upgrade_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let upstream_req =
@@ -190,7 +192,8 @@ async fn pipeline(
 }
 
 /// The checks that need no token: head size, path normalisation, routing. Returns the
-/// route and the normalised path. `target_len` is the request target's length.
+/// route and the normalised path. `target_len` is the request target's length, plus
+/// the size of any field kept out of `headers` (the fast path's `Authorization`).
 pub(crate) fn route_request<'a, 'p>(
     app: &'a App,
     target_len: usize,
@@ -205,13 +208,17 @@ pub(crate) fn route_request<'a, 'p>(
 
 /// Authentication and enrichment, as the route asks: the internal token to forward,
 /// if the route authenticated a caller.
-pub(crate) async fn authorize(
+/// `authorization` holds the values of every `Authorization` header (the fast path
+/// keeps them out of `headers`: they are never forwarded, and so never need to be a
+/// validated `HeaderValue`).
+pub(crate) async fn authorize<'a>(
     app: &App,
     route: &Route,
-    headers: &HeaderMap,
+    authorization: impl Iterator<Item = &'a [u8]>,
+    headers: &'a HeaderMap,
     cache_outcome: &mut Option<&'static str>,
 ) -> Result<Option<HeaderValue>, ProxyError> {
-    match authenticate(app, route, headers).await? {
+    match authenticate(app, route, authorization, headers).await? {
         Some(id) => Ok(Some(enrich(app, route, &id, cache_outcome).await?)),
         None => Ok(None),
     }
@@ -253,11 +260,16 @@ fn route<'a>(app: &'a App, path: &str) -> Result<&'a Route, ProxyError> {
 }
 
 /// Finds and verifies the token, as the route's `auth` asks.
-async fn authenticate(app: &App, route: &Route, headers: &HeaderMap) -> Result<Option<VerifiedIdentity>, ProxyError> {
+async fn authenticate<'a>(
+    app: &App,
+    route: &Route,
+    authorization: impl Iterator<Item = &'a [u8]>,
+    headers: &'a HeaderMap,
+) -> Result<Option<VerifiedIdentity>, ProxyError> {
     if route.config.auth == AuthMode::Off {
         return Ok(None);
     }
-    match extract_token(headers, app.config.listen.token_cookie.as_deref())? {
+    match extract_token(authorization, headers, app.config.listen.token_cookie.as_deref())? {
         Some(token) => Ok(Some(app.verifier.verify(token).await?)),
         None if route.config.auth == AuthMode::Required => Err(ProxyError::MissingToken),
         None => Ok(None),
@@ -265,14 +277,24 @@ async fn authenticate(app: &App, route: &Route, headers: &HeaderMap) -> Result<O
 }
 
 /// `Authorization: Bearer <jwt>` (scheme case-insensitive, one or more spaces), else
-/// the token cookie. Another scheme is no token.
-pub fn extract_token<'a>(headers: &'a HeaderMap, cookie: Option<&str>) -> Result<Option<&'a str>, ProxyError> {
-    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
-    if let Some(v) = auth.next() {
-        if auth.next().is_some() {
+/// the token cookie. Another scheme is no token. `authorization` holds the values of
+/// every `Authorization` header, as received (already free of control characters
+/// other than tab: both parsers refuse them).
+pub fn extract_token<'a>(
+    mut authorization: impl Iterator<Item = &'a [u8]>,
+    headers: &'a HeaderMap,
+    cookie: Option<&str>,
+) -> Result<Option<&'a str>, ProxyError> {
+    if let Some(v) = authorization.next() {
+        if authorization.next().is_some() {
             return Err(ProxyError::BadRequest("more than one Authorization header"));
         }
-        let v = v.to_str().map_err(|_| ProxyError::BadRequest("the Authorization header is not text"))?;
+        // ASCII is what `HeaderValue::to_str` asks for here, checked a word at a time.
+        let v = match v.is_ascii() {
+            true => std::str::from_utf8(v).ok(),
+            false => None,
+        };
+        let v = v.ok_or(ProxyError::BadRequest("the Authorization header is not text"))?;
         if let Some((scheme, rest)) = v.split_once(' ')
             && scheme.eq_ignore_ascii_case("bearer")
         {
