@@ -167,9 +167,8 @@ async fn exchange(
     stopping: bool,
 ) -> (Step, Instant) {
     let start = Instant::now();
-    let authorization_len = head.authorization_len();
     let RequestHead { method, target, mut headers, body_len, close: client_close, raw, authorization } = head;
-    let routed = proxy::route_request(app, target.len() + authorization_len, target.path(), &headers);
+    let routed = proxy::route_request(app, target.len() + authorization.len_in_head(), target.path(), &headers);
     if let Ok((route, _)) = &routed
         && route.h1.is_none()
     {
@@ -184,8 +183,7 @@ async fn exchange(
     let forwarded = async {
         let (route, path) = routed?;
         outcome.route = Some(route.name.clone());
-        let authorization = authorization.iter().flatten().map(|b| &b[..]);
-        let token = proxy::authorize(app, route, authorization, &headers, &mut outcome.cache).await?;
+        let token = proxy::authorize(app, route, authorization.values(), &headers, &mut outcome.cache).await?;
         proxy::prepare_headers(app, route, &mut headers, None, conn, &request_id, token, None);
         out.clear();
         wire::write_request_head(out, &method, &proxy::upstream_path(route, &path), target.query(), &headers);

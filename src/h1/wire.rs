@@ -25,21 +25,24 @@ pub struct RequestHead {
     pub close: bool,
     /// The head's bytes, to give hyper the request as it came.
     pub raw: Bytes,
-    /// `Authorization` values, kept out of `headers`: never forwarded, they need not
-    /// become (and be validated again as) `HeaderValue`s. At most two are kept: a
-    /// second one is already an error.
-    pub authorization: [Option<Bytes>; 2],
+    pub authorization: Authorization,
 }
 
-impl RequestHead {
-    pub fn authorization(&self) -> impl Iterator<Item = &[u8]> {
-        self.authorization.iter().flatten().map(|b| &b[..])
+/// `Authorization` values, kept out of the header map: never forwarded, they need
+/// not become (and be validated again as) `HeaderValue`s. At most two are kept: a
+/// second one is already an error.
+#[derive(Debug, Default)]
+pub struct Authorization([Option<Bytes>; 2]);
+
+impl Authorization {
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().flatten().map(|b| &b[..])
     }
 
-    /// What the `Authorization` fields add to the head's size, counted as
-    /// `proxy::check_head` counts every field.
-    pub fn authorization_len(&self) -> usize {
-        self.authorization().map(|v| "authorization".len() + v.len() + 4).sum()
+    /// What these fields add to the head's size, counted as `proxy::check_head`
+    /// counts every field.
+    pub fn len_in_head(&self) -> usize {
+        self.values().map(|v| "authorization".len() + v.len() + 4).sum()
     }
 }
 
@@ -154,11 +157,11 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let head = buf.split_to(len).freeze();
     // Room for the fields the pipeline adds (forwarding headers, the token).
     let mut headers = HeaderMap::with_capacity(spans.len() + 8);
-    let mut authorization: [Option<Bytes>; 2] = [None, None];
+    let mut authorization = Authorization::default();
     let mut authorizations = 0;
     for (name, value) in &spans {
         if head[name.clone()].eq_ignore_ascii_case(b"authorization") {
-            if let Some(slot) = authorization.get_mut(authorizations) {
+            if let Some(slot) = authorization.0.get_mut(authorizations) {
                 *slot = Some(head.slice(value.clone()));
             }
             authorizations += 1;
@@ -559,9 +562,9 @@ mod tests {
         // Authorization values are kept apart (and counted in the head's size), all of them.
         let raw = "GET / HTTP/1.1\r\nAuthorization: Bearer a.b.c\r\nX: 1\r\nauthorization: Basic x\r\n\r\n";
         let Parsed::Fast(h) = parse(raw) else { panic!() };
-        assert_eq!(h.authorization().collect::<Vec<_>>(), [&b"Bearer a.b.c"[..], b"Basic x"]);
+        assert_eq!(h.authorization.values().collect::<Vec<_>>(), [&b"Bearer a.b.c"[..], b"Basic x"]);
         assert!(h.headers.get("authorization").is_none());
-        assert_eq!(h.authorization_len(), (13 + 12 + 4) + (13 + 7 + 4));
+        assert_eq!(h.authorization.len_in_head(), (13 + 12 + 4) + (13 + 7 + 4));
         assert!(matches!(parse("GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
     }
 
