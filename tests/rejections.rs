@@ -841,25 +841,27 @@ async fn token_only_in_the_query_string_is_no_token() {
 // ---------------------------------------------------------------------------
 // Authorization headers that cannot be read as one bearer token
 
-/// A raw GET of `/api/x` with `fields` as written.
-fn raw_with(h: &Harness, fields: &[&[u8]]) -> Vec<u8> {
+/// Sends a raw GET of `/api/x` with the fields `fields` makes from a valid token of
+/// USER_1; returns the harness and the answer.
+async fn answer_to(fields: impl FnOnce(&str) -> Vec<Vec<u8>>) -> (Harness, Resp) {
+    let h = Harness::start().await;
+    let t = h.issuer.token(USER_1);
+    h.add_secret(&t);
     let mut req = format!("GET /api/x HTTP/1.1\r\nHost: {}\r\n", h.proxy.proxy_addr).into_bytes();
-    for f in fields {
-        req.extend_from_slice(f);
+    for f in fields(&t) {
+        req.extend_from_slice(&f);
         req.extend_from_slice(b"\r\n");
     }
     req.extend_from_slice(b"\r\n");
-    req
+    let r = h.raw(&req).await.expect("no answer").to_resp();
+    (h, r)
 }
 
 #[tokio::test]
 async fn two_authorization_headers_are_400_even_when_both_are_valid() {
-    let h = Harness::start().await;
-    let t = h.issuer.token(USER_1);
-    h.add_secret(&t);
-    let first = format!("Authorization: Bearer {t}");
-    let second = format!("authorization: Bearer {t}");
-    let r = h.raw(&raw_with(&h, &[first.as_bytes(), second.as_bytes()])).await.expect("no answer").to_resp();
+    let (h, r) =
+        answer_to(|t| vec![format!("Authorization: Bearer {t}").into(), format!("authorization: Bearer {t}").into()])
+            .await;
     r.assert_problem(400);
     assert!(r.text().contains("more than one Authorization header"), "{}", r.text());
     assert!(h.upstream.saw_nothing());
@@ -867,12 +869,8 @@ async fn two_authorization_headers_are_400_even_when_both_are_valid() {
 
 #[tokio::test]
 async fn authorization_that_is_not_text_is_400() {
-    let h = Harness::start().await;
-    let t = h.issuer.token(USER_1);
-    h.add_secret(&t);
     // obs-text (a Latin-1 byte) after an otherwise valid token.
-    let field = [format!("Authorization: Bearer {t}").as_bytes(), b"\xe9"].concat();
-    let r = h.raw(&raw_with(&h, &[&field])).await.expect("no answer").to_resp();
+    let (h, r) = answer_to(|t| vec![[format!("Authorization: Bearer {t}").as_bytes(), b"\xe9"].concat()]).await;
     r.assert_problem(400);
     assert!(r.text().contains("not text"), "{}", r.text());
     assert!(h.upstream.saw_nothing());
@@ -880,12 +878,11 @@ async fn authorization_that_is_not_text_is_400() {
 
 #[tokio::test]
 async fn bearer_token_with_an_embedded_space_is_invalid() {
-    let h = Harness::start().await;
-    let t = h.issuer.token(USER_1);
-    h.add_secret(&t);
-    let (a, b) = t.split_at(t.len() / 2);
-    let field = format!("Authorization: Bearer {a} {b}");
-    let r = h.raw(&raw_with(&h, &[field.as_bytes()])).await.expect("no answer").to_resp();
+    let (h, r) = answer_to(|t| {
+        let (a, b) = t.split_at(t.len() / 2);
+        vec![format!("Authorization: Bearer {a} {b}").into()]
+    })
+    .await;
     r.assert_invalid_token();
     assert!(h.upstream.saw_nothing());
 }
