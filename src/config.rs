@@ -96,6 +96,9 @@ pub struct ListenConfig {
     pub request_timeout: Duration,
     /// How long a client may take to send its request head (slowloris guard).
     pub header_read_timeout: Duration,
+    /// Serve plain HTTP/1.1 with the hand-written fast path (`h1`); off, hyper
+    /// serves every connection. Both run the same pipeline.
+    pub fast_path: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +217,9 @@ pub struct TokenConfig {
     pub copy_claims: Vec<String>,
 }
 
+/// `route.max_body_bytes` when not set: 10 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     Required,
@@ -233,6 +239,10 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     pub app_metadata: Option<Vec<String>>,
     pub client_metadata: Option<Vec<String>>,
+    /// Whether WebSocket upgrades are forwarded (docs/security.md, "Upgrades").
+    pub websocket: bool,
+    /// Largest request body forwarded; a larger one is refused with 413.
+    pub max_body_bytes: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -269,6 +279,7 @@ struct RawListen {
     max_header_bytes: Option<i64>,
     request_timeout: Option<String>,
     header_read_timeout: Option<String>,
+    fast_path: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -352,6 +363,8 @@ struct RawRoute {
     strip_prefix: bool,
     app_metadata: Option<Vec<String>>,
     client_metadata: Option<Vec<String>>,
+    websocket: Option<bool>,
+    max_body_bytes: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -626,6 +639,7 @@ fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig {
         max_header_bytes,
         request_timeout,
         header_read_timeout,
+        fast_path: raw.fast_path.unwrap_or(true),
     }
 }
 
@@ -1036,6 +1050,17 @@ fn validate_routes(
             }
         }
         let ca_file = readable_file(&k("ca_file"), r.ca_file, base, errs);
+        // A tunnel carries bytes nobody inspects: only a verified caller may open one
+        // by default (docs/security.md, "Upgrades").
+        let websocket = r.websocket.unwrap_or(auth != AuthMode::Off);
+        let max_body_bytes = match r.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(n) if n >= 0 => n as u64,
+            Some(n) => {
+                errs.push(k("max_body_bytes"), format!("{n} is negative"));
+                DEFAULT_MAX_BODY_BYTES
+            }
+        };
         out.push(RouteConfig {
             name: Arc::from(path_prefix.as_str()),
             path_prefix,
@@ -1046,6 +1071,8 @@ fn validate_routes(
             strip_prefix: r.strip_prefix,
             app_metadata: r.app_metadata,
             client_metadata: r.client_metadata,
+            websocket,
+            max_body_bytes,
         });
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));

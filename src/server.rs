@@ -347,10 +347,16 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 // The fast path serves plain HTTP/1.1 and hands anything else to hyper.
                 let watcher = graceful.watcher();
                 let (alive, stop) = (alive.clone(), stop.clone());
+                let fast_path = state.app.load().config.listen.fast_path;
                 tokio::spawn(async move {
                     let _alive = alive;
-                    let h1::Served::HandOver(io) = h1::serve(stream, conn.clone(), &state.app, stop).await else {
-                        return;
+                    let io = match fast_path {
+                        true => match h1::serve(stream, conn.clone(), &state.app, stop).await {
+                            h1::Served::HandOver(io) => io,
+                            h1::Served::Done => return,
+                        },
+                        // Off: hyper serves the whole connection (same pipeline).
+                        false => h1::Rewind::new(bytes::Bytes::new(), stream),
                     };
                     let (fut, first_request, head_timeout) = hyper_connection(&state, io, conn);
                     drop_if_no_request(watcher.watch(fut), first_request, head_timeout).await;
