@@ -28,6 +28,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("the request header section is too large")]
     HeaderTooLarge,
+    #[error("the request body is larger than this route accepts")]
+    PayloadTooLarge,
     #[error("a bearer token is required")]
     MissingToken,
     #[error("{0}")]
@@ -61,6 +63,7 @@ impl ProxyError {
             ProxyError::BadPath(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MissingToken | ProxyError::InvalidToken(_) | ProxyError::UnknownSubject => {
                 StatusCode::UNAUTHORIZED
             }
@@ -78,6 +81,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute => "no_route",
             ProxyError::HeaderTooLarge => "header_too_large",
+            ProxyError::PayloadTooLarge => "payload_too_large",
             ProxyError::MissingToken => "missing_token",
             ProxyError::InvalidToken(e) => e.label(),
             ProxyError::UnknownSubject => "unknown_subject",
@@ -94,6 +98,7 @@ impl ProxyError {
             ProxyError::BadPath(_) | ProxyError::BadRequest(_) => "urn:claimsmith:problem:bad-request",
             ProxyError::NoRoute => "urn:claimsmith:problem:no-route",
             ProxyError::HeaderTooLarge => "urn:claimsmith:problem:header-too-large",
+            ProxyError::PayloadTooLarge => "urn:claimsmith:problem:payload-too-large",
             ProxyError::MissingToken => "urn:claimsmith:problem:missing-token",
             ProxyError::InvalidToken(_) | ProxyError::UnknownSubject => "urn:claimsmith:problem:invalid-token",
             ProxyError::KeysUnavailable => "urn:claimsmith:problem:keys-unavailable",

@@ -1075,3 +1075,238 @@ async fn refused_head_request_gets_no_body_and_the_connection_stays_in_step() {
     assert_ok(&c.roundtrip(get(&h, "/off/next")).await, "echo /off/next");
     assert!(up.requests().iter().all(|s| s.target != "/auth/x"), "the refused request reached the upstream");
 }
+
+// ---------------------------------------------------------------------------
+// Message framing (docs/security.md, "Message framing"): every test runs over both
+// transports, the fast path and hyper (`listen.fast_path = false`).
+
+/// [`proxy_to`] with the fast path on or off, and `route_extra` appended to both of
+/// `up`'s routes' tables (e.g. `max_body_bytes = 16`).
+async fn proxy_with(up: &RawUpstream, fast_path: bool, route_extra: &str) -> Harness {
+    let t = template(up)
+        .replacen("[listen]\n", &format!("[listen]\nfast_path = {fast_path}\n"), 1)
+        .replace("auth = \"off\"\n", &format!("auth = \"off\"\n{route_extra}\n"))
+        .replace("audience = \"orders-api\"\n", &format!("audience = \"orders-api\"\n{route_extra}\n"));
+    Harness::start_with(&t, default_metadata()).await
+}
+
+const TRANSPORTS: [bool; 2] = [true, false];
+
+/// The three payloads of the `Connection: content-length` smuggling attack: the body
+/// is a request for a protected path with no token. Each is refused with 400, the
+/// upstream sees nothing at all, and the client gets no second answer.
+#[tokio::test]
+async fn connection_naming_content_length_cannot_smuggle_a_request() {
+    let smuggled = "GET /auth/admin HTTP/1.1\r\nHost: a\r\n\r\n";
+    for fast_path in TRANSPORTS {
+        let up = RawUpstream::echo().await;
+        let h = proxy_with(&up, fast_path, "").await;
+        for connection in ["content-length", "keep-alive, Content_Length", "close, content-length"] {
+            let mut c = Wire::connect(&h).await;
+            c.send(format!(
+                "POST /off/x HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ))
+            .await;
+            let r = c.read_final(false).await.unwrap_or_else(|e| panic!("{connection} (fast_path {fast_path}): {e}"));
+            assert_eq!(r.status, 400, "{connection} (fast_path {fast_path}): {}", r.text());
+            r.audit(&h);
+            let (extra, _) = c.extra(Duration::from_millis(200)).await;
+            assert!(extra.is_empty(), "a second answer came: {:?}", String::from_utf8_lossy(&extra));
+        }
+        assert!(up.requests().is_empty(), "fast_path {fast_path}: the upstream saw {:?}", up.requests());
+        // The pooled upstream connections are in step: the next request gets its own answer.
+        let mut c = Wire::connect(&h).await;
+        assert_ok(&c.roundtrip(get(&h, "/off/after")).await, "echo /off/after");
+        assert_eq!(up.requests().len(), 1);
+        up.assert_no_errors();
+    }
+}
+
+/// Fields that frame or route a request must be beyond doubt (RFC 9112 §3.2, §6.3).
+#[tokio::test]
+async fn ambiguous_framing_and_routing_fields_are_refused() {
+    let cases = [
+        ("no Host", "GET /off/a HTTP/1.1\r\n\r\n"),
+        ("two Hosts", "GET /off/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("a Content-Length list", "POST /off/a HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\n\r\nab"),
+        ("Connection naming Host", "GET /off/a HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n"),
+        (
+            "Connection naming Transfer-Encoding",
+            "POST /off/a HTTP/1.1\r\nHost: a\r\nConnection: Transfer_Encoding\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        ),
+    ];
+    for fast_path in TRANSPORTS {
+        let up = RawUpstream::echo().await;
+        let h = proxy_with(&up, fast_path, "").await;
+        for (what, raw) in cases {
+            let mut c = Wire::connect(&h).await;
+            c.send(raw).await;
+            let r = c.read_final(false).await.unwrap_or_else(|e| panic!("{what} (fast_path {fast_path}): {e}"));
+            assert_eq!(r.status, 400, "{what} (fast_path {fast_path}): {}", r.text());
+        }
+        assert!(up.requests().is_empty(), "fast_path {fast_path}: the upstream saw {:?}", up.requests());
+        // Two equal Content-Length fields: refused where claimsmith parses the head
+        // itself; hyper's parser merges equal values into one (as RFC 9110 §8.6
+        // allows), and exactly one length goes on with the body it frames.
+        let mut c = Wire::connect(&h).await;
+        let raw = "POST /off/two HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab";
+        let r = c.roundtrip(raw).await;
+        match fast_path {
+            true => {
+                assert_eq!(r.status, 400, "{}", r.text());
+                assert!(up.requests().is_empty());
+            }
+            false => {
+                assert_ok(&r, "echo /off/two");
+                let s = up.requests().pop().expect("forwarded");
+                assert_eq!((s.head.all("content-length"), &s.body[..]), (vec!["2"], &b"ab"[..]));
+            }
+        }
+        up.assert_no_errors();
+    }
+}
+
+/// The forwarded body's framing is claimsmith's own, from the length it parsed: the
+/// client's `Content-Length` is not copied (nor any other framing field).
+#[tokio::test]
+async fn forwarded_bodies_carry_one_length_of_claimsmiths_own() {
+    for fast_path in TRANSPORTS {
+        let up = RawUpstream::start(|r| ok(&format!("{} {}", r.target, r.body.len()))).await;
+        let h = proxy_with(&up, fast_path, "").await;
+        let mut c = Wire::connect(&h).await;
+        let r = c.roundtrip("POST /off/b HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 5\r\n\r\nhelloGET").await;
+        assert_ok(&r, "/off/b 5");
+        // "GET" was left after the body: completing it makes the next request.
+        let r = c.roundtrip(" /off/c HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_ok(&r, "/off/c 0");
+        let r = c.roundtrip("POST /off/empty HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").await;
+        assert_ok(&r, "/off/empty 0");
+        let seen = up.requests();
+        assert_eq!(seen.len(), 3, "fast_path {fast_path}: {seen:?}");
+        assert_eq!((seen[0].head.all("content-length"), &seen[0].body[..]), (vec!["5"], &b"hello"[..]));
+        assert!(seen[1].head.all("content-length").is_empty() && seen[1].head.all("transfer-encoding").is_empty());
+        assert_eq!(seen[2].head.all("content-length"), ["0"]);
+        up.assert_no_errors();
+    }
+}
+
+/// `max_body_bytes`: a declared length past it is refused before the upstream is
+/// contacted; a chunked body is counted as it streams.
+#[tokio::test]
+async fn bodies_past_max_body_bytes_are_refused_with_413() {
+    for fast_path in TRANSPORTS {
+        let up = RawUpstream::start(|r| ok(&format!("{} {}", r.target, r.body.len()))).await;
+        let h = proxy_with(&up, fast_path, "max_body_bytes = 16").await;
+        let mut c = Wire::connect(&h).await;
+        let r = c
+            .roundtrip(format!("POST /off/ok HTTP/1.1\r\nHost: a\r\nContent-Length: 16\r\n\r\n{}", "x".repeat(16)))
+            .await;
+        assert_ok(&r, "/off/ok 16");
+        // Only the head is sent: the answer must not wait for 17 bytes.
+        let mut c = Wire::connect(&h).await;
+        c.send("POST /off/big HTTP/1.1\r\nHost: a\r\nContent-Length: 17\r\n\r\n").await;
+        let r = c.read_final(false).await.expect("413 before the body");
+        assert_eq!(r.status, 413, "fast_path {fast_path}: {}", r.text());
+        r.audit(&h);
+        let mut c = Wire::connect(&h).await;
+        c.send("POST /auth/huge HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000000000000\r\n\r\n").await;
+        assert_eq!(c.read_final(false).await.expect("413").status, 413);
+        let mut c = Wire::connect(&h).await;
+        let chunked = format!(
+            "POST /off/chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{}\r\n2\r\nzz\r\n0\r\n\r\n",
+            "y".repeat(16)
+        );
+        let r = c.roundtrip(chunked).await;
+        assert_eq!(r.status, 413, "fast_path {fast_path}: {}", r.text());
+        let seen: Vec<String> = up.requests().iter().map(|s| s.target.clone()).collect();
+        assert!(!seen.iter().any(|t| t == "/off/big" || t == "/auth/huge"), "fast_path {fast_path}: {seen:?}");
+        assert!(up.requests().iter().all(|s| s.body.len() <= 16));
+    }
+}
+
+/// `Upgrade: h2c` is never forwarded: the request goes on as a plain HTTP/1.1 request
+/// (the `Upgrade` field is hop-by-hop), so no tunnel can open. A WebSocket upgrade on
+/// an `auth = "off"` route is not forwarded either unless the route says
+/// `websocket = true`.
+#[tokio::test]
+async fn h2c_and_unauthenticated_websocket_upgrades_are_not_forwarded() {
+    let upgrades = [
+        "GET /off/h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        "GET /auth/h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nAuthorization: Bearer {token}\r\n\r\n",
+        "GET /off/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    ];
+    for fast_path in TRANSPORTS {
+        // An upstream that would switch to anything it is offered.
+        let up = RawUpstream::start(|r| match r.head.get("upgrade") {
+            Some(p) => vec![
+                write(format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {p}\r\n\r\n")),
+                Step::Close,
+            ],
+            None => ok(&format!("plain {}", r.target)),
+        })
+        .await;
+        let h = proxy_with(&up, fast_path, "").await;
+        let token = h.issuer.token(USER_1);
+        h.add_secret(&token);
+        for raw in upgrades {
+            let mut c = Wire::connect(&h).await;
+            let r = c.roundtrip(raw.replace("{token}", &token)).await;
+            r.audit(&h);
+            assert_eq!(r.status, 200, "fast_path {fast_path}: {raw:?}: {}", r.text());
+            assert!(r.text().starts_with("plain /"), "{}", r.text());
+        }
+        for s in up.requests() {
+            for f in ["upgrade", "http2-settings", "connection"] {
+                assert!(s.head.get(f).is_none(), "fast_path {fast_path}: {f} reached the upstream: {:?}", s.head);
+            }
+        }
+        assert_eq!(up.requests().len(), upgrades.len());
+    }
+}
+
+/// An upstream that switches protocols for a request that asked for no switch gets
+/// a 502: what follows on its connection is not HTTP, and is never relayed.
+#[tokio::test]
+async fn an_unasked_protocol_switch_is_a_bad_gateway() {
+    for fast_path in TRANSPORTS {
+        let up = RawUpstream::start(|_| {
+            vec![
+                write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nRAW BYTES"),
+                Step::Close,
+            ]
+        })
+        .await;
+        let h = proxy_with(&up, fast_path, "").await;
+        let mut c = Wire::connect(&h).await;
+        let r = c.roundtrip(get(&h, "/off/x")).await;
+        assert_eq!(r.status, 502, "fast_path {fast_path}: {}", r.text());
+        assert!(!r.text().contains("RAW BYTES"));
+    }
+}
+
+/// Response queue poisoning: an upstream that writes an answer nobody asked for on
+/// an idle kept-alive connection. The connection is not used again, so the next
+/// request (here another client's) gets its own answer.
+#[tokio::test]
+async fn an_unsolicited_answer_on_an_idle_connection_is_never_delivered() {
+    for fast_path in TRANSPORTS {
+        let up = RawUpstream::start(|r| {
+            let mut s = ok(&format!("echo {}", r.target));
+            if r.target == "/off/one" {
+                s.extend([pause_ms(50), write("HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned")]);
+            }
+            s
+        })
+        .await;
+        let h = proxy_with(&up, fast_path, "").await;
+        let mut c = Wire::connect(&h).await;
+        assert_ok(&c.roundtrip(get(&h, "/off/one")).await, "echo /off/one");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut other = Wire::connect(&h).await;
+        assert_ok(&other.roundtrip(get(&h, "/off/two")).await, "echo /off/two");
+        assert_ok(&c.roundtrip(get(&h, "/off/three")).await, "echo /off/three");
+        assert!(up.connections() >= 2, "fast_path {fast_path}: the poisoned connection was reused");
+        up.assert_no_errors();
+    }
+}

@@ -300,3 +300,41 @@ async fn websocket_upgrade_passes_through_with_the_internal_token() {
     }
     assert_eq!(ws_seen.lock().unwrap().len(), before);
 }
+
+/// WebSocket upgrades are forwarded only where the route allows them: by default on
+/// routes that authenticate the caller, and on an `auth = "off"` route only with
+/// `websocket = true` (docs/security.md, "Upgrades"). Refused, the request goes on as
+/// a plain GET without `Upgrade`, which the WebSocket backend does not accept.
+#[tokio::test]
+async fn websocket_upgrades_only_where_the_route_allows_them() {
+    init();
+    let (ws_addr, ws_seen) = ws_echo().await;
+    let template = format!(
+        "{DEFAULT_TOML}\n[[route]]\npath_prefix = \"/open-ws/\"\nupstream = \"http://{ws_addr}\"\nauth = \"off\"\n\n\
+         [[route]]\npath_prefix = \"/open-ws-on/\"\nupstream = \"http://{ws_addr}\"\nauth = \"off\"\nwebsocket = true\n\n\
+         [[route]]\npath_prefix = \"/ws-off/\"\nupstream = \"http://{ws_addr}\"\naudience = \"ws-api\"\nwebsocket = false\n"
+    );
+    let h = Harness::start_with(&template, default_metadata()).await;
+    let token = h.issuer.token(USER_1);
+    for (path, allowed) in [("/open-ws/echo", false), ("/open-ws-on/echo", true), ("/ws-off/echo", false)] {
+        let mut req = format!("ws://{}{path}", h.proxy.proxy_addr).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let before = ws_seen.lock().unwrap().len();
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((mut ws, resp)) => {
+                assert!(allowed, "{path}: upgraded");
+                assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+                ws.send(Message::text("hi")).await.unwrap();
+                assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "hi");
+                assert_eq!(ws_seen.lock().unwrap().len(), before + 1);
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert!(!allowed, "{path}: refused with {}", resp.status());
+                assert_ne!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+                // The backend never saw an upgrade request.
+                assert_eq!(ws_seen.lock().unwrap().len(), before, "{path}");
+            }
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+}

@@ -70,6 +70,10 @@ pub async fn serve(mut client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut s
             Next::Head(head) => head,
             Next::Closed => return Served::Done,
             Next::HandOver => return Served::HandOver(Rewind::new(rbuf.freeze(), client)),
+            Next::Refuse(method, why) => {
+                refuse(&apps.load(), &mut client, &method, why, &mut out).await;
+                return Served::Done;
+            }
         };
         let app = apps.load_full();
         let stopping = *stop.borrow();
@@ -95,6 +99,7 @@ enum Next {
     Head(RequestHead),
     Closed,
     HandOver,
+    Refuse(Method, &'static str),
 }
 
 /// Reads until `rbuf` starts with a whole request head, within the header read timeout.
@@ -111,6 +116,7 @@ async fn read_head(
             match wire::parse_request(rbuf, max_head) {
                 Parsed::Fast(head) => return Next::Head(head),
                 Parsed::HandOver => return Next::HandOver,
+                Parsed::Refuse { method, why } => return Next::Refuse(method, why),
                 Parsed::Partial => {}
             }
         }
@@ -129,6 +135,22 @@ async fn read_head(
             _ = stopped(stop), if idle => return Next::Closed,
         }
     }
+}
+
+/// Answers a head the fast path refuses outright with 400, and closes: where its
+/// body ends is in doubt, so nothing after it can be read as a request.
+async fn refuse(app: &App, client: &mut TcpStream, method: &Method, why: &'static str, out: &mut Vec<u8>) {
+    let start = Instant::now();
+    let e = ProxyError::BadRequest(why);
+    let (status, label) = (e.status(), e.label());
+    let (headers, body) = e.into_parts();
+    let request_id = proxy::request_id(&http::HeaderMap::new());
+    out.clear();
+    let ends = wire::Ends { request_id: &request_id, close: true, head_request: *method == Method::HEAD };
+    wire::write_own_response(out, status, &headers, &body, ends);
+    let _ = client.write_all(out).await;
+    let outcome = Outcome { route: None, upstream_time: None, error: Some(label), cache: None };
+    proxy::record(app, method, &outcome, status.as_u16(), start.elapsed());
 }
 
 /// Resolves once shutdown has been asked for (or the server is gone).
@@ -167,8 +189,9 @@ async fn exchange(
     stopping: bool,
 ) -> (Step, Instant) {
     let start = Instant::now();
-    let RequestHead { method, target, mut headers, body_len, close: client_close, raw, authorization } = head;
-    let routed = proxy::route_request(app, target.len() + authorization.len_in_head(), target.path(), &headers);
+    let kept_apart = head.kept_apart_len();
+    let RequestHead { method, target, mut headers, content_length, close: client_close, raw, authorization } = head;
+    let routed = proxy::route_request(app, http::Version::HTTP_11, target.len() + kept_apart, target.path(), &headers);
     if let Ok((route, _)) = &routed
         && route.h1.is_none()
     {
@@ -178,15 +201,17 @@ async fn exchange(
     let timed = tracing::enabled!(target: "claimsmith::access", tracing::Level::INFO);
     let mut outcome = Outcome { route: None, upstream_time: None, error: None, cache: None };
     let request_id = proxy::request_id(&headers);
-    let mut body_left = body_len;
+    let mut body_left = content_length.unwrap_or(0);
     let mut close = client_close || stopping;
     let forwarded = async {
         let (route, path) = routed?;
         outcome.route = Some(route.name.clone());
+        proxy::check_body(route, content_length)?;
         let token = proxy::authorize(app, route, authorization.values(), &headers, &mut outcome.cache).await?;
         proxy::prepare_headers(app, route, &mut headers, None, conn, &request_id, token, None);
         out.clear();
-        wire::write_request_head(out, &method, &proxy::upstream_path(route, &path), target.query(), &headers);
+        let target = (&proxy::upstream_path(route, &path)[..], target.query());
+        wire::write_request_head(out, &method, target, &headers, content_length);
         let sent = timed.then(Instant::now);
         let deadline = start + app.config.listen.request_timeout;
         let r = forward(route, &method, out, &mut body_left, client, rbuf, timer, (start, deadline)).await;

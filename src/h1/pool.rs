@@ -77,11 +77,14 @@ impl Pool {
     }
 }
 
-/// Whether an idle connection is still usable: nothing to read, not closed. The
-/// check costs no system call unless the reactor has seen the socket become
-/// readable, which for an idle connection means the upstream closed it (or sent
-/// bytes nobody asked for: not usable either).
+/// Whether an idle connection is still usable: nothing to read, not closed. An idle
+/// connection has nothing to say: bytes waiting on it are an answer nobody asked for
+/// (a buggy or hostile upstream), which would otherwise be read as the answer to the
+/// next request sent on it, perhaps another client's (response queue poisoning).
+///
+/// The check asks the kernel (a non-blocking `MSG_PEEK`), not the reactor's cached
+/// readiness: bytes that arrived since the reactor last looked count too.
 fn still_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(stream).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }

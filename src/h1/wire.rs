@@ -18,9 +18,12 @@ pub const MAX_HEADERS: usize = 100;
 pub struct RequestHead {
     pub method: Method,
     pub target: Target,
+    /// The header fields but `Authorization` and `Content-Length`, which are kept
+    /// apart: the forwarded message's framing is written from what was parsed here,
+    /// never copied from the client's fields (docs/security.md, "Message framing").
     pub headers: HeaderMap,
-    /// The body's length (`Content-Length`, else 0).
-    pub body_len: u64,
+    /// The body's length: `Content-Length`, if the request had one (else no body).
+    pub content_length: Option<u64>,
     /// The client asked to close the connection after this exchange.
     pub close: bool,
     /// The head's bytes, to give hyper the request as it came.
@@ -44,6 +47,27 @@ impl Authorization {
     pub fn len_in_head(&self) -> usize {
         self.values().map(|v| "authorization".len() + v.len() + 4).sum()
     }
+}
+
+impl RequestHead {
+    /// The size of the fields kept out of `headers`, as `proxy::check_head` counts
+    /// every field (so the head size limit is the same on both transports).
+    pub fn kept_apart_len(&self) -> usize {
+        let length = match self.content_length {
+            Some(n) => "content-length".len() + 4 + decimal_len(n),
+            None => 0,
+        };
+        self.authorization.len_in_head() + length
+    }
+
+    /// The body's length (0 without one).
+    pub fn body_len(&self) -> u64 {
+        self.content_length.unwrap_or(0)
+    }
+}
+
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// The origin-form request target as sent (`/path?query`): visible ASCII only.
@@ -85,6 +109,9 @@ pub enum Parsed {
     /// other than by one `Content-Length`, `Expect`, an upgrade (WebSocket, h2c), a
     /// target not in origin-form, CONNECT, or the HTTP/2 preface.
     HandOver,
+    /// A whole head whose framing is ambiguous (two `Content-Length` fields): 400 and
+    /// close. hyper would merge equal values into one; the fast path refuses.
+    Refuse { method: Method, why: &'static str },
 }
 
 /// Parses the request head at the start of `buf`. `max_head` is
@@ -134,7 +161,8 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         } else if name.eq_ignore_ascii_case(b"content-length") {
             match (body_len, content_length(h.value)) {
                 (None, Some(n)) => body_len = Some(n),
-                _ => return Parsed::HandOver,
+                (Some(_), _) => return Parsed::Refuse { method, why: "more than one Content-Length header" },
+                (None, None) => return Parsed::HandOver,
             }
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
@@ -160,11 +188,15 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut authorization = Authorization::default();
     let mut authorizations = 0;
     for (name, value) in &spans {
-        if head[name.clone()].eq_ignore_ascii_case(b"authorization") {
+        let n = &head[name.clone()];
+        if n.eq_ignore_ascii_case(b"authorization") {
             if let Some(slot) = authorization.0.get_mut(authorizations) {
                 *slot = Some(head.slice(value.clone()));
             }
             authorizations += 1;
+            continue;
+        }
+        if n.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
         let (Ok(name), Ok(value)) =
@@ -180,15 +212,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         headers.append(name, value);
     }
     let target = Target { bytes: head.slice(target_at), path_end };
-    Parsed::Fast(RequestHead {
-        method,
-        target,
-        headers,
-        body_len: body_len.unwrap_or(0),
-        close,
-        raw: head,
-        authorization,
-    })
+    Parsed::Fast(RequestHead { method, target, headers, content_length: body_len, close, raw: head, authorization })
 }
 
 /// Where each field's name and value sit in `buf`, which they borrow from.
@@ -395,8 +419,15 @@ pub struct Ends<'a> {
 }
 
 /// Writes the upstream request head: request line (the target given as pieces of
-/// its path and the query), then `headers` as they are.
-pub fn write_request_head(out: &mut Vec<u8>, method: &Method, path: &[&str], query: Option<&str>, headers: &HeaderMap) {
+/// its path and the query), `headers` as they are, then the body's length as parsed
+/// from the client's head (`headers` holds no framing field of the client's).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    (path, query): (&[&str], Option<&str>),
+    headers: &HeaderMap,
+    content_length: Option<u64>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     path.iter().for_each(|p| out.extend_from_slice(p.as_bytes()));
@@ -407,6 +438,9 @@ pub fn write_request_head(out: &mut Vec<u8>, method: &Method, path: &[&str], que
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
         field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(n) = content_length {
+        length_field(out, n);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -552,10 +586,13 @@ mod tests {
         let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Y: 1\r\nContent-Length: 3\r\n\r\nabcGET");
         let Parsed::Fast(h) = parse_request(&mut buf, 8192) else { panic!() };
         assert_eq!(
-            (&h.method, h.target.path(), h.target.query(), h.body_len, h.close),
-            (&Method::GET, "/a", Some("b=1"), 3, false)
+            (&h.method, h.target.path(), h.target.query(), h.content_length, h.close),
+            (&Method::GET, "/a", Some("b=1"), Some(3), false)
         );
         assert_eq!(h.headers.get("x-y").unwrap(), "1");
+        // The framing is kept apart from the fields, to be written from the parsed value.
+        assert!(h.headers.get("content-length").is_none());
+        assert_eq!(h.kept_apart_len(), "content-length".len() + 4 + 1);
         assert_eq!(&buf[..], b"abcGET");
         let Parsed::Fast(h) = parse("DELETE / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n") else { panic!() };
         assert!(h.close);
@@ -575,7 +612,6 @@ mod tests {
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
             "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
@@ -596,6 +632,8 @@ mod tests {
             assert!(matches!(parse_request(&mut buf, 8192), Parsed::HandOver), "{raw:?}");
             assert_eq!(&buf[..], format!("{raw}NEXT").as_bytes());
         }
+        let mut two = BytesMut::from("POST / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 1\r\n\r\nx");
+        assert!(matches!(parse_request(&mut two, 8192), Parsed::Refuse { method: Method::POST, .. }));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
         assert!(matches!(parse(&big), Parsed::HandOver));
         let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));

@@ -1,4 +1,5 @@
-//! Header hygiene (SPEC §3 steps 6 and 7).
+//! Header hygiene on the way to the upstream and back (docs/security.md, "Header
+//! hygiene").
 //!
 //! Names are compared case-insensitively and with `_` equal to `-`: many backends
 //! (CGI, nginx with underscores_in_headers, WSGI) merge `X_Internal_Token` into
@@ -35,16 +36,32 @@ pub fn is_hop_by_hop_raw(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|h| canonical_eq(name, h))
 }
 
+/// Fields that delimit or route a message. A `Connection` header can never remove
+/// them: were `Content-Length` dropped while its body still went out, the upstream
+/// would read the body as a request of its own (request smuggling). A request whose
+/// `Connection` names one is refused ([`names_framing_field`]); on a response the
+/// nomination is ignored. docs/security.md, "Message framing".
+const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+fn connection_elements<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
+    values.flat_map(|v| v.split(|&b| b == b',')).map(<[u8]>::trim_ascii)
+}
+
+/// Whether `Connection` values name a framing or routing field (any case, `_` or `-`).
+pub fn names_framing_field<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
+    connection_elements(values).any(|t| FRAMING.iter().any(|f| canonical_eq(t, f)))
+}
+
 /// The names listed in `Connection` header values, canonical. `keep-alive`, the
 /// most common, names a hop-by-hop field that is removed anyway, so it is left out
-/// (and the usual keep-alive message costs no allocation here). Values are read as
-/// bytes: a value holding obs-text still names its other fields (a non-ASCII element
-/// cannot name a field and is skipped, not the whole value).
+/// (and the usual keep-alive message costs no allocation here); so are the framing
+/// fields, which a `Connection` header cannot remove. Values are read as bytes: a
+/// value holding obs-text still names its other fields (a non-ASCII element cannot
+/// name a field and is skipped, not the whole value).
 pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
-        .flat_map(|v| v.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
+    connection_elements(values)
         .filter(|t| !t.is_empty() && t.is_ascii() && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .filter(|t| !FRAMING.iter().any(|f| canonical_eq(t, f)))
         .map(|t| t.iter().map(|&b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect())
         .collect()
 }
@@ -74,10 +91,18 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     connection_tokens(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes))
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket).
-pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+/// Whether the request asks for a WebSocket upgrade (RFC 6455 §4.1: `Upgrade:
+/// websocket`, `Connection` naming `upgrade`); returns the `Upgrade` value to pass
+/// on. Any other protocol (`h2c` above all, which would open an HTTP/2 connection to
+/// the upstream that no check of ours sees) is not an upgrade here: `Upgrade` is
+/// hop-by-hop, so it is simply not forwarded (RFC 9110 §7.8 lets a server ignore it).
+pub fn websocket_requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let wants = connection_listed(headers).iter().any(|c| c == "upgrade");
-    if wants { headers.get(header::UPGRADE).cloned() } else { None }
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    match (wants, values.next(), values.next()) {
+        (true, Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket") => Some(v.clone()),
+        _ => None,
+    }
 }
 
 /// Removes every header whose canonical name satisfies `drop`, plus hop-by-hop
@@ -179,6 +204,41 @@ mod tests {
         // Found by the h1_response fuzz target: obs-text in one element must not hide
         // the others.
         assert_eq!(connection_tokens([&b"X-Secret,caf\xe9, x-other"[..]].into_iter()), ["x-secret", "x-other"]);
+        // Framing fields cannot be removed by a Connection nomination.
+        assert_eq!(
+            connection_tokens([&b"content-length, Content_Length, HOST, x-a, Transfer-Encoding"[..]].into_iter()),
+            ["x-a"]
+        );
+    }
+
+    #[test]
+    fn framing_nominations() {
+        for v in
+            ["content-length", "keep-alive, Content_Length", "close,content-length", "Host", "x, transfer_encoding"]
+        {
+            assert!(names_framing_field([v.as_bytes()].into_iter()), "{v}");
+        }
+        for v in ["keep-alive", "close", "upgrade", "x-content-length", "content-lengths", ""] {
+            assert!(!names_framing_field([v.as_bytes()].into_iter()), "{v}");
+        }
+    }
+
+    #[test]
+    fn only_websocket_upgrades() {
+        let with = |conn: &'static str, ups: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(conn));
+            ups.iter().for_each(|u| {
+                h.append(header::UPGRADE, HeaderValue::from_static(u));
+            });
+            websocket_requested(&h)
+        };
+        assert_eq!(with("Upgrade", &["websocket"]).unwrap(), "websocket");
+        assert_eq!(with("keep-alive, upgrade", &["WebSocket"]).unwrap(), "WebSocket");
+        assert!(with("Upgrade, HTTP2-Settings", &["h2c"]).is_none());
+        assert!(with("upgrade", &["websocket, h2c"]).is_none());
+        assert!(with("upgrade", &["websocket", "h2c"]).is_none());
+        assert!(with("keep-alive", &["websocket"]).is_none());
     }
 
     #[test]

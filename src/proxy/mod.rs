@@ -156,14 +156,17 @@ async fn pipeline(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    let (route, path) = route_request(app, target_len, req.uri().path(), req.headers())?;
+    let (route, path) = route_request(app, req.version(), target_len, req.uri().path(), req.headers())?;
     let path = path.into_owned();
     outcome.route = Some(route.name.clone());
+    check_body(route, declared_length(req.headers()))?;
     let authorization = req.headers().get_all(header::AUTHORIZATION);
     let authorization = authorization.iter().map(HeaderValue::as_bytes);
     let internal_token = authorize(app, route, authorization, req.headers(), &mut outcome.cache).await?;
-    let on_client_upgrade =
-        hygiene::upgrade_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+    let on_client_upgrade = match route.config.websocket {
+        true => hygiene::websocket_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req))),
+        false => None,
+    };
     let upstream_req =
         prepare(app, route, req, &path, conn, request_id, internal_token, on_client_upgrade.as_ref().map(|u| &u.0))?;
     let sent = Instant::now();
@@ -172,9 +175,9 @@ async fn pipeline(
     outcome.upstream_time = Some(sent.elapsed());
     let mut resp = match result {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) if client_body_failed(&e) => {
+        Ok(Err(e)) if let Some(err) = client_body_failed(&e) => {
             tracing::info!(route = %route.name, error = %crate::http_client::error_chain(&e), "the client's request body failed while forwarding");
-            return Err(ProxyError::BadRequest("the request body is malformed or incomplete"));
+            return Err(err);
         }
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, error = %crate::http_client::error_chain(&e), "upstream request failed");
@@ -182,25 +185,30 @@ async fn pipeline(
         }
         Ok(Ok(r)) => r,
     };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some((_, client_upgrade)) = on_client_upgrade
-    {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some((_, client_upgrade)) = on_client_upgrade else {
+            // What follows on that connection is not HTTP we asked for: never relay it.
+            tracing::warn!(route = %route.name, "the upstream switched protocols unasked");
+            return Err(ProxyError::UpstreamUnreachable);
+        };
         return splice_upgrade(app, client_upgrade, &mut resp).map(|_| resp.map(|b| b.boxed()));
     }
     respond(app, resp.headers_mut());
     Ok(resp.map(|b| b.boxed()))
 }
 
-/// The checks that need no token: head size, path normalisation, routing. Returns the
-/// route and the normalised path. `target_len` is the request target's length, plus
-/// the size of any field kept out of `headers` (the fast path's `Authorization`).
+/// The checks that need no token: head size and framing, path normalisation, routing.
+/// Returns the route and the normalised path. `target_len` is the request target's
+/// length, plus the size of any field kept out of `headers` (the fast path's
+/// `Authorization` and `Content-Length`).
 pub(crate) fn route_request<'a, 'p>(
     app: &'a App,
+    version: http::Version,
     target_len: usize,
     raw_path: &'p str,
     headers: &HeaderMap,
 ) -> Result<(&'a Route, std::borrow::Cow<'p, str>), ProxyError> {
-    check_head(app, target_len, headers)?;
+    check_head(app, version, target_len, headers)?;
     let path = path::normalize(raw_path)?;
     let route = route(app, &path)?;
     Ok((route, path))
@@ -224,34 +232,84 @@ pub(crate) async fn authorize<'a>(
     }
 }
 
-/// Whether forwarding failed because the client's own body did (malformed chunked
-/// framing, a client gone mid-body): that is a 400, not the upstream's 502.
-fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether forwarding failed because of the client's own body: malformed chunked
+/// framing or a client gone mid-body is a 400, a body past the route's
+/// `max_body_bytes` a 413; anything else is the upstream's (502).
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
     let mut cur = Some(e);
     while let Some(c) = cur {
         // hyper reports "error from user's Body stream" with the body's own error
-        // (our `Incoming`, itself a hyper::Error) as the source.
+        // (from `Limited`: the limit's, or our `Incoming`'s, a hyper::Error) as the source.
         if let Some(h) = c.downcast_ref::<hyper::Error>()
             && h.is_user()
-            && std::error::Error::source(h).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some())
+            && let Some(s) = std::error::Error::source(h)
         {
-            return true;
+            if s.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return Some(ProxyError::PayloadTooLarge);
+            }
+            if s.downcast_ref::<hyper::Error>().is_some() {
+                return Some(ProxyError::BadRequest("the request body is malformed or incomplete"));
+            }
         }
         cur = c.source();
     }
-    false
+    None
 }
 
-/// Refuses request heads larger than `listen.max_header_bytes` (431).
-fn check_head(app: &App, target_len: usize, headers: &HeaderMap) -> Result<(), ProxyError> {
+/// The checks on the request head itself: its size (431 past
+/// `listen.max_header_bytes`) and the fields that frame and route it (400), which
+/// must be beyond doubt before anything is forwarded (RFC 9112 §3.2 and §6.3;
+/// docs/security.md, "Message framing"):
+/// - exactly one `Host` on HTTP/1.1 (at most one otherwise: HTTP/2 carries
+///   `:authority`, HTTP/1.0 may omit it);
+/// - at most one `Content-Length`, of digits only (a repeated or listed one is how
+///   two parsers come to disagree on where the body ends);
+/// - no `Connection` naming `Content-Length`, `Transfer-Encoding` or `Host`.
+fn check_head(app: &App, version: http::Version, target_len: usize, headers: &HeaderMap) -> Result<(), ProxyError> {
     let mut size = target_len;
+    let (mut hosts, mut lengths, mut connection) = (0u32, 0u32, false);
     for (n, v) in headers {
         size += n.as_str().len() + v.len() + 4;
+        if *n == header::HOST {
+            hosts += 1;
+        } else if *n == header::CONTENT_LENGTH {
+            lengths += 1;
+            if v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
+                return Err(ProxyError::BadRequest("the Content-Length header is not a number"));
+            }
+        } else if *n == header::CONNECTION {
+            connection = true;
+        }
     }
     if size > app.config.listen.max_header_bytes {
         return Err(ProxyError::HeaderTooLarge);
     }
+    if hosts > 1 || (hosts == 0 && version == http::Version::HTTP_11) {
+        return Err(ProxyError::BadRequest("an HTTP/1.1 request needs exactly one Host header"));
+    }
+    if lengths > 1 {
+        return Err(ProxyError::BadRequest("more than one Content-Length header"));
+    }
+    if connection && hygiene::names_framing_field(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes))
+    {
+        return Err(ProxyError::BadRequest("the Connection header names a field that frames the message"));
+    }
     Ok(())
+}
+
+/// The request body's declared length (`Content-Length`), when it has one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| crate::h1::wire::content_length(v.as_bytes()))
+}
+
+/// Refuses a body that declares more than the route's `max_body_bytes` (413) before
+/// anything is forwarded. A body of unknown length is counted as it streams
+/// ([`http_body_util::Limited`] in `prepare`).
+pub(crate) fn check_body(route: &Route, declared: Option<u64>) -> Result<(), ProxyError> {
+    match declared {
+        Some(n) if n > route.config.max_body_bytes => Err(ProxyError::PayloadTooLarge),
+        _ => Ok(()),
+    }
 }
 
 /// Longest `path_prefix` wins; routes are kept sorted longest first.
@@ -364,8 +422,10 @@ fn prepare(
     request_id: &HeaderValue,
     internal_token: Option<HeaderValue>,
     upgrade: Option<&HeaderValue>,
-) -> Result<Request<Incoming>, ProxyError> {
+) -> Result<Request<upstream::RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    let max_body = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
+    let body = http_body_util::Limited::new(body, max_body);
     let pq = upstream_target(route, path, parts.uri.query())?;
     prepare_headers(app, route, &mut parts.headers, parts.uri.authority(), &conn, request_id, internal_token, upgrade);
     parts.uri = Uri::from(pq);

@@ -31,7 +31,10 @@ const MAX_IDLE: usize = 256;
 /// idle keep-alive connections after 60 to 120 s; the legacy client also used 90 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type Sender = SendRequest<Incoming>;
+/// The client's body on its way up, counted against the route's `max_body_bytes`.
+pub type RequestBody = http_body_util::Limited<Incoming>;
+
+type Sender = SendRequest<RequestBody>;
 
 struct Idle {
     tx: Sender,
@@ -74,7 +77,7 @@ impl Upstream {
     /// Sends `req` (origin-form URI, `Host` set, HTTP/1.1) and returns the answer.
     /// A reused connection that closed before the request went out is replaced by a
     /// fresh one, once; a request that may have reached the upstream is never re-sent.
-    pub async fn request(&self, req: Request<Incoming>) -> Result<Response<PooledBody>, UpstreamError> {
+    pub async fn request(&self, req: Request<RequestBody>) -> Result<Response<PooledBody>, UpstreamError> {
         let req = match self.checkout() {
             Some(tx) => match self.send(tx, req).await {
                 Ok(resp) => return Ok(resp),
@@ -95,7 +98,7 @@ impl Upstream {
         Box::pin(self.send_on_new_connection(req)).await
     }
 
-    async fn send_on_new_connection(&self, req: Request<Incoming>) -> Result<Response<PooledBody>, UpstreamError> {
+    async fn send_on_new_connection(&self, req: Request<RequestBody>) -> Result<Response<PooledBody>, UpstreamError> {
         let tx = self.connect().await?;
         self.send(tx, req).await.map_err(|e| UpstreamError::Request(e.into_error()))
     }
@@ -139,8 +142,8 @@ impl Upstream {
     async fn send(
         &self,
         mut tx: Sender,
-        req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, hyper::client::conn::TrySendError<Request<Incoming>>> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, hyper::client::conn::TrySendError<Request<RequestBody>>> {
         let tunnel = req.method() == Method::CONNECT;
         let resp = tx.try_send_request(req).await?;
         // After a 101 (or an accepted CONNECT) the connection belongs to the upgrade:
