@@ -109,8 +109,10 @@ pub enum Parsed {
     /// other than by one `Content-Length`, `Expect`, an upgrade (WebSocket, h2c), a
     /// target not in origin-form, CONNECT, or the HTTP/2 preface.
     HandOver,
-    /// A whole head whose framing is ambiguous (two `Content-Length` fields): 400 and
-    /// close. hyper would merge equal values into one; the fast path refuses.
+    /// A whole head whose framing is ambiguous (two `Content-Length` fields, or one
+    /// beside `Transfer-Encoding`): 400 and close. hyper would make one reading of
+    /// it (equal lengths merged; the length dropped for the chunked body), as the
+    /// RFCs allow; the fast path refuses.
     Refuse { method: Method, why: &'static str },
 }
 
@@ -149,14 +151,14 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut body_len = None;
     let mut close = false;
     let mut hosts = 0;
+    let mut coded = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         // Bodies framed by Transfer-Encoding, and requests that expect an interim
         // answer or change protocols, are hyper's to serve.
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            coded = true;
+        } else if name.eq_ignore_ascii_case(b"expect") || name.eq_ignore_ascii_case(b"upgrade") {
             return Parsed::HandOver;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             match (body_len, content_length(h.value)) {
@@ -178,6 +180,13 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
                 }
             }
         }
+    }
+    match (coded, body_len) {
+        // RFC 9112 §6.3 says such a message "ought to be handled as an error"; hyper
+        // would drop the length and forward the chunked body, the fast path refuses.
+        (true, Some(_)) => return Parsed::Refuse { method, why: "both Transfer-Encoding and Content-Length" },
+        (true, None) => return Parsed::HandOver,
+        _ => {}
     }
     // Header values are kept as slices of the head's bytes (no copy), as hyper does:
     // note where each field is, then cut the head off the buffer.

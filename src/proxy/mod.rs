@@ -263,7 +263,8 @@ fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> Option<ProxyErro
 /// - exactly one `Host` on HTTP/1.1 (at most one otherwise: HTTP/2 carries
 ///   `:authority`, HTTP/1.0 may omit it);
 /// - at most one `Content-Length`, of digits only (a repeated or listed one is how
-///   two parsers come to disagree on where the body ends);
+///   two parsers come to disagree on where the body ends; hyper has already merged
+///   equal repeated values, and dropped a length beside `Transfer-Encoding`);
 /// - no `Connection` naming `Content-Length`, `Transfer-Encoding` or `Host`.
 fn check_head(app: &App, version: http::Version, target_len: usize, headers: &HeaderMap) -> Result<(), ProxyError> {
     let mut size = target_len;
