@@ -30,9 +30,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use claimsmith::keys::SigningKey;
 use claimsmith::metadata::StoredMetadata;
 use claimsmith::metadata::cache::Kind;
-use claimsmith::mint::{MintRequest, Minter, SigningKey};
+use claimsmith::mint::{MintRequest, Minter};
 
 const ISSUER: &str = "https://bench-issuer.test/";
 const CLIENT: &str = "bench-client";

@@ -90,7 +90,7 @@ pub struct BenchIssuer {
 
 impl BenchIssuer {
     pub fn new(alg: Algorithm, issuer: &str, audience: &str) -> BenchIssuer {
-        let (key, pem) = claimsmith::mint::SigningKey::generate(alg).expect("key generation");
+        let (key, pem) = claimsmith::keys::SigningKey::generate(alg).expect("key generation");
         let encoding = match alg {
             Algorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
             Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),

@@ -139,7 +139,7 @@ async fn main() {
     claimsmith::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
 
-    let (key, pem) = claimsmith::mint::SigningKey::generate(Algorithm::ES256).unwrap();
+    let (key, pem) = claimsmith::keys::SigningKey::generate(Algorithm::ES256).unwrap();
     let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
     let kid = key.kid().to_string();
     let jwks_addr = serve_static(Arc::new(json!({"keys": [key.public_jwk()]}).to_string())).await;
@@ -162,7 +162,7 @@ async fn main() {
              client_url = \"http://{addr}/clients/{{client_id}}\"\nmax_requests_per_second = 10000"
         )
     };
-    let (_, signing_pem) = claimsmith::mint::SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let (_, signing_pem) = claimsmith::keys::SigningKey::generate(Algorithm::EdDSA).unwrap();
     let signing = dir.path().join("signing.pem");
     std::fs::write(&signing, signing_pem).unwrap();
     let (proxy_port, admin_port) = (free_port(), free_port());

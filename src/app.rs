@@ -14,11 +14,12 @@ use crate::http_client::{self, Connector};
 use crate::metadata::cache::MetadataCache;
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
-use crate::metadata::{BoxFuture, Lookup, MetadataSource, SourceError, StoredMetadata};
+use crate::metadata::{BoxFuture, Lookup, MetadataSource, NamedSource, SourceError, StoredMetadata};
 use crate::metrics::{Metrics, SourceCounters};
 use crate::mint::Minter;
-use crate::proxy::{Route, hygiene};
+use crate::proxy::Route;
 use crate::verify::Verifier;
+use crate::wire::hygiene;
 
 /// Why the state could not be built from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -31,32 +32,8 @@ fn invalid(key: impl Into<String>, reason: impl ToString) -> BuildError {
     BuildError::Invalid { key: key.into(), reason: reason.to_string() }
 }
 
-/// A named metadata source and, for file sources, the handle to reload it.
-pub struct NamedSource {
-    pub name: String,
-    pub source: Arc<dyn MetadataSource>,
-    pub file: Option<Arc<FileSource>>,
-}
-
-/// Everything a request needs, built once per configuration.
-pub struct App {
-    pub config: Arc<Config>,
-    pub routes: Vec<Route>,
-    pub verifier: Verifier,
-    /// The metadata source of each issuer, by issuer index.
-    pub sources: Vec<Option<Arc<dyn MetadataSource>>>,
-    pub named_sources: Vec<NamedSource>,
-    pub cache: MetadataCache,
-    pub minter: Minter,
-    /// Shared with the state a reload replaces, so counters survive reloads.
-    pub metrics: Arc<Metrics>,
-    /// `token.header` in canonical form, for hygiene.
-    pub token_header_canonical: String,
-    /// The shared empty metadata object (stable identity for token reuse).
-    pub empty: Arc<StoredMetadata>,
-    /// Set when shutdown starts: readiness answers 503.
-    pub draining: AtomicBool,
-}
+/// The state is defined beside the pipeline that reads it; it is built here.
+pub use crate::proxy::App;
 
 impl App {
     /// Builds the state. Reads file sources and CA files; makes no network call.

@@ -17,7 +17,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
-use crate::mint::SigningKey;
+use crate::keys::SigningKey;
 
 /// One problem in a configuration, naming the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,10 @@ impl fmt::Debug for Secret {
         f.write_str("Secret(<redacted>)")
     }
 }
+
+/// Claims claimsmith sets itself; `copy_claims` may not name them.
+pub const RESERVED_CLAIMS: &[&str] =
+    &["iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ"];
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -968,7 +972,7 @@ fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) -> TokenCon
         None => TokenHeader::Authorization,
         Some(h) if h.eq_ignore_ascii_case("authorization") => TokenHeader::Authorization,
         Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-            Ok(n) if crate::proxy::hygiene::is_hop_by_hop(n.as_str()) => {
+            Ok(n) if crate::wire::hygiene::is_hop_by_hop(n.as_str()) => {
                 errs.push("token.header", format!("`{h}` is a hop-by-hop header"));
                 TokenHeader::Authorization
             }
@@ -983,7 +987,7 @@ fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) -> TokenCon
         .copy_claims
         .unwrap_or_else(|| vec!["email".into(), "email_verified".into(), "name".into(), "org_id".into()]);
     for (i, c) in copy_claims.iter().enumerate() {
-        if crate::mint::RESERVED_CLAIMS.contains(&c.as_str()) {
+        if RESERVED_CLAIMS.contains(&c.as_str()) {
             errs.push(
                 format!("token.copy_claims[{i}]"),
                 format!("`{c}` is set by claimsmith itself and cannot be copied"),
@@ -1008,7 +1012,7 @@ fn validate_routes(
         let path_prefix = r.path_prefix.unwrap_or_default();
         if !path_prefix.starts_with('/') {
             errs.push(k("path_prefix"), format!("`{path_prefix}` must start with /"));
-        } else if crate::proxy::path::normalize(&path_prefix).as_deref() != Ok(path_prefix.as_str()) {
+        } else if crate::wire::path::normalize(&path_prefix).as_deref() != Ok(path_prefix.as_str()) {
             errs.push(k("path_prefix"), format!("`{path_prefix}` is not a normalised path (no dot segments, %2F, backslash or needless percent-encoding)"));
         }
         if out.iter().any(|o| o.path_prefix == path_prefix) {

@@ -28,7 +28,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::http_client;
-use crate::mint::SigningKey;
+use crate::keys::SigningKey;
 
 /// The demo's application (client) id.
 pub const CLIENT_ID: &str = "demo-spa";
@@ -179,7 +179,7 @@ auth = "off"
         }
 
         let enc = EncodingKey::from_rsa_pem(issuer_pem.as_bytes()).map_err(|e| DemoError::Other(e.to_string()))?;
-        let now = crate::mint::unix_now();
+        let now = crate::clock::unix_now();
         let mut tokens = Vec::new();
         for (id, name, email, _) in users() {
             let mut h = Header::new(Algorithm::RS256);

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
-use crate::proxy::path::PathError;
 use crate::verify::VerifyError;
+use crate::wire::path::PathError;
 
 /// The body type of every response claimsmith sends.
 pub type Body = BoxBody<Bytes, hyper::Error>;

@@ -11,17 +11,21 @@
 
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod h1;
 pub mod http_client;
+pub mod keys;
 pub mod metadata;
 pub mod metrics;
 pub mod mint;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod verify;
+pub mod wire;
 
 pub use config::Config;
 pub use server::{Running, start};

@@ -165,7 +165,7 @@ fn keygen(alg: &str, out: Option<PathBuf>) -> ExitCode {
         "ES256" => jsonwebtoken::Algorithm::ES256,
         _ => jsonwebtoken::Algorithm::RS256,
     };
-    let pem = match claimsmith::mint::SigningKey::generate(alg) {
+    let pem = match claimsmith::keys::SigningKey::generate(alg) {
         Ok((_, pem)) => pem,
         Err(e) => {
             eprintln!("claimsmith: {e}");

@@ -132,7 +132,7 @@ fn keygen_writes_pkcs8_keys_for_each_algorithm() {
         assert_eq!(code, 0, "{err}");
         let pem = std::fs::read_to_string(&path).unwrap();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{alg}: not PKCS#8");
-        let key = claimsmith::mint::SigningKey::from_pem(pem.as_bytes()).unwrap();
+        let key = claimsmith::keys::SigningKey::from_pem(pem.as_bytes()).unwrap();
         assert_eq!(claimsmith::mint::alg_name(key.algorithm()), alg);
         #[cfg(unix)]
         {

@@ -132,7 +132,7 @@ async fn internal_token_verifies_everywhere(alg: Algorithm) {
     preflight();
     init();
     let dir = tempfile::tempdir().unwrap();
-    let (key, pem) = claimsmith::mint::SigningKey::generate(alg).unwrap();
+    let (key, pem) = claimsmith::keys::SigningKey::generate(alg).unwrap();
     let key_path = dir.path().join("signing.pem");
     std::fs::write(&key_path, pem).unwrap();
     let keys = format!("algorithm = \"{}\"\nkey_files = [\"{}\"]\n", alg_name(alg), key_path.display());

@@ -354,7 +354,7 @@ async fn logs_hold_one_access_line_per_request_and_no_secret() {
     let md = dir.path().join("metadata.json");
     let metadata = default_metadata();
     std::fs::write(&md, metadata.to_string()).unwrap();
-    let (_, key_pem) = claimsmith::mint::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
+    let (_, key_pem) = claimsmith::keys::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
     let key_path = dir.path().join("signing.pem");
     std::fs::write(&key_path, &key_pem).unwrap();
     let admin_secret = "admin-secret-4f1c9a7e2b";

@@ -267,8 +267,8 @@ async fn get_with_auth(url: &str, token: &str) -> (u16, Option<String>) {
 async fn several_key_files_first_signs_all_are_published() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let (current, current_pem) = claimsmith::mint::SigningKey::generate(jsonwebtoken::Algorithm::ES256).unwrap();
-    let (previous, previous_pem) = claimsmith::mint::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
+    let (current, current_pem) = claimsmith::keys::SigningKey::generate(jsonwebtoken::Algorithm::ES256).unwrap();
+    let (previous, previous_pem) = claimsmith::keys::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
     std::fs::write(dir.path().join("current.pem"), current_pem).unwrap();
     std::fs::write(dir.path().join("previous.pem"), previous_pem).unwrap();
     let keys = format!(

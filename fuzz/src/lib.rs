@@ -17,11 +17,11 @@ use std::sync::OnceLock;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::BytesMut;
-use claimsmith::h1::chunked::{ChunkError, ChunkedDecoder};
-use claimsmith::h1::wire::{self, BadResponse, Framing, Parsed, RequestHead, ResponseHead};
-use claimsmith::proxy::{hygiene, path};
 use claimsmith::verify::Verifier;
 use claimsmith::verify::jwks::KeySet;
+use claimsmith::wire::chunked::{ChunkError, ChunkedDecoder};
+use claimsmith::wire::h1::{self as wire, BadResponse, Framing, Parsed, RequestHead, ResponseHead};
+use claimsmith::wire::{hygiene, path};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::{Value, json};
@@ -65,7 +65,7 @@ pub struct Fixture {
 }
 
 fn fixture_key(pem: &str, kid: &'static str, alg: Algorithm) -> FixtureKey {
-    let sk = claimsmith::mint::SigningKey::from_pem(pem.as_bytes()).expect("fixture key");
+    let sk = claimsmith::keys::SigningKey::from_pem(pem.as_bytes()).expect("fixture key");
     let mut jwk = sk.public_jwk().clone();
     jwk["kid"] = json!(kid);
     jwk["alg"] = json!(claimsmith::mint::alg_name(alg));

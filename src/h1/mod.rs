@@ -17,10 +17,7 @@
 //! have from the start. So the fast path never has to be lenient: when in doubt, it
 //! hands over.
 
-pub mod chunked;
-pub mod pool;
 pub mod rewind;
-pub mod wire;
 
 use std::pin::Pin;
 
@@ -32,11 +29,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::app::App;
 use crate::error::ProxyError;
+use crate::proxy::App;
+use crate::proxy::pool::UpConn;
 use crate::proxy::{self, Conn, Outcome, Route};
-pub use pool::Pool;
-use pool::UpConn;
+use crate::wire::chunked;
+use crate::wire::h1 as wire;
 pub use rewind::Rewind;
 use wire::{Framing, Parsed, RequestHead, ResponseHead};
 

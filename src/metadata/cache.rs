@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::store::{Store, Timestamped};
 use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
+use crate::store::{Store, Timestamped};
 
 /// (issuer, user or client id).
 pub type Key = (Arc<str>, Arc<str>);

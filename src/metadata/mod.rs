@@ -7,10 +7,10 @@ pub mod file;
 pub mod http;
 pub mod ratelimit;
 pub mod remote;
-pub mod store;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -92,4 +92,11 @@ pub trait MetadataSource: Send + Sync {
     fn ratelimit_remaining(&self) -> Option<u64> {
         None
     }
+}
+
+/// A named metadata source and, for file sources, the handle to reload it.
+pub struct NamedSource {
+    pub name: String,
+    pub source: Arc<dyn MetadataSource>,
+    pub file: Option<Arc<file::FileSource>>,
 }

@@ -53,7 +53,7 @@ pub fn retry_after_header(h: &HeaderMap) -> Option<Duration> {
 /// The time until `x-ratelimit-reset` (Unix seconds), at least one second.
 pub fn ratelimit_reset(h: &HeaderMap) -> Option<Duration> {
     let reset = h.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse::<u64>().ok()?;
-    let now = crate::mint::unix_now();
+    let now = crate::clock::unix_now();
     Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
 }
 

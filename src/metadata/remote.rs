@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn retry_after_first_then_reset_only_when_exhausted() {
         let mut h = HeaderMap::new();
-        h.insert("x-ratelimit-reset", HeaderValue::from_str(&(crate::mint::unix_now() + 7).to_string()).unwrap());
+        h.insert("x-ratelimit-reset", HeaderValue::from_str(&(crate::clock::unix_now() + 7).to_string()).unwrap());
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("3"));
         assert_eq!(server_wait(&h, StatusCode::SERVICE_UNAVAILABLE), None);
         let w = server_wait(&h, StatusCode::TOO_MANY_REQUESTS).unwrap();

@@ -8,9 +8,13 @@
 //! Any phase may end the request with a [`ProxyError`], which becomes the answer in
 //! `error.rs`. Nothing is sent upstream before every check has passed.
 
-pub mod hygiene;
-pub mod path;
+pub mod pool;
+mod state;
 pub mod upstream;
+
+pub use state::App;
+
+use crate::wire::{hygiene, path};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +27,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::app::App;
 use crate::config::{AuthMode, RouteConfig};
 use crate::error::{Body, ProxyError};
 use crate::http_client::Connector;
@@ -47,7 +50,7 @@ pub struct Route {
     base_path: String,
     upstream: Upstream,
     /// Plain-HTTP upstreams only: the fast path's connections (`h1`).
-    pub(crate) h1: Option<crate::h1::Pool>,
+    pub(crate) h1: Option<crate::proxy::pool::Pool>,
 }
 
 impl Route {
@@ -63,7 +66,7 @@ impl Route {
         let authority: http::uri::Authority = authority_s.parse().map_err(|_| "bad upstream authority")?;
         let host_header = HeaderValue::from_str(&authority_s).map_err(|_| "bad upstream host")?;
         let h1 = match (u.scheme(), u.port_or_known_default()) {
-            ("http", Some(port)) => Some(crate::h1::Pool::new(host, port)),
+            ("http", Some(port)) => Some(crate::proxy::pool::Pool::new(host, port)),
             _ => None,
         };
         let upstream = Upstream::new(connector, scheme, authority).map_err(|_| "bad upstream URL")?;
@@ -300,7 +303,7 @@ fn check_head(app: &App, version: http::Version, target_len: usize, headers: &He
 
 /// The request body's declared length (`Content-Length`), when it has one.
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH).and_then(|v| crate::h1::wire::content_length(v.as_bytes()))
+    headers.get(header::CONTENT_LENGTH).and_then(|v| crate::wire::h1::content_length(v.as_bytes()))
 }
 
 /// Refuses a body that declares more than the route's `max_body_bytes` (413) before

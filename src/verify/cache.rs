@@ -129,7 +129,7 @@ impl TokenCache {
     /// Remembers a token that has just passed every check.
     pub(crate) fn insert(&self, hash: TokenHash, identity: IdentityCore, keys: Option<Arc<KeySet>>) {
         let entry = Cached { identity, keys };
-        let now = crate::mint::unix_now();
+        let now = crate::clock::unix_now();
         if entry.expired(now) {
             return;
         }
@@ -170,7 +170,7 @@ mod tests {
     }
 
     fn key_set() -> Arc<KeySet> {
-        let (k, _) = crate::mint::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
+        let (k, _) = crate::keys::SigningKey::generate(jsonwebtoken::Algorithm::EdDSA).unwrap();
         let doc = json!({"keys": [k.public_jwk()]}).to_string();
         Arc::new(KeySet::parse(doc.as_bytes()).unwrap())
     }
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn a_hit_is_rechecked_against_exp_at_use() {
         // Insert refuses tokens already expired by the real clock: times are relative to now.
-        let t = crate::mint::unix_now();
+        let t = crate::clock::unix_now();
         let c = TokenCache::with_capacity(10);
         let keys = key_set();
         c.insert([1; 32], identity(t + 1_000, json!({})), Some(keys.clone()));
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn an_expired_token_is_not_kept() {
-        let t = crate::mint::unix_now();
+        let t = crate::clock::unix_now();
         let c = TokenCache::with_capacity(10);
         c.insert([1; 32], identity(t - 60, json!({})), None);
         assert!(c.get(&[1; 32], t - 100, |_| None).is_none());
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn nbf_is_rechecked_at_use() {
-        let t = crate::mint::unix_now();
+        let t = crate::clock::unix_now();
         let c = TokenCache::with_capacity(10);
         c.insert([1; 32], identity(t + 10_000, json!({"nbf": t + 5_000})), None);
         assert!(c.get(&[1; 32], t + 4_000, |_| None).is_none());
@@ -231,6 +231,6 @@ mod tests {
         }
         assert!(c.len() <= 50, "{} entries", c.len());
         // A full shard makes room: the newest token is held.
-        assert!(c.get(&key(499), crate::mint::unix_now(), |_| None).is_some());
+        assert!(c.get(&key(499), crate::clock::unix_now(), |_| None).is_some());
     }
 }

@@ -275,7 +275,7 @@ impl Verifier {
 
     /// Checks `token` and returns who is calling.
     pub async fn verify(&self, token: &str) -> Result<VerifiedIdentity, VerifyError> {
-        self.verify_at(token, crate::mint::unix_now()).await
+        self.verify_at(token, crate::clock::unix_now()).await
     }
 
     /// [`Self::verify`] at a given time (seconds since the epoch). A token that

@@ -32,7 +32,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use claimsmith::mint::SigningKey;
+use claimsmith::keys::SigningKey;
 
 pub const CLIENT_1: &str = "client-1";
 pub const CLIENT_2: &str = "client-2";

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::proxy::hygiene;
+use crate::wire::hygiene;
 
 /// As many header fields as hyper accepts; more is handed to hyper, which answers 431.
 pub const MAX_HEADERS: usize = 100;
