@@ -1560,8 +1560,11 @@ async fn run_payload(fast_path: bool, payload: &[u8]) -> CaseResult {
     run_case(s.proxy.proxy_addr, &s.up, case, &secrets).await
 }
 
-/// The upstream sees no request to /api/admin, and the client gets a 400 or the
-/// upstream's answer to its POST (with the 36 bytes as its body); every property holds.
+/// The upstream sees no request to /api/admin, and the client gets a 400 (or the
+/// connection closes) or the upstream's answer to its POST with the body as sent;
+/// every property holds. The payloads announce 40 body bytes and carry the 36 of the
+/// hidden request, as reported: a claimsmith that reads the body by its length waits
+/// for 4 more, and refuses when the client ends its side.
 async fn assert_not_smuggled(fast_path: bool, payload: &[u8]) {
     let r = run_payload(fast_path, payload).await;
     let detail = report(fast_path, &r, "");
