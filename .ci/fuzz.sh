@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-30}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(verify_token verify_claims hygiene normalize config h1_request h1_response chunked)
+  targets=(verify_token verify_claims hygiene normalize config h1_request h1_response chunked h1_differential)
 fi
 
 if ! command -v rustup >/dev/null || ! rustup toolchain list | grep -q '^nightly'; then

@@ -33,10 +33,16 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     seeds
 }
 
-/// Mutations per target (verify_claims, which signs every input, runs a third).
+/// Mutations per target (verify_claims, which signs every input, runs a third;
+/// h1_differential, whose every input is two round trips through claimsmith, a
+/// tenth).
 fn iterations(name: &str) -> usize {
     let n = std::env::var("FUZZ_SMOKE_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    if name == "verify_claims" { n / 3 } else { n }
+    match name {
+        "verify_claims" => n / 3,
+        "h1_differential" => n / 10,
+        _ => n,
+    }
 }
 
 /// Runs `target` over its corpus and `iterations()` mutations of it, reporting the
@@ -106,6 +112,23 @@ fn fuzz_h1_response() {
 #[test]
 fn fuzz_chunked() {
     run("chunked");
+}
+
+#[test]
+fn fuzz_h1_differential() {
+    run("h1_differential");
+}
+
+/// h1_differential is not vacuous: plain requests get through both claimsmith
+/// instances to the strict upstream (one each), and a request to /api/ does not.
+#[test]
+fn h1_differential_reaches_the_upstream() {
+    let seen =
+        h1_differential_counted(b"GET /public/a HTTP/1.1\r\nHost: a\r\n\r\nGET /api/b HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(seen, 2, "the public request reached the upstream {seen} times over two instances");
+    let seen =
+        h1_differential_counted(b"POST /public/b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    assert_eq!(seen, 2, "the chunked request reached the upstream {seen} times over two instances");
 }
 
 /// The verification fixture is not vacuous: valid tokens of every allowed algorithm
@@ -340,7 +363,7 @@ upstream = "https://backend.example"
 
 /// The seeds of the HTTP/1.1 fast path targets alone (they need no fixture).
 #[test]
-#[ignore = "regenerates fuzz/corpus/{h1_request,h1_response,chunked}; run by hand"]
+#[ignore = "regenerates fuzz/corpus/{h1_request,h1_response,chunked,h1_differential}; run by hand"]
 fn write_h1_seed_corpus() {
     write_h1_seeds();
 }
@@ -432,5 +455,62 @@ fn write_h1_seeds() {
         let mut v = vec![mode];
         v.extend_from_slice(body.as_bytes());
         write("chunked", n, v);
+    }
+
+    // h1_differential: a client's whole connection. The first three are the known
+    // smuggling payloads (Connection naming Content-Length).
+    let hidden = "GET /api/admin HTTP/1.1\r\nHost: a\r\n\r\n";
+    let post = |connection: &str| {
+        format!("POST /public/x HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nContent-Length: 40\r\n\r\n{hidden}")
+    };
+    let chunk = format!("{:x}\r\n{hidden}\r\n", hidden.len());
+    for (n, raw) in [
+        ("payload-connection-content-length", post("content-length")),
+        ("payload-keep-alive-content-length-underscore", post("keep-alive, Content_Length")),
+        ("payload-close-content-length", post("close, content-length")),
+        ("get-then-api", format!("GET /public/a HTTP/1.1\r\nHost: a\r\n\r\n{hidden}")),
+        (
+            "body-holds-a-request",
+            format!("POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{hidden}", hidden.len()),
+        ),
+        (
+            "chunked-extension-trailer",
+            format!("PUT /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{}0;e=1\r\nX-T: 1\r\n\r\n", chunk.replacen("\r\n", ";n=\"v\"\r\n", 1)),
+        ),
+        (
+            "cl-te",
+            format!("POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}", 5 + hidden.len()),
+        ),
+        (
+            "te-cl",
+            format!("POST /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n{chunk}0\r\n\r\n"),
+        ),
+        (
+            "two-lengths",
+            format!("POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{hidden}", hidden.len()),
+        ),
+        (
+            "expect-continue",
+            "POST /public/x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello".into(),
+        ),
+        (
+            "websocket",
+            "GET /public/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".into(),
+        ),
+        (
+            "h2c",
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n".into(),
+        ),
+        (
+            "http10-keep-alive",
+            format!("GET /public/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET http://a/public/b HTTP/1.1\r\nHost: a\r\n\r\n{hidden}"),
+        ),
+        ("obs-fold-bare-lf", format!("GET /public/a HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\nGET /public/b HTTP/1.1\nHost: a\n\n{hidden}")),
+        (
+            "bad-chunk-size",
+            format!("POST /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n{hidden}"),
+        ),
+    ] {
+        write("h1_differential", n, raw);
     }
 }

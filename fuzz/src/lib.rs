@@ -1253,4 +1253,314 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("h1_request", h1_request),
     ("h1_response", h1_response),
     ("chunked", chunked),
+    ("h1_differential", h1_differential),
 ];
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 differential: client bytes through running claimsmith instances
+
+#[path = "../../tests/support/strict_h1.rs"]
+mod strict_h1;
+
+/// What the strict upstream of `h1_differential` saw that it must not have.
+#[derive(Default)]
+struct H1DiffState {
+    /// Bytes its strict parser refused (claimsmith and the upstream disagree on framing).
+    violations: std::sync::Mutex<Vec<String>>,
+    /// Requests under /api/, which no fuzzed request can ever be verified for.
+    api: std::sync::Mutex<Vec<String>>,
+    /// Requests parsed whole.
+    requests: std::sync::atomic::AtomicUsize,
+    /// Connections with bytes not yet parsed or answered.
+    busy: std::sync::atomic::AtomicUsize,
+    /// Connections open.
+    open: std::sync::atomic::AtomicUsize,
+    last_activity: std::sync::Mutex<Option<std::time::Instant>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl H1DiffState {
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+}
+
+/// The running setup: two claimsmith instances (fast path on, fast path off) whose
+/// routes `/public/` (`auth = "off"`) and `/api/` (a token required, from an issuer
+/// whose only algorithm is HS256 with a random secret, so nothing ever verifies) both
+/// lead to one strict upstream. All of it runs on one runtime thread of its own.
+pub struct H1Diff {
+    pub proxies: [std::net::SocketAddr; 2],
+    state: std::sync::Arc<H1DiffState>,
+    /// One input at a time: the upstream's bookkeeping is per input.
+    one_at_a_time: std::sync::Mutex<()>,
+}
+
+/// A secret nobody (the fuzzer included) can know: fresh per process.
+fn h1_diff_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4).map(|_| format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish())).collect()
+}
+
+fn h1_diff_config(upstream: std::net::SocketAddr, secret_file: &std::path::Path, fast_path: bool) -> String {
+    format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+fast_path = {fast_path}
+request_timeout = "2s"
+header_read_timeout = "2s"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[[issuer]]
+issuer = "https://issuer.h1-differential.example/"
+audiences = ["fuzz"]
+jwks_uri = "http://127.0.0.1:1/jwks.json"
+algorithms = ["HS256"]
+hmac_secret_file = "{secret}"
+
+[token]
+issuer = "https://claimsmith.h1-differential.example/"
+header = "x-internal-token"
+
+[[route]]
+path_prefix = "/api/"
+upstream = "http://{upstream}"
+audience = "fuzz-api"
+
+[[route]]
+path_prefix = "/public/"
+upstream = "http://{upstream}"
+auth = "off"
+"#,
+        secret = secret_file.display()
+    )
+}
+
+/// One upstream connection: parse strictly, answer every request with a
+/// `Content-Length` body, stop at the first byte the parser refuses.
+async fn h1_diff_serve(mut stream: tokio::net::TcpStream, state: std::sync::Arc<H1DiffState>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    struct Open(std::sync::Arc<H1DiffState>, bool);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.touch();
+        }
+    }
+    let mut open = Open(state.clone(), false);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !open.1 {
+            open.1 = true;
+            state.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        state.touch();
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match strict_h1::parse_request(&buf) {
+                strict_h1::Step::Done(req, used) => {
+                    buf.drain(..used);
+                    state.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if req.path().starts_with("/api/") {
+                        let what = format!("{} {}", req.method, req.target);
+                        state.api.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+                    }
+                    let body = format!("path={}", strict_h1::escape(req.path().as_bytes()));
+                    let head_request = req.method == "HEAD";
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                        body.len(),
+                        if head_request { "" } else { body.as_str() }
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    state.touch();
+                }
+                strict_h1::Step::Incomplete => break,
+                strict_h1::Step::Error { offset, reason } => {
+                    let from = offset.saturating_sub(200);
+                    let to = (offset + 80).min(buf.len());
+                    let what = format!(
+                        "{reason}: {}<<HERE>>{}",
+                        strict_h1::escape(&buf[from..offset]),
+                        strict_h1::escape(&buf[offset..to])
+                    );
+                    state.violations.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+                    return;
+                }
+            }
+        }
+        if buf.is_empty() && open.1 {
+            open.1 = false;
+            state.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// The shared setup, started on first use.
+pub fn h1_diff() -> &'static H1Diff {
+    static F: OnceLock<H1Diff> = OnceLock::new();
+    F.get_or_init(|| {
+        claimsmith::install_crypto_provider();
+        let state = std::sync::Arc::new(H1DiffState::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("h1-differential".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("upstream listener");
+                    let upstream = listener.local_addr().expect("upstream address");
+                    let accept_state = st.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let Ok((stream, _)) = listener.accept().await else { continue };
+                            accept_state.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            accept_state.touch();
+                            let task = tokio::spawn(h1_diff_serve(stream, accept_state.clone()));
+                            let mut tasks = accept_state.tasks.lock().unwrap_or_else(|p| p.into_inner());
+                            tasks.retain(|t| !t.is_finished());
+                            tasks.push(task.abort_handle());
+                        }
+                    });
+                    let secret_file =
+                        std::env::temp_dir().join(format!("claimsmith-h1-differential-{}", std::process::id()));
+                    std::fs::write(&secret_file, h1_diff_secret()).expect("write the HMAC secret file");
+                    let mut running = Vec::new();
+                    for fast_path in [true, false] {
+                        let cfg = claimsmith::Config::parse(&h1_diff_config(upstream, &secret_file, fast_path))
+                            .expect("h1_differential config");
+                        running.push(claimsmith::start(cfg).await.expect("start claimsmith"));
+                    }
+                    let _ = std::fs::remove_file(&secret_file);
+                    tx.send([running[0].proxy_addr, running[1].proxy_addr]).expect("hand over the addresses");
+                    // Serve for the life of the process.
+                    std::future::pending::<()>().await;
+                    drop(running);
+                });
+            })
+            .expect("spawn the h1_differential runtime thread");
+        let proxies = rx.recv().expect("the h1_differential setup failed to start");
+        H1Diff { proxies, state, one_at_a_time: std::sync::Mutex::new(()) }
+    })
+}
+
+/// How long the client, claimsmith and the upstream must all have been silent before
+/// the client ends its side. Ending it earlier would lose requests: hyper drops a
+/// request in progress when the client half-closes (which is no error of claimsmith's,
+/// but would leave those requests unfuzzed).
+const H1_DIFF_QUIET: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl H1Diff {
+    fn upstream_quiet(&self, for_at_least: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let last = *self.state.last_activity.lock().unwrap_or_else(|p| p.into_inner());
+        self.state.busy.load(SeqCst) == 0 && last.is_none_or(|t| t.elapsed() >= for_at_least)
+    }
+
+    /// Connects, writes `data`, reads until everything has gone quiet, ends the write
+    /// side, reads until claimsmith closes (or stays silent for a moment).
+    fn exchange(&self, addr: std::net::SocketAddr, data: &[u8]) {
+        use std::io::{Read, Write};
+        use std::time::{Duration, Instant};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to claimsmith");
+        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+        // claimsmith may close before reading everything: that is its right.
+        let _ = s.write_all(data);
+        let mut buf = [0u8; 16 * 1024];
+        let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = Instant::now();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => last = Instant::now(),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+            let quiet = last.elapsed() >= H1_DIFF_QUIET && self.upstream_quiet(H1_DIFF_QUIET);
+            if quiet || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits until no upstream connection holds bytes it has not dealt with, and the
+    /// upstream has been quiet for a moment (bounded).
+    fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !self.upstream_quiet(std::time::Duration::from_millis(2)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Closes every upstream connection (each input starts on fresh ones) and waits
+    /// until they are gone.
+    fn close_upstream_connections(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let tasks = std::mem::take(&mut *self.state.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.state.open.load(SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Target `h1_differential`: any bytes, as a client's whole connection, to claimsmith
+/// with the fast path on and with it off. The strict upstream (the independent parser
+/// in tests/support/strict_h1.rs) must never get bytes it refuses (claimsmith and
+/// the upstream agree on where every request ends: no smuggling, no desync), and
+/// never a request under /api/ (no request is ever verified, so none may reach the
+/// protected route).
+pub fn h1_differential(data: &[u8]) {
+    h1_differential_counted(data);
+}
+
+/// [`h1_differential`], returning how many requests the upstream got (both
+/// instances together), so tests can tell that inputs get through at all.
+pub fn h1_differential_counted(data: &[u8]) -> usize {
+    let f = h1_diff();
+    let _one = f.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+    let before = f.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    for (addr, fast_path) in [(f.proxies[0], true), (f.proxies[1], false)] {
+        f.exchange(addr, data);
+        f.settle();
+        let violations = std::mem::take(&mut *f.state.violations.lock().unwrap_or_else(|p| p.into_inner()));
+        let api = std::mem::take(&mut *f.state.api.lock().unwrap_or_else(|p| p.into_inner()));
+        f.close_upstream_connections();
+        assert!(
+            violations.is_empty(),
+            "fast_path={fast_path}: the upstream got bytes a strict HTTP/1.1 parser refuses: {violations:?}\ninput: {}",
+            strict_h1::escape(data)
+        );
+        assert!(
+            api.is_empty(),
+            "fast_path={fast_path}: unverified requests reached the protected route: {api:?}\ninput: {}",
+            strict_h1::escape(data)
+        );
+    }
+    f.state.requests.load(std::sync::atomic::Ordering::SeqCst) - before
+}

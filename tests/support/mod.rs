@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod auth0;
+pub mod strict_h1;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
