@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the hot path (issue 5):
+//! Criterion benchmarks of the hot path:
 //!
 //! - `verify/*`: ID token verification, RS256 and ES256, every check (no token
 //!   cache), and a token cache hit;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side load test (issue 5): claimsmith on a cache hit against nginx as a plain
+# Side-by-side load test: claimsmith on a cache hit against nginx as a plain
 # keep-alive reverse proxy, in front of the same upstream, in one run, on loopback.
 #
 #   benches/load.sh                 # defaults below; prints the table

@@ -3,7 +3,7 @@
 //! - `jwks.json`: the public key of a fresh issuer key (served by nginx in the test);
 //! - `tokens.txt`: one signed ID token per line, one per distinct user;
 //! - `metadata.json`: a file metadata source holding every one of those users and
-//!   the client (SPEC §6 format).
+//!   the client (the file source's format, docs/configuration.md).
 //!
 //! ```text
 //! cargo run --release --example bench_tokens -- OUT_DIR [--users 1000] [--alg RS256]

@@ -1,7 +1,7 @@
-//! Memory and start-up of the real binary (issue 5):
+//! Memory and start-up of the real binary:
 //!
 //! 1. makes an issuer key and a config whose metadata source holds `--users` users:
-//!    `--source http` (default) is a generic JSON source (SPEC §6) served by this
+//!    `--source http` (default) is a generic JSON source (docs/configuration.md, "[metadata.NAME]") served by this
 //!    program, so claimsmith holds a user only once it is cached; `--source file`
 //!    is a metadata file, which claimsmith keeps whole in memory besides its cache;
 //! 2. serves the issuer JWKS, the http source and a `200 ok` upstream itself;

@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §7): JWKS, discovery, health, readiness, metrics, and the
+//! The admin listener (README, "Admin listener"): JWKS, discovery, health, readiness, metrics, and the
 //! cache API. Kept on its own address so it can stay off the public network.
 
 use std::sync::atomic::Ordering::Relaxed;

@@ -45,7 +45,7 @@ impl App {
     /// cache counters, new sources and keys. Cached metadata is kept for issuers whose
     /// remote source (auth0, http) is configured exactly as before, so a reload does
     /// not send a burst of reads to a rate-limited tenant; entries of file sources,
-    /// changed sources and new issuers are dropped (SPEC §8: a reloaded file source's
+    /// changed sources and new issuers are dropped (docs/operations.md: a reloaded file source's
     /// entries are replaced at once).
     pub fn rebuild(config: Config, old: &App) -> Result<App, BuildError> {
         let mut app = Self::build_with(config, old.metrics.clone())?;

@@ -1,4 +1,4 @@
-//! TOML configuration (SPEC §2): a raw serde mirror of the file, then a validated,
+//! TOML configuration (docs/configuration.md): a raw serde mirror of the file, then a validated,
 //! typed [`Config`] that the rest of the crate uses.
 //!
 //! Validation collects *every* problem it finds, each naming the key and why, so that
@@ -398,7 +398,7 @@ impl PathBase {
 
 impl Config {
     /// Reads and validates the file at `path`. A missing or unreadable file is an
-    /// invalid config (SPEC §8).
+    /// invalid config (docs/operations.md).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {

@@ -1,4 +1,4 @@
-//! `claimsmith demo` (SPEC §9): the whole loop on loopback with no external service.
+//! `claimsmith demo` (README, "Quick start"): the whole loop on loopback with no external service.
 //!
 //! A development issuer (its own RSA key, discovery and JWKS), a file metadata source
 //! with two users and one client whose client_metadata holds a secret, the proxy and

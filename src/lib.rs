@@ -5,7 +5,7 @@
 //! caller's app_metadata and client_metadata through its cache, [`mint`] signs the
 //! internal token, and [`proxy`] forwards it. [`error`] turns every failure into an
 //! answer; [`admin`] serves keys, health and metrics; [`config`] is the contract of
-//! SPEC §2; [`demo`] is the whole loop on loopback.
+//! docs/configuration.md; [`demo`] is the whole loop on loopback.
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! The `claimsmith` command line (SPEC §1). Parsing only; the work is in the library.
+//! The `claimsmith` command line (README, "Command line"). Parsing only; the work is in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

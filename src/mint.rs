@@ -1,4 +1,5 @@
-//! The internal token (SPEC §4): claims, signing keys, the published JWKS.
+//! The internal token (README, "What a backend receives"): its claims, signing with
+//! the first of the configured keys (`keys.rs`), reuse, and the published JWKS.
 //!
 //! Signing uses aws-lc-rs key pairs parsed once at load, so no PEM or DER is parsed
 //! per request. A minted token is reused for the same (ID token, route) while more
@@ -213,7 +214,7 @@ fn project<'m>(m: &'m StoredMetadata, keys: Option<&[String]>) -> std::borrow::C
     }
 }
 
-/// The parts of the internal token's claims (SPEC §4), each already checked or
+/// The parts of the internal token's claims (README, "What a backend receives"), each already checked or
 /// produced by serde_json.
 struct ClaimsInput<'a> {
     iss: &'a str,

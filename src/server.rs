@@ -1,6 +1,6 @@
 //! Listeners and connections: the proxy listener (HTTP/1.1 and h2c, or TLS with ALPN)
 //! and the admin listener; graceful shutdown on SIGTERM/SIGINT and reload on SIGHUP
-//! (SPEC §8). Both listeners serve from an `ArcSwap<App>`: a reload builds a new
+//! (docs/operations.md). Both listeners serve from an `ArcSwap<App>`: a reload builds a new
 //! `App` and swaps it in, while requests in flight keep the `Arc<App>` they started with.
 
 use std::convert::Infallible;

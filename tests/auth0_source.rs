@@ -1,4 +1,4 @@
-//! The `auth0` metadata source (issue 3) through the real proxy, against an Auth0
+//! The `auth0` metadata source through the real proxy, against an Auth0
 //! Management API tenant on loopback (tests/support/auth0.rs): one management token
 //! shared by concurrent callers, one user read per new user, clients in bulk, 404 as
 //! "does not exist", 401 → one token refresh, 429 `Retry-After` honoured, and the
@@ -72,7 +72,7 @@ async fn concurrent_new_users_make_one_read_each_and_share_one_token() {
     for i in 0..50 {
         assert_eq!(mock.count_target(Endpoint::User, &format!("/api/v2/users/auth0%7Cuser-{i}?")), 1, "user {i}");
     }
-    // The exact request shape of SPEC §6.
+    // The exact request shape of docs/configuration.md, "[metadata.NAME]".
     assert!(
         mock.calls()
             .iter()

@@ -1,4 +1,4 @@
-//! The command line as a user meets it (SPEC §1): exit codes, messages that name the
+//! The command line as a user meets it (README, "Command line"): exit codes, messages that name the
 //! key, keygen output, and the demo's printed curl lines working as printed.
 
 mod support;

@@ -1,4 +1,4 @@
-//! Concurrent first requests for one user make one read from the source (SPEC §5),
+//! Concurrent first requests for one user make one read from the source (docs/configuration.md, "[cache]"),
 //! counted in a real loopback metadata server behind the `http` source.
 
 mod support;

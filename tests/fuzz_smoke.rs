@@ -1,4 +1,4 @@
-//! The fuzz targets of `fuzz/` as a stable-Rust property test (issue 6).
+//! The fuzz targets of `fuzz/` as a stable-Rust property test.
 //!
 //! `cargo fuzz` needs nightly; this runs the same target functions (fuzz/src/lib.rs,
 //! included by path) on stable, over the committed corpus in `fuzz/corpus/<target>/`

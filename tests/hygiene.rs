@@ -1,4 +1,4 @@
-//! SPEC §3 steps 6 and 7: what the upstream receives, what the client gets back,
+//! docs/security.md, "Hostile client: paths and headers": what the upstream receives, what the client gets back,
 //! path normalisation, and the shape of error answers.
 
 mod support;

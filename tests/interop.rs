@@ -1,5 +1,5 @@
-//! Interoperability with the JWT libraries backends and identity providers really use
-//! (issue 6). Both directions, through real requests on loopback:
+//! Interoperability with the JWT libraries backends and identity providers really use.
+//! Both directions, through real requests on loopback:
 //!
 //! - claimsmith → library: the internal token a backend receives verifies with node
 //!   `jose` (createRemoteJWKSet + jwtVerify, `typ: at+jwt`), Auth0's node `jwks-rsa`

@@ -1,4 +1,4 @@
-//! The metadata cache (SPEC §5) and the `http` source (SPEC §6) through the real
+//! The metadata cache (docs/configuration.md, "[cache]") and the `http` source (docs/configuration.md, "[metadata.NAME]") through the real
 //! proxy: stale entries keep requests going while the source is down (up to
 //! `max_stale`), a cold cache answers 503 with `Retry-After`, a failing key is not
 //! asked again before its backoff, and fresh values come back after `ttl` once the

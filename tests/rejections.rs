@@ -1,4 +1,4 @@
-//! SPEC §3 step 3: every way a token must be refused. Each test asserts the answer
+//! docs/security.md, "token verification": every way a token must be refused. Each test asserts the answer
 //! (401 `invalid_token` problem) and that the upstream saw nothing.
 
 mod support;
@@ -345,7 +345,7 @@ async fn key_rotated_in_at_the_issuer_is_accepted_on_first_sight() {
 
 #[tokio::test]
 async fn key_rotated_in_within_30s_of_an_unknown_kid_refetch_is_refused() {
-    // The price of the spraying limit (SPEC §3 step 3): one unknown-kid refetch per 30 s.
+    // The price of the spraying limit (docs/security.md, "token verification"): one unknown-kid refetch per 30 s.
     let h = Harness::start().await;
     let mut hd = Header::new(Algorithm::RS256);
     hd.kid = Some("spray".into());

@@ -216,7 +216,7 @@ fn check_accepted(token: &str, id: &claimsmith::verify::VerifiedIdentity) {
     assert_eq!(id.issuer().as_ref(), ISSUER);
 }
 
-/// An independent reading of SPEC §3 step 3 for the claims: `Ok((sub, client))` when
+/// An independent reading of docs/security.md, "token verification" for the claims: `Ok((sub, client))` when
 /// they must be accepted at [`NOW`], `Err(why)` otherwise.
 pub fn claims_verdict(claims: &Value) -> Result<(String, String), &'static str> {
     let obj = claims.as_object().ok_or("not an object")?;
@@ -267,7 +267,7 @@ pub fn claims_verdict(claims: &Value) -> Result<(String, String), &'static str> 
 }
 
 /// Target `verify_token`: any string goes to `Verifier::verify_at`. Must never panic;
-/// anything accepted must satisfy every rule of SPEC §3 step 3.
+/// anything accepted must satisfy every rule of docs/security.md, "token verification".
 pub fn verify_token(data: &[u8]) {
     let Ok(token) = std::str::from_utf8(data) else { return };
     let f = fixture();

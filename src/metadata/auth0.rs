@@ -1,4 +1,4 @@
-//! The `auth0` source (SPEC §6): the Auth0 Management API v2.
+//! The `auth0` source (docs/configuration.md, "[metadata.NAME]"): the Auth0 Management API v2.
 //!
 //! - A management token from `POST {base}/oauth/token` (client credentials), cached
 //!   until shortly before its `expires_in`; concurrent callers share one refresh. A

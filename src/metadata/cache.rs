@@ -1,4 +1,4 @@
-//! The metadata cache (SPEC §5): users and clients in separate stores (`store.rs`) keyed by
+//! The metadata cache (docs/configuration.md, "[cache]"): users and clients in separate stores (`store.rs`) keyed by
 //! (issuer, id). Fresh for `ttl`; then served stale while one background refresh runs;
 //! kept up to `ttl + max_stale` so a failing source does not fail requests; "does not
 //! exist" remembered for `negative_ttl`. Concurrent misses for one key make one call.

@@ -1,4 +1,4 @@
-//! The `file` source: one JSON document (SPEC §6), re-read on SIGHUP and when its
+//! The `file` source: one JSON document (docs/configuration.md, "[metadata.NAME]"), re-read on SIGHUP and when its
 //! modification time changes.
 
 use std::collections::HashMap;
@@ -127,7 +127,7 @@ impl MetadataSource for FileSource {
     }
 }
 
-/// The embedded default document of SPEC §6.
+/// The embedded default document of docs/configuration.md, "[metadata.NAME]".
 pub const EXAMPLE: &str = r#"{"users":   {"auth0|u1": {"app_metadata": {"roles": ["admin"]}}},
  "clients": {"CLIENT_ID_1": {"client_metadata": {"tenant_key": "k-123"}}}}"#;
 

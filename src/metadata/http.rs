@@ -1,4 +1,4 @@
-//! The `http` source (SPEC §6): a generic JSON API for home-grown user stores.
+//! The `http` source (docs/configuration.md, "[metadata.NAME]"): a generic JSON API for home-grown user stores.
 //! `user_url` / `client_url` with `{user_id}` / `{client_id}` filled in, url-encoded.
 //! 404 is "does not exist"; 429 / 5xx are retried as for `auth0` (see `remote.rs`),
 //! within `max_requests_per_second` and `timeout`.

@@ -1,5 +1,5 @@
-//! Where app_metadata and client_metadata come from (SPEC §6), behind one trait, and
-//! the cache in front of them (SPEC §5).
+//! Where app_metadata and client_metadata come from (docs/configuration.md, "[metadata.NAME]"), behind one trait, and
+//! the cache in front of them (docs/configuration.md, "[cache]").
 
 pub mod auth0;
 pub mod cache;

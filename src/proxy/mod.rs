@@ -1,4 +1,4 @@
-//! The request pipeline (SPEC §3), one phase per function, in call order:
+//! The request pipeline (docs/architecture.md), one phase per function, in call order:
 //!
 //! ```text
 //!  request ─► check_head ─► route ─► authenticate ─► enrich ─► prepare ─► forward ─► respond
@@ -437,7 +437,7 @@ fn prepare(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The upstream request's headers (SPEC §3 step 6): hygiene, forwarding headers, the
+/// The upstream request's headers (docs/security.md, "Hostile client: paths and headers"): hygiene, forwarding headers, the
 /// request id, the internal token. `authority` is the request target's, if it had one
 /// (absolute-form), standing in for a missing `Host`.
 #[allow(clippy::too_many_arguments)]
@@ -530,7 +530,7 @@ pub(crate) fn upstream_path<'a>(route: &'a Route, path: &'a str) -> [&'a str; 3]
     }
 }
 
-/// Response hygiene (SPEC §3 step 7): hop-by-hop headers and any echoed internal
+/// Response hygiene (docs/security.md, "Compromised or echoing upstream"): hop-by-hop headers and any echoed internal
 /// token header go; everything else is passed back unchanged.
 fn respond(app: &App, headers: &mut HeaderMap) {
     // RFC 9112 §6.3: a message with both framings was delimited by the transfer

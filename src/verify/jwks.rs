@@ -18,7 +18,7 @@ use crate::http_client::{self, JsonClient};
 
 /// How often the key set is refreshed in the background.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
-/// At most one unknown-kid refetch per issuer in this window (SPEC §3 step 3).
+/// At most one unknown-kid refetch per issuer in this window (docs/security.md, "token verification").
 pub const UNKNOWN_KID_WINDOW: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DOC_BYTES: usize = 1024 * 1024;

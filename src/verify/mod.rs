@@ -1,4 +1,4 @@
-//! ID token (or access token) verification, SPEC §3 step 3 (RFC 8725, OIDC Core
+//! ID token (or access token) verification, docs/security.md, "token verification" (RFC 8725, OIDC Core
 //! §3.1.3.7). The only way to get a [`VerifiedIdentity`] is [`Verifier::verify`].
 
 pub mod cache;

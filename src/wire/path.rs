@@ -1,4 +1,4 @@
-//! Path normalisation before routing (SPEC §3 step 1). The normalised path is both
+//! Path normalisation before routing (docs/security.md, "paths and headers"). The normalised path is both
 //! what routes match and what the upstream receives, so `/public/../api/x` cannot
 //! reach `/api/` without authentication.
 
