@@ -386,3 +386,12 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
     }
     assert_eq!(h.upstream.connections.load(SeqCst), 3);
 }
+
+/// This suite also runs as `request_path_hyper` (hyper serving every connection):
+/// each binary really runs on the transport its name says.
+#[tokio::test]
+async fn the_suite_runs_on_the_transport_its_binary_names() {
+    let h = Harness::start().await;
+    assert_eq!(h.proxy.app().config.listen.fast_path, fast_path());
+    assert_eq!(env!("CARGO_CRATE_NAME").ends_with("_hyper"), !fast_path());
+}

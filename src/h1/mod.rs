@@ -48,9 +48,9 @@ pub enum Served {
 
 /// Serves `client` until it closes, a timeout or shutdown ends it, or a request
 /// needs hyper. Every request uses the state current when it arrives.
-pub async fn serve(mut client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut stop: watch::Receiver<bool>) -> Served {
-    let mut rbuf = BytesMut::with_capacity(8 * 1024);
-    let mut out = Vec::with_capacity(4 * 1024);
+pub async fn serve(client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut stop: watch::Receiver<bool>) -> Served {
+    let mut io =
+        ClientIo { stream: client, rbuf: BytesMut::with_capacity(8 * 1024), out: Vec::with_capacity(4 * 1024) };
     // One timer per connection, re-armed for each head read and each upstream exchange.
     let timer = tokio::time::sleep(std::time::Duration::ZERO);
     tokio::pin!(timer);
@@ -64,31 +64,46 @@ pub async fn serve(mut client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut s
             (app.config.listen.header_read_timeout, app.config.listen.max_header_bytes)
         };
         timer.as_mut().reset(now + head_timeout);
-        let head = match read_head(&mut client, &mut rbuf, max_head, timer.as_mut(), &mut stop).await {
+        let head = match read_head(&mut io.stream, &mut io.rbuf, max_head, timer.as_mut(), &mut stop).await {
             Next::Head(head) => head,
             Next::Closed => return Served::Done,
-            Next::HandOver => return Served::HandOver(Rewind::new(rbuf.freeze(), client)),
+            Next::HandOver => return Served::HandOver(Rewind::new(io.rbuf.freeze(), io.stream)),
             Next::Refuse(method, why) => {
-                refuse(&apps.load(), &mut client, &method, why, &mut out).await;
+                refuse(&apps.load(), &mut io, &method, why).await;
                 return Served::Done;
             }
         };
         let app = apps.load_full();
         let stopping = *stop.borrow();
-        let (step, ended) =
-            exchange(&app, &conn, head, &mut client, &mut rbuf, &mut out, timer.as_mut(), stopping).await;
+        let (step, ended) = exchange(&app, &conn, head, &mut io, timer.as_mut(), stopping).await;
         now = ended;
         match step {
             Step::KeepAlive if !stopping => {}
             Step::KeepAlive | Step::Close => return Served::Done,
             Step::HandOver(head) => {
-                let mut pre = BytesMut::with_capacity(head.len() + rbuf.len());
+                let mut pre = BytesMut::with_capacity(head.len() + io.rbuf.len());
                 pre.extend_from_slice(&head);
-                pre.extend_from_slice(&rbuf);
-                return Served::HandOver(Rewind::new(pre.freeze(), client));
+                pre.extend_from_slice(&io.rbuf);
+                return Served::HandOver(Rewind::new(pre.freeze(), io.stream));
             }
         }
     }
+}
+
+/// The client side of a connection: its socket, the bytes read but not yet used,
+/// and the buffer answers are written from (both reused from request to request).
+struct ClientIo {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    out: Vec<u8>,
+}
+
+/// The rest of a request body still to come from the client: first what is already
+/// in `rbuf`, then from the socket. `left` counts down to 0.
+struct ClientBody<'a> {
+    client: &'a mut TcpStream,
+    rbuf: &'a mut BytesMut,
+    left: &'a mut u64,
 }
 
 // As `wire::Parsed`: moved once per request, not worth an allocation.
@@ -137,7 +152,8 @@ async fn read_head(
 
 /// Answers a head the fast path refuses outright with 400, and closes: where its
 /// body ends is in doubt, so nothing after it can be read as a request.
-async fn refuse(app: &App, client: &mut TcpStream, method: &Method, why: &'static str, out: &mut Vec<u8>) {
+async fn refuse(app: &App, io: &mut ClientIo, method: &Method, why: &'static str) {
+    let ClientIo { stream: client, out, .. } = io;
     let start = Instant::now();
     let e = ProxyError::BadRequest(why);
     let (status, label) = (e.status(), e.label());
@@ -175,18 +191,16 @@ enum Step {
 
 /// One request, from its parsed head to the end of the answer; also returns when it
 /// ended.
-#[allow(clippy::too_many_arguments)]
 async fn exchange(
     app: &App,
     conn: &Conn,
     head: RequestHead,
-    client: &mut TcpStream,
-    rbuf: &mut BytesMut,
-    out: &mut Vec<u8>,
+    io: &mut ClientIo,
     timer: Pin<&mut Sleep>,
     stopping: bool,
 ) -> (Step, Instant) {
     let start = Instant::now();
+    let ClientIo { stream: client, rbuf, out } = io;
     let kept_apart = head.kept_apart_len();
     let RequestHead { method, target, mut headers, content_length, close: client_close, raw, authorization } = head;
     let routed = proxy::route_request(app, http::Version::HTTP_11, target.len() + kept_apart, target.path(), &headers);
@@ -206,13 +220,15 @@ async fn exchange(
         outcome.route = Some(route.name.clone());
         proxy::check_body(route, content_length)?;
         let token = proxy::authorize(app, route, authorization.values(), &headers, &mut outcome.cache).await?;
-        proxy::prepare_headers(app, route, &mut headers, None, conn, &request_id, token, None);
+        let fwd = proxy::Forwarding { conn, request_id: &request_id, authority: None, token, upgrade: None };
+        proxy::prepare_headers(app, route, &mut headers, fwd);
         out.clear();
         let target = (&proxy::upstream_path(route, &path)[..], target.query());
         wire::write_request_head(out, &method, target, &headers, content_length);
         let sent = timed.then(Instant::now);
         let deadline = start + app.config.listen.request_timeout;
-        let r = forward(route, &method, out, &mut body_left, client, rbuf, timer, (start, deadline)).await;
+        let body = ClientBody { client: &mut *client, rbuf: &mut *rbuf, left: &mut body_left };
+        let r = forward(route, &method, out, body, timer, (start, deadline)).await;
         outcome.upstream_time = sent.map(|s| s.elapsed());
         r.map(|(up, resp)| (route, up, resp))
     }
@@ -284,37 +300,34 @@ impl From<ForwardError> for ProxyError {
 /// connection and reads the answer's head, all before `deadline` (`at` is now). A request that
 /// found its reused connection closed before any answer is sent again on a new one,
 /// once, if it is idempotent and has no body (so nothing is lost by sending it twice).
-#[allow(clippy::too_many_arguments)]
 async fn forward(
     route: &Route,
     method: &Method,
     out: &mut Vec<u8>,
-    body_left: &mut u64,
-    client: &mut TcpStream,
-    rbuf: &mut BytesMut,
+    mut body: ClientBody<'_>,
     mut timer: Pin<&mut Sleep>,
     (at, deadline): (Instant, Instant),
 ) -> Result<(UpConn, ResponseHead), ProxyError> {
     let Some(pool) = route.h1.as_ref() else { return Err(ProxyError::Internal) };
     timer.as_mut().reset(deadline);
     // The part of the body already read goes out with the head, in one write.
-    let first = usize::try_from(*body_left).unwrap_or(usize::MAX).min(rbuf.len());
-    out.extend_from_slice(&rbuf[..first]);
-    rbuf.advance(first);
-    *body_left -= first as u64;
+    let first = usize::try_from(*body.left).unwrap_or(usize::MAX).min(body.rbuf.len());
+    out.extend_from_slice(&body.rbuf[..first]);
+    body.rbuf.advance(first);
+    *body.left -= first as u64;
     let head_request = method == Method::HEAD;
-    let replayable = *body_left == 0 && first == 0 && method.is_idempotent();
+    let replayable = *body.left == 0 && first == 0 && method.is_idempotent();
     let work = async {
         let mut up = match pool.checkout(at) {
             Some(up) => up,
             None => Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?,
         };
-        match send_and_receive(&mut up, out, body_left, client, rbuf, head_request).await {
+        match send_and_receive(&mut up, out, &mut body, head_request).await {
             Ok(resp) => Ok((up, resp)),
             Err(ForwardError::Io(_) | ForwardError::NoAnswer) if up.reused && replayable => {
                 tracing::debug!("pooled upstream connection closed; sending again on a new one");
                 let mut up = Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?;
-                let resp = send_and_receive(&mut up, out, body_left, client, rbuf, head_request).await?;
+                let resp = send_and_receive(&mut up, out, &mut body, head_request).await?;
                 Ok((up, resp))
             }
             Err(e) => Err(e),
@@ -330,11 +343,11 @@ async fn forward(
 async fn send_and_receive(
     up: &mut UpConn,
     out: &[u8],
-    body_left: &mut u64,
-    client: &mut TcpStream,
-    rbuf: &mut BytesMut,
+    body: &mut ClientBody<'_>,
     head_request: bool,
 ) -> Result<ResponseHead, ForwardError> {
+    let ClientBody { client, rbuf, left } = body;
+    let body_left: &mut u64 = left;
     up.stream.write_all(out).await.map_err(ForwardError::Io)?;
     while *body_left > 0 {
         if rbuf.is_empty() {

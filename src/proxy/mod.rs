@@ -170,8 +170,8 @@ async fn pipeline(
         true => hygiene::websocket_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req))),
         false => None,
     };
-    let upstream_req =
-        prepare(app, route, req, &path, conn, request_id, internal_token, on_client_upgrade.as_ref().map(|u| &u.0))?;
+    let upgrade = on_client_upgrade.as_ref().map(|u| &u.0);
+    let upstream_req = prepare(app, route, req, &path, (&conn, request_id), internal_token, upgrade)?;
     let sent = Instant::now();
     let remaining = app.config.listen.request_timeout.saturating_sub(start.elapsed());
     let result = tokio::time::timeout(remaining, route.upstream.request(upstream_req)).await;
@@ -416,41 +416,43 @@ async fn enrich(
 }
 
 /// Builds the upstream request: header hygiene, forwarding headers, the internal token.
-#[allow(clippy::too_many_arguments)]
 fn prepare(
     app: &App,
     route: &Route,
     req: Request<Incoming>,
     path: &str,
-    conn: Conn,
-    request_id: &HeaderValue,
-    internal_token: Option<HeaderValue>,
+    (conn, request_id): (&Conn, &HeaderValue),
+    token: Option<HeaderValue>,
     upgrade: Option<&HeaderValue>,
 ) -> Result<Request<upstream::RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let max_body = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
     let body = http_body_util::Limited::new(body, max_body);
     let pq = upstream_target(route, path, parts.uri.query())?;
-    prepare_headers(app, route, &mut parts.headers, parts.uri.authority(), &conn, request_id, internal_token, upgrade);
+    let fwd = Forwarding { conn, request_id, authority: parts.uri.authority(), token, upgrade };
+    prepare_headers(app, route, &mut parts.headers, fwd);
     parts.uri = Uri::from(pq);
     parts.version = http::Version::HTTP_11;
     Ok(Request::from_parts(parts, body))
 }
 
-/// The upstream request's headers (docs/security.md, "Hostile client: paths and headers"): hygiene, forwarding headers, the
-/// request id, the internal token. `authority` is the request target's, if it had one
-/// (absolute-form), standing in for a missing `Host`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn prepare_headers(
-    app: &App,
-    route: &Route,
-    h: &mut HeaderMap,
-    authority: Option<&http::uri::Authority>,
-    conn: &Conn,
-    request_id: &HeaderValue,
-    internal_token: Option<HeaderValue>,
-    upgrade: Option<&HeaderValue>,
-) {
+/// What the forwarded request's headers are made from, besides the client's own.
+pub(crate) struct Forwarding<'a> {
+    pub conn: &'a Conn,
+    pub request_id: &'a HeaderValue,
+    /// The request target's authority, if it had one (absolute-form), standing in for
+    /// a missing `Host` in `X-Forwarded-Host`.
+    pub authority: Option<&'a http::uri::Authority>,
+    /// The internal token, if the route authenticated a caller.
+    pub token: Option<HeaderValue>,
+    /// The `Upgrade` value of a WebSocket upgrade being forwarded.
+    pub upgrade: Option<&'a HeaderValue>,
+}
+
+/// The upstream request's headers (docs/security.md, "Hostile client: paths and
+/// headers"): hygiene, forwarding headers, the request id, the internal token.
+pub(crate) fn prepare_headers(app: &App, route: &Route, h: &mut HeaderMap, fwd: Forwarding<'_>) {
+    let Forwarding { conn, request_id, authority, token: internal_token, upgrade } = fwd;
     let original_host =
         h.get(header::HOST).cloned().or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let trusted = app.config.listen.trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip()));

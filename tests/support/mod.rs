@@ -93,6 +93,25 @@ where
     (addr, connections)
 }
 
+/// Whether this test binary runs its suite over the fast path (the default) or over
+/// hyper alone. A suite runs over both by being built twice: `tests/NAME_hyper.rs`
+/// holds only `#[path = "NAME.rs"] mod suite;`, and its crate name ends in `_hyper`.
+pub fn fast_path() -> bool {
+    !env!("CARGO_CRATE_NAME").ends_with("_hyper")
+}
+
+/// `toml` with `listen.fast_path = false` when this binary runs over hyper (a template
+/// that sets `fast_path` itself is left as it is).
+pub fn on_this_transport(toml: &str) -> String {
+    if fast_path() || toml.contains("fast_path") {
+        return toml.to_string();
+    }
+    match toml.contains("[listen]\n") {
+        true => toml.replacen("[listen]\n", "[listen]\nfast_path = false\n", 1),
+        false => format!("[listen]\nfast_path = false\n{toml}"),
+    }
+}
+
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
@@ -454,6 +473,7 @@ impl Harness {
             .replace("{upstream}", &upstream.url())
             .replace("{metadata}", &metadata_path.display().to_string())
             .replace("{dir}", &dir.path().display().to_string());
+        let toml = on_this_transport(&toml);
         let config = claimsmith::Config::parse(&toml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let proxy = claimsmith::start(config).await.unwrap();
         assert!(proxy.wait_ready(Duration::from_secs(10)).await, "proxy did not become ready");

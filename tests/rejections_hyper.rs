@@ -1,0 +1,5 @@
+//! `tests/rejections.rs` over the other transport: hyper serves every connection
+//! (`listen.fast_path = false`, set by the harness for a crate named `*_hyper`).
+
+#[path = "rejections.rs"]
+mod suite;
