@@ -203,7 +203,15 @@ async fn exchange(
     let ClientIo { stream: client, rbuf, out } = io;
     let kept_apart = head.kept_apart_len();
     let RequestHead { method, target, mut headers, content_length, close: client_close, raw, authorization } = head;
-    let routed = proxy::route_request(app, http::Version::HTTP_11, target.len() + kept_apart, target.path(), &headers);
+    let arrived = proxy::Arrived {
+        version: http::Version::HTTP_11,
+        head_len: target.len() + kept_apart,
+        path: target.path(),
+        authority: None,
+        authorization: Some(&authorization),
+        content_length,
+    };
+    let routed = proxy::route_request(app, &arrived, &headers);
     if let Ok((route, _)) = &routed
         && route.h1.is_none()
     {
@@ -217,11 +225,8 @@ async fn exchange(
     let mut close = client_close || stopping;
     let forwarded = async {
         let (route, path) = routed?;
-        outcome.route = Some(route.name.clone());
-        proxy::check_body(route, content_length)?;
-        let token = proxy::authorize(app, route, authorization.values(), &headers, &mut outcome.cache).await?;
-        let fwd = proxy::Forwarding { conn, request_id: &request_id, authority: None, token, upgrade: None };
-        proxy::prepare_headers(app, route, &mut headers, fwd);
+        // Upgrades are hyper's (handed over with the head), so none is asked for here.
+        proxy::admit(app, route, arrived, &mut headers, (conn, &request_id), &mut outcome).await?;
         out.clear();
         let target = (&proxy::upstream_path(route, &path)[..], target.query());
         wire::write_request_head(out, &method, target, &headers, content_length);

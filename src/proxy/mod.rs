@@ -1,12 +1,17 @@
-//! The request pipeline (docs/architecture.md), one phase per function, in call order:
+//! The request pipeline (docs/architecture.md), one phase per function, in call order,
+//! the same for both transports (the fast path in `h1` and hyper):
 //!
 //! ```text
-//!  request ─► check_head ─► route ─► authenticate ─► enrich ─► prepare ─► forward ─► respond
-//!               431           400/404   401/503        401/503               502/504
+//!  route_request ─► admit ──────────────────────────────────────────────► forward ─► respond ─► record
+//!  head, path,      body limit ─► token ─► verify ─► metadata ─► mint ─► headers
+//!  route
+//!  431 400 404      413           401      401/503   401/503                      502/504
 //! ```
 //!
 //! Any phase may end the request with a [`ProxyError`], which becomes the answer in
-//! `error.rs`. Nothing is sent upstream before every check has passed.
+//! `error.rs`. Nothing is sent upstream before every check has passed. Forwarding and
+//! responding are the transports' own (hyper's client here in [`pipeline`], the fast
+//! path's raw connections in `h1`).
 
 pub mod pool;
 mod state;
@@ -152,26 +157,30 @@ pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status
 
 async fn pipeline(
     app: &App,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: Conn,
     start: Instant,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError> {
-    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    let (route, path) = route_request(app, req.version(), target_len, req.uri().path(), req.headers())?;
-    let path = path.into_owned();
-    outcome.route = Some(route.name.clone());
-    check_body(route, declared_length(req.headers()))?;
-    let authorization = req.headers().get_all(header::AUTHORIZATION);
-    let authorization = authorization.iter().map(HeaderValue::as_bytes);
-    let internal_token = authorize(app, route, authorization, req.headers(), &mut outcome.cache).await?;
-    let on_client_upgrade = match route.config.websocket {
-        true => hygiene::websocket_requested(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req))),
-        false => None,
+    let (mut parts, body) = req.into_parts();
+    let arrived = Arrived {
+        version: parts.version,
+        head_len: parts.uri.path_and_query().map_or(0, |p| p.as_str().len()),
+        path: parts.uri.path(),
+        authority: parts.uri.authority(),
+        authorization: None,
+        content_length: declared_length(&parts.headers),
     };
-    let upgrade = on_client_upgrade.as_ref().map(|u| &u.0);
-    let upstream_req = prepare(app, route, req, &path, (&conn, request_id), internal_token, upgrade)?;
+    let (route, path) = route_request(app, &arrived, &parts.headers)?;
+    let upgrade = admit(app, route, arrived, &mut parts.headers, (&conn, request_id), outcome).await?;
+    // Upgrading: the client's side of the connection, once hyper has sent the 101.
+    let on_client_upgrade = upgrade.and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let target = upstream_target(route, &path, parts.uri.query())?;
+    parts.uri = Uri::from(target);
+    parts.version = http::Version::HTTP_11;
+    let max_body = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
+    let upstream_req = Request::from_parts(parts, http_body_util::Limited::new(body, max_body));
     let sent = Instant::now();
     let remaining = app.config.listen.request_timeout.saturating_sub(start.elapsed());
     let result = tokio::time::timeout(remaining, route.upstream.request(upstream_req)).await;
@@ -189,7 +198,7 @@ async fn pipeline(
         Ok(Ok(r)) => r,
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some((_, client_upgrade)) = on_client_upgrade else {
+        let Some(client_upgrade) = on_client_upgrade else {
             // What follows on that connection is not HTTP we asked for: never relay it.
             tracing::warn!(route = %route.name, "the upstream switched protocols unasked");
             return Err(ProxyError::UpstreamUnreachable);
@@ -200,29 +209,69 @@ async fn pipeline(
     Ok(resp.map(|b| b.boxed()))
 }
 
-/// The checks that need no token: head size and framing, path normalisation, routing.
-/// Returns the route and the normalised path. `target_len` is the request target's
-/// length, plus the size of any field kept out of `headers` (the fast path's
-/// `Authorization` and `Content-Length`).
+/// A request as it arrived, whichever transport read it: what the phases need besides
+/// its header fields.
+pub(crate) struct Arrived<'a> {
+    pub version: http::Version,
+    /// The request target's length plus the size of any field kept out of the header
+    /// map (the fast path's `Authorization` and `Content-Length`), for the head limit.
+    pub head_len: usize,
+    /// The path as sent (not yet normalised).
+    pub path: &'a str,
+    /// The target's authority, if it had one (absolute-form).
+    pub authority: Option<&'a http::uri::Authority>,
+    /// `Authorization` values kept out of the header map (the fast path: they are never
+    /// forwarded, so never need to be a validated `HeaderValue`); `None`: in the map.
+    pub authorization: Option<&'a crate::wire::h1::Authorization>,
+    /// The body's declared length.
+    pub content_length: Option<u64>,
+}
+
+/// Phase **route**: the checks that need no token (head size and framing, path
+/// normalisation) and the longest matching route. Returns the route and the
+/// normalised path.
 pub(crate) fn route_request<'a, 'p>(
     app: &'a App,
-    version: http::Version,
-    target_len: usize,
-    raw_path: &'p str,
+    req: &Arrived<'p>,
     headers: &HeaderMap,
 ) -> Result<(&'a Route, std::borrow::Cow<'p, str>), ProxyError> {
-    check_head(app, version, target_len, headers)?;
-    let path = path::normalize(raw_path)?;
+    check_head(app, req.version, req.head_len, headers)?;
+    let path = path::normalize(req.path)?;
     let route = route(app, &path)?;
     Ok((route, path))
 }
 
+/// The phases between routing and forwarding, in order, for both transports:
+/// **body limit** (413), **token** and **verify** (401/503), **metadata** and
+/// **mint** (401/503), then **headers**: `headers` becomes what the upstream gets.
+/// Returns the `Upgrade` value when a WebSocket upgrade is to be forwarded.
+/// Nothing has been sent upstream when this returns an error.
+pub(crate) async fn admit(
+    app: &App,
+    route: &Route,
+    req: Arrived<'_>,
+    headers: &mut HeaderMap,
+    (conn, request_id): (&Conn, &HeaderValue),
+    outcome: &mut Outcome,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    outcome.route = Some(route.name.clone());
+    check_body(route, req.content_length)?;
+    let token = match req.authorization {
+        Some(values) => authorize(app, route, values.values(), headers, &mut outcome.cache).await?,
+        None => {
+            let values = headers.get_all(header::AUTHORIZATION);
+            authorize(app, route, values.iter().map(HeaderValue::as_bytes), headers, &mut outcome.cache).await?
+        }
+    };
+    let upgrade = if route.config.websocket { hygiene::websocket_requested(headers) } else { None };
+    let fwd = Forwarding { conn, request_id, authority: req.authority, token, upgrade: upgrade.as_ref() };
+    prepare_headers(app, route, headers, fwd);
+    Ok(upgrade)
+}
+
 /// Authentication and enrichment, as the route asks: the internal token to forward,
 /// if the route authenticated a caller.
-/// `authorization` holds the values of every `Authorization` header (the fast path
-/// keeps them out of `headers`: they are never forwarded, and so never need to be a
-/// validated `HeaderValue`).
-pub(crate) async fn authorize<'a>(
+async fn authorize<'a>(
     app: &App,
     route: &Route,
     authorization: impl Iterator<Item = &'a [u8]>,
@@ -308,8 +357,8 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Refuses a body that declares more than the route's `max_body_bytes` (413) before
 /// anything is forwarded. A body of unknown length is counted as it streams
-/// ([`http_body_util::Limited`] in `prepare`).
-pub(crate) fn check_body(route: &Route, declared: Option<u64>) -> Result<(), ProxyError> {
+/// ([`http_body_util::Limited`] in `pipeline`).
+fn check_body(route: &Route, declared: Option<u64>) -> Result<(), ProxyError> {
     match declared {
         Some(n) if n > route.config.max_body_bytes => Err(ProxyError::PayloadTooLarge),
         _ => Ok(()),
@@ -415,29 +464,8 @@ async fn enrich(
         })
 }
 
-/// Builds the upstream request: header hygiene, forwarding headers, the internal token.
-fn prepare(
-    app: &App,
-    route: &Route,
-    req: Request<Incoming>,
-    path: &str,
-    (conn, request_id): (&Conn, &HeaderValue),
-    token: Option<HeaderValue>,
-    upgrade: Option<&HeaderValue>,
-) -> Result<Request<upstream::RequestBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    let max_body = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
-    let body = http_body_util::Limited::new(body, max_body);
-    let pq = upstream_target(route, path, parts.uri.query())?;
-    let fwd = Forwarding { conn, request_id, authority: parts.uri.authority(), token, upgrade };
-    prepare_headers(app, route, &mut parts.headers, fwd);
-    parts.uri = Uri::from(pq);
-    parts.version = http::Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
-}
-
 /// What the forwarded request's headers are made from, besides the client's own.
-pub(crate) struct Forwarding<'a> {
+struct Forwarding<'a> {
     pub conn: &'a Conn,
     pub request_id: &'a HeaderValue,
     /// The request target's authority, if it had one (absolute-form), standing in for
@@ -451,7 +479,7 @@ pub(crate) struct Forwarding<'a> {
 
 /// The upstream request's headers (docs/security.md, "Hostile client: paths and
 /// headers"): hygiene, forwarding headers, the request id, the internal token.
-pub(crate) fn prepare_headers(app: &App, route: &Route, h: &mut HeaderMap, fwd: Forwarding<'_>) {
+fn prepare_headers(app: &App, route: &Route, h: &mut HeaderMap, fwd: Forwarding<'_>) {
     let Forwarding { conn, request_id, authority, token: internal_token, upgrade } = fwd;
     let original_host =
         h.get(header::HOST).cloned().or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
