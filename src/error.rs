@@ -48,6 +48,28 @@ pub enum ProxyError {
     Internal,
 }
 
+/// Who a failure is to be blamed on, for logs and alerts (as pingora's
+/// `ErrorSource`): a client's bad request is no incident, an upstream's or the
+/// identity provider's failure is someone else's, an internal one is ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Client,
+    Upstream,
+    IdentityProvider,
+    Internal,
+}
+
+impl Blame {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::IdentityProvider => "identity_provider",
+            Blame::Internal => "internal",
+        }
+    }
+}
+
 impl From<VerifyError> for ProxyError {
     fn from(e: VerifyError) -> Self {
         match e {
@@ -71,6 +93,24 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Who is to blame: the client (bad request, token, size), the upstream, the
+    /// identity provider (keys or metadata unavailable), or claimsmith itself.
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::BadPath(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::NoRoute
+            | ProxyError::HeaderTooLarge
+            | ProxyError::PayloadTooLarge
+            | ProxyError::MissingToken
+            | ProxyError::InvalidToken(_)
+            | ProxyError::UnknownSubject => Blame::Client,
+            ProxyError::KeysUnavailable | ProxyError::MetadataUnavailable { .. } => Blame::IdentityProvider,
+            ProxyError::UpstreamUnreachable | ProxyError::UpstreamTimeout => Blame::Upstream,
+            ProxyError::Internal => Blame::Internal,
         }
     }
 
@@ -152,5 +192,43 @@ impl ProxyError {
             _ => {}
         }
         (h, Bytes::from(body.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_status_a_problem_body_and_a_blame() {
+        let all = [
+            ProxyError::BadPath(PathError::EncodedSlash),
+            ProxyError::BadRequest("x"),
+            ProxyError::NoRoute,
+            ProxyError::HeaderTooLarge,
+            ProxyError::PayloadTooLarge,
+            ProxyError::MissingToken,
+            ProxyError::InvalidToken(VerifyError::Malformed),
+            ProxyError::UnknownSubject,
+            ProxyError::KeysUnavailable,
+            ProxyError::MetadataUnavailable { retry_after_secs: 7 },
+            ProxyError::UpstreamUnreachable,
+            ProxyError::UpstreamTimeout,
+            ProxyError::Internal,
+        ];
+        for e in all {
+            let (status, label, blame) = (e.status(), e.label(), e.blame());
+            // Only the client's own mistakes are 4xx; everyone else's are 5xx.
+            assert_eq!(status.is_client_error(), blame == Blame::Client, "{label}");
+            let unauthorized = status == StatusCode::UNAUTHORIZED;
+            let (headers, body) = e.into_parts();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["status"], status.as_u16(), "{label}");
+            assert!(v["type"].as_str().unwrap().starts_with("urn:claimsmith:problem:"), "{label}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+            assert_eq!(headers.contains_key(header::WWW_AUTHENTICATE), unauthorized, "{label}");
+        }
+        let (headers, _) = ProxyError::MetadataUnavailable { retry_after_secs: 7 }.into_parts();
+        assert_eq!(headers[header::RETRY_AFTER], "7");
     }
 }

@@ -156,14 +156,15 @@ async fn refuse(app: &App, io: &mut ClientIo, method: &Method, why: &'static str
     let ClientIo { stream: client, out, .. } = io;
     let start = Instant::now();
     let e = ProxyError::BadRequest(why);
-    let (status, label) = (e.status(), e.label());
+    let status = e.status();
+    let mut outcome = Outcome::default();
+    outcome.failed(&e);
     let (headers, body) = e.into_parts();
     let request_id = proxy::request_id(&http::HeaderMap::new());
     out.clear();
     let ends = wire::Ends { request_id: &request_id, close: true, head_request: *method == Method::HEAD };
     wire::write_own_response(out, status, &headers, &body, ends);
     let _ = client.write_all(out).await;
-    let outcome = Outcome { route: None, upstream_time: None, error: Some(label), cache: None };
     proxy::record(app, method, &outcome, status.as_u16(), start.elapsed());
 }
 
@@ -210,6 +211,7 @@ async fn exchange(
         authority: None,
         authorization: Some(&authorization),
         content_length,
+        may_upgrade: false,
     };
     let routed = proxy::route_request(app, &arrived, &headers);
     if let Ok((route, _)) = &routed
@@ -219,13 +221,12 @@ async fn exchange(
     }
     // The upstream's own time is for the access log only: no clock reads without it.
     let timed = tracing::enabled!(target: "claimsmith::access", tracing::Level::INFO);
-    let mut outcome = Outcome { route: None, upstream_time: None, error: None, cache: None };
+    let mut outcome = Outcome::default();
     let request_id = proxy::request_id(&headers);
     let mut body_left = content_length.unwrap_or(0);
     let mut close = client_close || stopping;
     let forwarded = async {
         let (route, path) = routed?;
-        // Upgrades are hyper's (handed over with the head), so none is asked for here.
         proxy::admit(app, route, arrived, &mut headers, (conn, &request_id), &mut outcome).await?;
         out.clear();
         let target = (&proxy::upstream_path(route, &path)[..], target.query());
@@ -249,13 +250,14 @@ async fn exchange(
                 Err(e) => {
                     tracing::info!(route = %route.name, error = %e, "the response could not be passed on whole; closing the connection");
                     outcome.error = Some("response_incomplete");
+                    outcome.blame = Some(crate::error::Blame::Upstream);
                     close = true;
                 }
             }
             status
         }
         Err(e) => {
-            outcome.error = Some(e.label());
+            outcome.failed(&e);
             // A body not read to its end would be taken for the next request.
             close |= body_left > 0;
             let status = e.status();

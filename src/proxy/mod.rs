@@ -106,23 +106,34 @@ impl Conn {
 }
 
 /// What the access log and metrics learn about one request.
+#[derive(Default)]
 pub struct Outcome {
     pub route: Option<Arc<str>>,
     pub upstream_time: Option<Duration>,
     pub error: Option<&'static str>,
+    /// Who the error is to be blamed on.
+    pub blame: Option<crate::error::Blame>,
     /// Metadata cache: "hit", "stale" or "miss" (a miss if either lookup missed).
     pub cache: Option<&'static str>,
+}
+
+impl Outcome {
+    /// Notes that the request ended with `e`.
+    pub fn failed(&mut self, e: &ProxyError) {
+        self.error = Some(e.label());
+        self.blame = Some(e.blame());
+    }
 }
 
 /// Handles one request end to end; never fails (errors become answers).
 pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<Body>, Outcome) {
     let start = Instant::now();
-    let mut outcome = Outcome { route: None, upstream_time: None, error: None, cache: None };
+    let mut outcome = Outcome::default();
     let request_id = request_id(req.headers());
     let mut resp = match pipeline(app, req, conn, start, &request_id, &mut outcome).await {
         Ok(r) => r,
         Err(e) => {
-            outcome.error = Some(e.label());
+            outcome.failed(&e);
             e.into_response()
         }
     };
@@ -151,6 +162,7 @@ pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status
         upstream_ms = outcome.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
         cache = outcome.cache,
         error = outcome.error,
+        blame = outcome.blame.map(crate::error::Blame::as_str),
         "request"
     );
 }
@@ -171,6 +183,7 @@ async fn pipeline(
         authority: parts.uri.authority(),
         authorization: None,
         content_length: declared_length(&parts.headers),
+        may_upgrade: true,
     };
     let (route, path) = route_request(app, &arrived, &parts.headers)?;
     let upgrade = admit(app, route, arrived, &mut parts.headers, (&conn, request_id), outcome).await?;
@@ -225,6 +238,9 @@ pub(crate) struct Arrived<'a> {
     pub authorization: Option<&'a crate::wire::h1::Authorization>,
     /// The body's declared length.
     pub content_length: Option<u64>,
+    /// Whether the transport can carry a protocol upgrade (hyper can; the fast path
+    /// hands an upgrade request to hyper before it gets here).
+    pub may_upgrade: bool,
 }
 
 /// Phase **route**: the checks that need no token (head size and framing, path
@@ -263,7 +279,10 @@ pub(crate) async fn admit(
             authorize(app, route, values.iter().map(HeaderValue::as_bytes), headers, &mut outcome.cache).await?
         }
     };
-    let upgrade = if route.config.websocket { hygiene::websocket_requested(headers) } else { None };
+    let upgrade = match req.may_upgrade && route.config.websocket {
+        true => hygiene::websocket_requested(headers),
+        false => None,
+    };
     let fwd = Forwarding { conn, request_id, authority: req.authority, token, upgrade: upgrade.as_ref() };
     prepare_headers(app, route, headers, fwd);
     Ok(upgrade)
