@@ -1,11 +1,8 @@
-//! TOML configuration (docs/configuration.md): a raw serde mirror of the file, then a validated,
-//! typed [`Config`] that the rest of the crate uses.
-//!
-//! Validation collects *every* problem it finds, each naming the key and why, so that
-//! `claimsmith check` can report them all in one run.
+//! Validation: from the raw file to the typed configuration, collecting every problem
+//! with the key it is about. Reads the files and environment variables secrets and
+//! keys come from.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,467 +11,32 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
 use url::Url;
 
+use super::raw::*;
+use super::*;
 use crate::keys::SigningKey;
-
-/// One problem in a configuration, naming the key it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted path of the offending key, e.g. `route[0].upstream`.
-    pub key: String,
-    /// Why it is wrong, in plain words.
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// A secret read from an environment variable or a file. `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
-
-impl Secret {
-    /// Wraps a value (used by the demo and tests, which make their own secrets).
-    pub fn new(value: impl Into<Arc<str>>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret's value. Callers must never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// Claims claimsmith sets itself; `copy_claims` may not name them.
-pub const RESERVED_CLAIMS: &[&str] =
-    &["iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ"];
-
-/// The validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: ListenConfig,
-    pub admin: AdminConfig,
-    pub issuers: Vec<IssuerConfig>,
-    pub sources: BTreeMap<String, SourceConfig>,
-    pub cache: CacheConfig,
-    pub token: TokenConfig,
-    /// Sorted longest `path_prefix` first, so the first match is the longest.
-    pub routes: Vec<RouteConfig>,
-    /// Where the configuration was read from, for reloads and messages.
-    pub path: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ListenConfig {
-    pub addr: SocketAddr,
-    pub tls: Option<TlsFiles>,
-    pub token_cookie: Option<String>,
-    pub trusted_proxies: Vec<IpNet>,
-    pub max_header_bytes: usize,
-    pub request_timeout: Duration,
-    /// How long a client may take to send its request head (slowloris guard).
-    pub header_read_timeout: Duration,
-    /// Serve plain HTTP/1.1 with the hand-written fast path (`h1`); off, hyper
-    /// serves every connection. Both run the same pipeline.
-    pub fast_path: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub addr: SocketAddr,
-    pub public_url: Option<String>,
-    pub token: Option<Secret>,
-}
-
-/// Where an issuer's signing keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksLocation {
-    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
-    Discovery,
-    Uri(Url),
-}
-
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    pub jwks: JwksLocation,
-    pub algorithms: Vec<Algorithm>,
-    pub leeway: Duration,
-    pub hmac_secret: Option<Secret>,
-    pub metadata: Option<String>,
-    pub ca_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceConfig {
-    Auth0(Auth0SourceConfig),
-    File(FileSourceConfig),
-    Http(HttpSourceConfig),
-}
-
-impl SourceConfig {
-    /// The `kind` as written in the file, for metrics labels and messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Auth0(_) => "auth0",
-            SourceConfig::File(_) => "file",
-            SourceConfig::Http(_) => "http",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Auth0SourceConfig {
-    pub domain: String,
-    pub base_url: Url,
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub audience: String,
-    pub max_requests_per_second: u32,
-    pub timeout: Duration,
-    pub ca_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileSourceConfig {
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpSourceConfig {
-    pub user_url: String,
-    pub client_url: String,
-    pub token: Option<Secret>,
-    pub ca_file: Option<PathBuf>,
-    pub max_requests_per_second: u32,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheConfig {
-    pub ttl: Duration,
-    pub max_stale: Duration,
-    pub negative_ttl: Duration,
-    pub max_entries: u64,
-}
-
-/// Where the internal token goes on the forwarded request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenHeader {
-    /// `Authorization: Bearer <token>`.
-    Authorization,
-    /// Any other header, carrying the bare token.
-    Custom(HeaderName),
-}
-
-impl TokenHeader {
-    pub fn name(&self) -> HeaderName {
-        match self {
-            TokenHeader::Authorization => http::header::AUTHORIZATION,
-            TokenHeader::Custom(h) => h.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct TokenConfig {
-    pub issuer: String,
-    pub ttl: Duration,
-    pub algorithm: Algorithm,
-    /// The first key signs; all are published. Empty: an ephemeral key.
-    pub keys: Vec<Arc<SigningKey>>,
-    pub key_files: Vec<PathBuf>,
-    pub header: TokenHeader,
-    pub copy_claims: Vec<String>,
-}
-
-/// `route.max_body_bytes` when not set: 10 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    Required,
-    Optional,
-    Off,
-}
-
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// Index in the file, for messages and metrics.
-    pub name: Arc<str>,
-    pub path_prefix: String,
-    pub upstream: Url,
-    pub ca_file: Option<PathBuf>,
-    pub audience: Option<String>,
-    pub auth: AuthMode,
-    pub strip_prefix: bool,
-    pub app_metadata: Option<Vec<String>>,
-    pub client_metadata: Option<Vec<String>>,
-    /// Whether WebSocket upgrades are forwarded (docs/security.md, "Upgrades").
-    pub websocket: bool,
-    /// Largest request body forwarded; a larger one is refused with 413.
-    pub max_body_bytes: u64,
-}
-
-// ---------------------------------------------------------------------------
-// Raw mirror of the file.
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    listen: RawListen,
-    #[serde(default)]
-    admin: RawAdmin,
-    #[serde(default, rename = "issuer")]
-    issuers: Vec<RawIssuer>,
-    #[serde(default)]
-    metadata: BTreeMap<String, RawSource>,
-    #[serde(default)]
-    cache: RawCache,
-    #[serde(default)]
-    token: RawToken,
-    #[serde(default, rename = "route")]
-    routes: Vec<RawRoute>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawListen {
-    addr: Option<String>,
-    tls_cert_file: Option<PathBuf>,
-    tls_key_file: Option<PathBuf>,
-    token_cookie: Option<String>,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    max_header_bytes: Option<i64>,
-    request_timeout: Option<String>,
-    header_read_timeout: Option<String>,
-    fast_path: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    addr: Option<String>,
-    public_url: Option<String>,
-    token_env: Option<String>,
-    token_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIssuer {
-    issuer: Option<String>,
-    #[serde(default)]
-    audiences: Vec<String>,
-    jwks_uri: Option<String>,
-    algorithms: Option<Vec<String>>,
-    leeway: Option<String>,
-    hmac_secret_env: Option<String>,
-    hmac_secret_file: Option<PathBuf>,
-    metadata: Option<String>,
-    ca_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    kind: Option<String>,
-    // auth0
-    domain: Option<String>,
-    base_url: Option<String>,
-    client_id: Option<String>,
-    client_secret_env: Option<String>,
-    client_secret_file: Option<PathBuf>,
-    audience: Option<String>,
-    // auth0 + http
-    max_requests_per_second: Option<i64>,
-    timeout: Option<String>,
-    ca_file: Option<PathBuf>,
-    // file
-    path: Option<PathBuf>,
-    // http
-    user_url: Option<String>,
-    client_url: Option<String>,
-    token_env: Option<String>,
-    token_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawCache {
-    ttl: Option<String>,
-    max_stale: Option<String>,
-    negative_ttl: Option<String>,
-    max_entries: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawToken {
-    issuer: Option<String>,
-    ttl: Option<String>,
-    algorithm: Option<String>,
-    #[serde(default)]
-    key_files: Vec<PathBuf>,
-    header: Option<String>,
-    copy_claims: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    path_prefix: Option<String>,
-    upstream: Option<String>,
-    ca_file: Option<PathBuf>,
-    audience: Option<String>,
-    auth: Option<String>,
-    #[serde(default)]
-    strip_prefix: bool,
-    app_metadata: Option<Vec<String>>,
-    client_metadata: Option<Vec<String>>,
-    websocket: Option<bool>,
-    max_body_bytes: Option<i64>,
-}
-
-// ---------------------------------------------------------------------------
-// Loading.
 
 /// Collects errors while validating; each names its key.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(pub(super) Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.0.push(ConfigError { key: key.into(), reason: reason.into() });
     }
 }
 
 /// Resolves relative paths in the config against the config file's directory.
-struct PathBase(Option<PathBuf>);
+pub(super) struct PathBase(pub(super) Option<PathBuf>);
 
 impl PathBase {
-    fn resolve(&self, p: &Path) -> PathBuf {
+    pub(super) fn resolve(&self, p: &Path) -> PathBuf {
         match &self.0 {
             Some(dir) if p.is_relative() => dir.join(p),
             _ => p.to_path_buf(),
         }
     }
-}
-
-impl Config {
-    /// Reads and validates the file at `path`. A missing or unreadable file is an
-    /// invalid config (docs/operations.md).
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: path.display().to_string(),
-                reason: format!("cannot read the config file: {e}"),
-            }])
-        })?;
-        let base = path.parent().map(Path::to_path_buf);
-        let mut cfg = Self::parse_with_base(&text, base)?;
-        cfg.path = Some(path.to_path_buf());
-        Ok(cfg)
-    }
-
-    /// Parses and validates TOML text; relative paths resolve against the working dir.
-    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse_with_base(text, None)
-    }
-
-    fn parse_with_base(text: &str, base: Option<PathBuf>) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigErrors(vec![ConfigError { key: toml_error_key(&e), reason: toml_error_reason(&e) }]))?;
-        let base = PathBase(base.filter(|b| !b.as_os_str().is_empty()));
-        let mut errs = Errors::default();
-        let listen = validate_listen(raw.listen, &mut errs);
-        let admin = validate_admin(raw.admin, &base, &mut errs);
-        let sources = validate_sources(raw.metadata, &base, &mut errs);
-        let issuers = validate_issuers(raw.issuers, &sources, &base, &mut errs);
-        let cache = validate_cache(raw.cache, &mut errs);
-        let token = validate_token(raw.token, &base, &mut errs);
-        let routes = validate_routes(raw.routes, &issuers, &base, &mut errs);
-        // RFC 8725 §3.12: our own tokens must never pass as ID tokens.
-        if issuers.iter().any(|i| i.issuer == token.issuer) {
-            errs.push(
-                "token.issuer",
-                "must differ from every [[issuer]].issuer, or claimsmith's own tokens would be accepted as ID tokens",
-            );
-        }
-        if !errs.0.is_empty() {
-            return Err(ConfigErrors(errs.0));
-        }
-        Ok(Config { listen, admin, issuers, sources, cache, token, routes, path: None })
-    }
-
-    /// One line for `claimsmith check`.
-    pub fn summary(&self) -> String {
-        format!(
-            "config ok: {} route(s), {} issuer(s), {} metadata source(s), {} signing key(s) ({:?}), proxy on {}, admin on {}",
-            self.routes.len(),
-            self.issuers.len(),
-            self.sources.len(),
-            self.token.keys.len().max(1),
-            self.token.algorithm,
-            self.listen.addr,
-            self.admin.addr
-        )
-    }
-}
-
-fn toml_error_key(e: &toml::de::Error) -> String {
-    // toml names the unknown or mistyped key in its message; keep it as the key when
-    // it can be found, else point at the file position.
-    let msg = e.message();
-    if let Some(rest) = msg.strip_prefix("unknown field `")
-        && let Some(end) = rest.find('`')
-        && end > 0
-    {
-        return rest[..end].to_string();
-    }
-    match e.span() {
-        Some(span) => format!("config (byte {})", span.start),
-        None => "config".to_string(),
-    }
-}
-
-fn toml_error_reason(e: &toml::de::Error) -> String {
-    e.to_string().trim().replace('\n', " | ")
 }
 
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
@@ -505,7 +67,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn duration(key: &str, v: Option<String>, default: Duration, errs: &mut Errors) -> Duration {
+pub(super) fn duration(key: &str, v: Option<String>, default: Duration, errs: &mut Errors) -> Duration {
     match v {
         None => default,
         Some(s) => match parse_duration(&s) {
@@ -518,7 +80,7 @@ fn duration(key: &str, v: Option<String>, default: Duration, errs: &mut Errors) 
     }
 }
 
-fn socket_addr(key: &str, v: Option<String>, default: &str, errs: &mut Errors) -> SocketAddr {
+pub(super) fn socket_addr(key: &str, v: Option<String>, default: &str, errs: &mut Errors) -> SocketAddr {
     let s = v.unwrap_or_else(|| default.to_string());
     match s.parse() {
         Ok(a) => a,
@@ -530,7 +92,7 @@ fn socket_addr(key: &str, v: Option<String>, default: &str, errs: &mut Errors) -
 }
 
 /// Reads a secret from `*_env` or `*_file`; exactly one may be set.
-fn secret(
+pub(super) fn secret(
     prefix: &str,
     env: Option<String>,
     file: Option<PathBuf>,
@@ -574,7 +136,7 @@ fn secret(
     }
 }
 
-fn readable_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut Errors) -> Option<PathBuf> {
+pub(super) fn readable_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut Errors) -> Option<PathBuf> {
     let p = base.resolve(&p?);
     if let Err(e) = std::fs::metadata(&p) {
         errs.push(key, format!("cannot read {}: {e}", p.display()));
@@ -582,7 +144,7 @@ fn readable_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut Erro
     Some(p)
 }
 
-fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig {
+pub(super) fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig {
     let addr = socket_addr("listen.addr", raw.addr, "0.0.0.0:8080", errs);
     let tls = match (raw.tls_cert_file, raw.tls_key_file) {
         (None, None) => None,
@@ -647,7 +209,7 @@ fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig {
     }
 }
 
-fn validate_admin(raw: RawAdmin, base: &PathBase, errs: &mut Errors) -> AdminConfig {
+pub(super) fn validate_admin(raw: RawAdmin, base: &PathBase, errs: &mut Errors) -> AdminConfig {
     let addr = socket_addr("admin.addr", raw.addr, "127.0.0.1:9090", errs);
     if let Some(u) = &raw.public_url {
         match Url::parse(u) {
@@ -659,17 +221,17 @@ fn validate_admin(raw: RawAdmin, base: &PathBase, errs: &mut Errors) -> AdminCon
     AdminConfig { addr, public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()), token }
 }
 
-fn parse_algorithm(s: &str) -> Option<Algorithm> {
+pub(super) fn parse_algorithm(s: &str) -> Option<Algorithm> {
     use std::str::FromStr;
     // `none` is not an Algorithm at all, so it can never be configured.
     Algorithm::from_str(s).ok()
 }
 
-fn is_hmac(a: Algorithm) -> bool {
+pub(super) fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-fn validate_issuers(
+pub(super) fn validate_issuers(
     raw: Vec<RawIssuer>,
     sources: &BTreeMap<String, SourceConfig>,
     base: &PathBase,
@@ -750,7 +312,7 @@ fn validate_issuers(
     out
 }
 
-fn validate_sources(
+pub(super) fn validate_sources(
     raw: BTreeMap<String, RawSource>,
     base: &PathBase,
     errs: &mut Errors,
@@ -905,7 +467,7 @@ fn validate_sources(
     out
 }
 
-fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheConfig {
+pub(super) fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheConfig {
     let ttl = duration("cache.ttl", raw.ttl, Duration::from_secs(300), errs);
     if ttl.is_zero() {
         errs.push("cache.ttl", "must be more than zero");
@@ -923,7 +485,7 @@ fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheConfig {
     CacheConfig { ttl, max_stale, negative_ttl, max_entries }
 }
 
-fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) -> TokenConfig {
+pub(super) fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) -> TokenConfig {
     let issuer = raw.issuer.unwrap_or_else(|| "https://claimsmith.internal/".to_string());
     if issuer.is_empty() {
         errs.push("token.issuer", "must not be empty");
@@ -997,7 +559,7 @@ fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) -> TokenCon
     TokenConfig { issuer, ttl, algorithm, keys, key_files, header, copy_claims }
 }
 
-fn validate_routes(
+pub(super) fn validate_routes(
     raw: Vec<RawRoute>,
     issuers: &[IssuerConfig],
     base: &PathBase,
@@ -1081,110 +643,4 @@ fn validate_routes(
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let e = Config::parse("[listen]\nadress = \"x\"\n").unwrap_err();
-        assert_eq!(e.0[0].key, "adress");
-    }
-
-    #[test]
-    fn an_empty_key_still_names_a_place() {
-        for text in ["[\"\"]\n", "\"\" = 1\n"] {
-            let e = Config::parse(text).unwrap_err();
-            assert!(!e.0[0].key.is_empty(), "{text:?} gave an empty key");
-        }
-    }
-
-    #[test]
-    fn every_error_is_reported() {
-        let e = Config::parse(
-            r#"
-            [cache]
-            ttl = "5 minutes"
-            [[route]]
-            path_prefix = "api"
-            upstream = "ftp://x"
-            "#,
-        )
-        .unwrap_err();
-        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
-        assert!(keys.contains(&"cache.ttl"), "{keys:?}");
-        assert!(keys.contains(&"route[0].path_prefix"), "{keys:?}");
-        assert!(keys.contains(&"route[0].upstream"), "{keys:?}");
-    }
-
-    #[test]
-    fn hmac_needs_a_secret() {
-        let e = Config::parse(
-            r#"
-            [[issuer]]
-            issuer = "https://t.example/"
-            audiences = ["a"]
-            algorithms = ["HS256", "none"]
-            [[route]]
-            path_prefix = "/"
-            upstream = "http://127.0.0.1:1"
-            audience = "x"
-            "#,
-        )
-        .unwrap_err();
-        let keys: Vec<_> = e.0.iter().map(|e| e.key.as_str()).collect();
-        assert!(keys.contains(&"issuer[0].algorithms[0]"), "{keys:?}");
-        assert!(keys.contains(&"issuer[0].algorithms[1]"), "{keys:?}");
-    }
-
-    #[test]
-    fn own_issuer_cannot_be_an_accepted_issuer() {
-        let e = Config::parse(
-            r#"
-            [[issuer]]
-            issuer = "https://same.example/"
-            audiences = ["a"]
-            [token]
-            issuer = "https://same.example/"
-            [[route]]
-            path_prefix = "/"
-            upstream = "http://127.0.0.1:1"
-            audience = "x"
-            "#,
-        )
-        .unwrap_err();
-        assert!(e.0.iter().any(|e| e.key == "token.issuer"), "{e}");
-    }
-
-    #[test]
-    fn routes_sorted_longest_first() {
-        let c = Config::parse(
-            r#"
-            [[route]]
-            path_prefix = "/"
-            upstream = "http://127.0.0.1:1"
-            auth = "off"
-            [[route]]
-            path_prefix = "/api/v1/"
-            upstream = "http://127.0.0.1:2"
-            auth = "off"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(c.routes[0].path_prefix, "/api/v1/");
-    }
 }

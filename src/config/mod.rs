@@ -1,0 +1,340 @@
+//! TOML configuration (docs/configuration.md), in three parts: this file is the typed
+//! model the rest of the crate reads (plain data) and the entry points; `raw.rs` is
+//! the file as serde reads it; `validate.rs` turns one into the other.
+//!
+//! Validation collects *every* problem it finds, each naming the key and why, so that
+//! `claimsmith check` can report them all in one run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use jsonwebtoken::Algorithm;
+use url::Url;
+
+use crate::keys::SigningKey;
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use raw::RawConfig;
+pub use validate::parse_duration;
+use validate::*;
+
+/// One problem in a configuration, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `route[0].upstream`.
+    pub key: String,
+    /// Why it is wrong, in plain words.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret read from an environment variable or a file. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a value (used by the demo and tests, which make their own secrets).
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret's value. Callers must never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Claims claimsmith sets itself; `copy_claims` may not name them.
+pub const RESERVED_CLAIMS: &[&str] =
+    &["iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ"];
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub cache: CacheConfig,
+    pub token: TokenConfig,
+    /// Sorted longest `path_prefix` first, so the first match is the longest.
+    pub routes: Vec<RouteConfig>,
+    /// Where the configuration was read from, for reloads and messages.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub token_cookie: Option<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_header_bytes: usize,
+    pub request_timeout: Duration,
+    /// How long a client may take to send its request head (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// Serve plain HTTP/1.1 with the hand-written fast path (`h1`); off, hyper
+    /// serves every connection. Both run the same pipeline.
+    pub fast_path: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    pub public_url: Option<String>,
+    pub token: Option<Secret>,
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery,
+    Uri(Url),
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: JwksLocation,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub hmac_secret: Option<Secret>,
+    pub metadata: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    Auth0(Auth0SourceConfig),
+    File(FileSourceConfig),
+    Http(HttpSourceConfig),
+}
+
+impl SourceConfig {
+    /// The `kind` as written in the file, for metrics labels and messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Auth0(_) => "auth0",
+            SourceConfig::File(_) => "file",
+            SourceConfig::Http(_) => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Auth0SourceConfig {
+    pub domain: String,
+    pub base_url: Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub audience: String,
+    pub max_requests_per_second: u32,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSourceConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSourceConfig {
+    pub user_url: String,
+    pub client_url: String,
+    pub token: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+    pub max_requests_per_second: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub max_stale: Duration,
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+/// Where the internal token goes on the forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenHeader {
+    /// `Authorization: Bearer <token>`.
+    Authorization,
+    /// Any other header, carrying the bare token.
+    Custom(HeaderName),
+}
+
+impl TokenHeader {
+    pub fn name(&self) -> HeaderName {
+        match self {
+            TokenHeader::Authorization => http::header::AUTHORIZATION,
+            TokenHeader::Custom(h) => h.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub ttl: Duration,
+    pub algorithm: Algorithm,
+    /// The first key signs; all are published. Empty: an ephemeral key.
+    pub keys: Vec<Arc<SigningKey>>,
+    pub key_files: Vec<PathBuf>,
+    pub header: TokenHeader,
+    pub copy_claims: Vec<String>,
+}
+
+/// `route.max_body_bytes` when not set: 10 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Index in the file, for messages and metrics.
+    pub name: Arc<str>,
+    pub path_prefix: String,
+    pub upstream: Url,
+    pub ca_file: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub auth: AuthMode,
+    pub strip_prefix: bool,
+    pub app_metadata: Option<Vec<String>>,
+    pub client_metadata: Option<Vec<String>>,
+    /// Whether WebSocket upgrades are forwarded (docs/security.md, "Upgrades").
+    pub websocket: bool,
+    /// Largest request body forwarded; a larger one is refused with 413.
+    pub max_body_bytes: u64,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`. A missing or unreadable file is an
+    /// invalid config (docs/operations.md).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                reason: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        let base = path.parent().map(Path::to_path_buf);
+        let mut cfg = Self::parse_with_base(&text, base)?;
+        cfg.path = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against the working dir.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_with_base(text, None)
+    }
+
+    fn parse_with_base(text: &str, base: Option<PathBuf>) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![ConfigError { key: toml_error_key(&e), reason: toml_error_reason(&e) }]))?;
+        let base = PathBase(base.filter(|b| !b.as_os_str().is_empty()));
+        let mut errs = Errors::default();
+        let listen = validate_listen(raw.listen, &mut errs);
+        let admin = validate_admin(raw.admin, &base, &mut errs);
+        let sources = validate_sources(raw.metadata, &base, &mut errs);
+        let issuers = validate_issuers(raw.issuers, &sources, &base, &mut errs);
+        let cache = validate_cache(raw.cache, &mut errs);
+        let token = validate_token(raw.token, &base, &mut errs);
+        let routes = validate_routes(raw.routes, &issuers, &base, &mut errs);
+        // RFC 8725 §3.12: our own tokens must never pass as ID tokens.
+        if issuers.iter().any(|i| i.issuer == token.issuer) {
+            errs.push(
+                "token.issuer",
+                "must differ from every [[issuer]].issuer, or claimsmith's own tokens would be accepted as ID tokens",
+            );
+        }
+        if !errs.0.is_empty() {
+            return Err(ConfigErrors(errs.0));
+        }
+        Ok(Config { listen, admin, issuers, sources, cache, token, routes, path: None })
+    }
+
+    /// One line for `claimsmith check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "config ok: {} route(s), {} issuer(s), {} metadata source(s), {} signing key(s) ({:?}), proxy on {}, admin on {}",
+            self.routes.len(),
+            self.issuers.len(),
+            self.sources.len(),
+            self.token.keys.len().max(1),
+            self.token.algorithm,
+            self.listen.addr,
+            self.admin.addr
+        )
+    }
+}
+
+fn toml_error_key(e: &toml::de::Error) -> String {
+    // toml names the unknown or mistyped key in its message; keep it as the key when
+    // it can be found, else point at the file position.
+    let msg = e.message();
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some(end) = rest.find('`')
+        && end > 0
+    {
+        return rest[..end].to_string();
+    }
+    match e.span() {
+        Some(span) => format!("config (byte {})", span.start),
+        None => "config".to_string(),
+    }
+}
+
+fn toml_error_reason(e: &toml::de::Error) -> String {
+    e.to_string().trim().replace('\n', " | ")
+}

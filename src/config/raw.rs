@@ -1,0 +1,129 @@
+//! The file as serde reads it: every table and key, all optional, unknown keys refused.
+//! `validate.rs` turns it into the typed [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+// ---------------------------------------------------------------------------
+// Raw mirror of the file.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) listen: RawListen,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+    #[serde(default, rename = "issuer")]
+    pub(super) issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    pub(super) metadata: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    pub(super) cache: RawCache,
+    #[serde(default)]
+    pub(super) token: RawToken,
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub(super) addr: Option<String>,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
+    pub(super) token_cookie: Option<String>,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
+    pub(super) max_header_bytes: Option<i64>,
+    pub(super) request_timeout: Option<String>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) fast_path: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) addr: Option<String>,
+    pub(super) public_url: Option<String>,
+    pub(super) token_env: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIssuer {
+    pub(super) issuer: Option<String>,
+    #[serde(default)]
+    pub(super) audiences: Vec<String>,
+    pub(super) jwks_uri: Option<String>,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) leeway: Option<String>,
+    pub(super) hmac_secret_env: Option<String>,
+    pub(super) hmac_secret_file: Option<PathBuf>,
+    pub(super) metadata: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub(super) kind: Option<String>,
+    // auth0
+    pub(super) domain: Option<String>,
+    pub(super) base_url: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret_env: Option<String>,
+    pub(super) client_secret_file: Option<PathBuf>,
+    pub(super) audience: Option<String>,
+    // auth0 + http
+    pub(super) max_requests_per_second: Option<i64>,
+    pub(super) timeout: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    // file
+    pub(super) path: Option<PathBuf>,
+    // http
+    pub(super) user_url: Option<String>,
+    pub(super) client_url: Option<String>,
+    pub(super) token_env: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) ttl: Option<String>,
+    pub(super) max_stale: Option<String>,
+    pub(super) negative_ttl: Option<String>,
+    pub(super) max_entries: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawToken {
+    pub(super) issuer: Option<String>,
+    pub(super) ttl: Option<String>,
+    pub(super) algorithm: Option<String>,
+    #[serde(default)]
+    pub(super) key_files: Vec<PathBuf>,
+    pub(super) header: Option<String>,
+    pub(super) copy_claims: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) path_prefix: Option<String>,
+    pub(super) upstream: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) audience: Option<String>,
+    pub(super) auth: Option<String>,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+    pub(super) app_metadata: Option<Vec<String>>,
+    pub(super) client_metadata: Option<Vec<String>>,
+    pub(super) websocket: Option<bool>,
+    pub(super) max_body_bytes: Option<i64>,
+}
