@@ -1,15 +1,28 @@
-//! Shared harness: real servers on 127.0.0.1, started in-process.
+//! Shared harness: real servers on 127.0.0.1, started in-process, one concern a file:
 //!
-//! - [`Issuer`]: an OpenID issuer serving discovery and a JWKS with an RS256 and an
+//! - `issuer.rs`: an OpenID issuer serving discovery and a JWKS with an RS256 and an
 //!   ES256 key; it signs ID tokens and counts every fetch.
-//! - [`Upstream`]: a backend that records every request it receives.
-//! - [`Harness`]: issuer + upstream + a metadata file + claimsmith itself, and an HTTP
-//!   client whose every response passes the leak audit (no token, secret or metadata
-//!   value may come back to the client).
+//! - `upstream.rs`: a backend that records every request it receives.
+//! - `auth0.rs`: an Auth0-shaped Management API.
+//! - `wire.rs`: a raw HTTP/1.1 client; `strict_h1.rs`: a strict, independent HTTP/1.1
+//!   parser for what claimsmith writes.
+//! - `audit.rs`: the leak audit (no token, secret or metadata value may come back).
+//! - here: [`Harness`], issuer + upstream + a metadata file + claimsmith itself, and an
+//!   HTTP client whose every response passes the leak audit; the transport a suite
+//!   runs on ([`fast_path`]).
 #![allow(dead_code)]
 
+mod audit;
 pub mod auth0;
+mod issuer;
 pub mod strict_h1;
+mod upstream;
+mod wire;
+
+pub use audit::*;
+pub use issuer::*;
+pub use upstream::*;
+pub use wire::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -117,216 +130,6 @@ pub fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
-}
-
-// ---------------------------------------------------------------------------
-// Issuer
-
-pub struct IssuerKey {
-    pub kid: String,
-    pub alg: Algorithm,
-    pub encoding: EncodingKey,
-    pub jwk: Value,
-    /// The PEM of the private key (tests that forge need the public parts too).
-    pub pem: String,
-}
-
-impl IssuerKey {
-    pub fn generate(alg: Algorithm, kid: &str) -> IssuerKey {
-        let (key, pem) = SigningKey::generate(alg).unwrap();
-        let encoding = match alg {
-            Algorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-            Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
-            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
-            _ => unreachable!(),
-        };
-        let mut jwk = key.public_jwk().clone();
-        jwk["kid"] = json!(kid);
-        IssuerKey { kid: kid.to_string(), alg, encoding, jwk, pem }
-    }
-}
-
-/// An OpenID issuer on loopback.
-pub struct Issuer {
-    pub addr: SocketAddr,
-    pub url: String,
-    pub rsa: Arc<IssuerKey>,
-    pub ec: Arc<IssuerKey>,
-    /// Keys published in the JWKS (tests can add or remove).
-    pub published: Arc<Mutex<Vec<Value>>>,
-    pub jwks_fetches: Arc<AtomicUsize>,
-    pub discovery_fetches: Arc<AtomicUsize>,
-    /// Every path requested of the issuer (to prove no jku/x5u fetch reached it).
-    pub paths: Arc<Mutex<Vec<String>>>,
-    pub down: Arc<AtomicBool>,
-}
-
-impl Issuer {
-    pub async fn start() -> Issuer {
-        let rsa = Arc::new(IssuerKey::generate(Algorithm::RS256, "rsa-1"));
-        let ec = Arc::new(IssuerKey::generate(Algorithm::ES256, "ec-1"));
-        let published = Arc::new(Mutex::new(vec![rsa.jwk.clone(), ec.jwk.clone()]));
-        let jwks_fetches = Arc::new(AtomicUsize::new(0));
-        let discovery_fetches = Arc::new(AtomicUsize::new(0));
-        let paths = Arc::new(Mutex::new(Vec::new()));
-        let down = Arc::new(AtomicBool::new(false));
-        let url_cell: Arc<Mutex<String>> = Arc::default();
-        let addr = serve({
-            let (published, jwks_fetches, discovery_fetches, paths, down, url_cell) = (
-                published.clone(),
-                jwks_fetches.clone(),
-                discovery_fetches.clone(),
-                paths.clone(),
-                down.clone(),
-                url_cell.clone(),
-            );
-            move |req: Request<Incoming>| {
-                let path = req.uri().path().to_string();
-                paths.lock().unwrap().push(path.clone());
-                let resp = if down.load(SeqCst) {
-                    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "down"}))
-                } else {
-                    match path.as_str() {
-                        "/.well-known/openid-configuration" => {
-                            discovery_fetches.fetch_add(1, SeqCst);
-                            let url = url_cell.lock().unwrap().clone();
-                            json_response(
-                                StatusCode::OK,
-                                &json!({"issuer": url, "jwks_uri": format!("{url}.well-known/jwks.json"),
-                                        "id_token_signing_alg_values_supported": ["RS256", "ES256"]}),
-                            )
-                        }
-                        "/.well-known/jwks.json" => {
-                            jwks_fetches.fetch_add(1, SeqCst);
-                            json_response(StatusCode::OK, &json!({"keys": published.lock().unwrap().clone()}))
-                        }
-                        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
-                    }
-                };
-                async move { resp }
-            }
-        })
-        .await;
-        let url = format!("http://{addr}/");
-        *url_cell.lock().unwrap() = url.clone();
-        Issuer { addr, url, rsa, ec, published, jwks_fetches, discovery_fetches, paths, down }
-    }
-
-    /// Standard valid claims for `sub`, audience client-1.
-    pub fn claims(&self, sub: &str) -> Value {
-        let n = now();
-        json!({"iss": self.url, "sub": sub, "aud": CLIENT_1, "iat": n, "exp": n + 600,
-               "email": "u1@example.com", "name": "User One"})
-    }
-
-    pub fn sign(&self, key: &IssuerKey, claims: &Value) -> String {
-        let mut h = Header::new(key.alg);
-        h.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&h, claims, &key.encoding).unwrap()
-    }
-
-    pub fn sign_header(&self, key: &IssuerKey, header: &Header, claims: &Value) -> String {
-        jsonwebtoken::encode(header, claims, &key.encoding).unwrap()
-    }
-
-    /// A valid RS256 ID token for `sub`.
-    pub fn token(&self, sub: &str) -> String {
-        self.sign(&self.rsa, &self.claims(sub))
-    }
-
-    /// A valid ES256 ID token for `sub`.
-    pub fn token_es256(&self, sub: &str) -> String {
-        self.sign(&self.ec, &self.claims(sub))
-    }
-}
-
-/// Builds a compact token from raw parts (for malformed and forged tokens).
-pub fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
-    format!("{}.{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()), B64.encode(signature))
-}
-
-// ---------------------------------------------------------------------------
-// Upstream
-
-#[derive(Clone, Debug)]
-pub struct Seen {
-    pub method: Method,
-    pub uri: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// How the upstream answers.
-#[derive(Clone, Default)]
-pub struct Behavior {
-    pub delay: Option<Duration>,
-    pub status: Option<StatusCode>,
-    pub extra_headers: Vec<(String, String)>,
-}
-
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-    pub behavior: Arc<Mutex<Behavior>>,
-    pub count: Arc<AtomicU64>,
-    /// TCP connections accepted (to observe connection reuse).
-    pub connections: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    pub async fn start() -> Upstream {
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let behavior: Arc<Mutex<Behavior>> = Arc::default();
-        let count = Arc::new(AtomicU64::new(0));
-        let (addr, connections) = serve_counting({
-            let (seen, behavior, count) = (seen.clone(), behavior.clone(), count.clone());
-            move |req: Request<Incoming>| {
-                let (seen, behavior, count) = (seen.clone(), behavior.clone(), count.clone());
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let n = count.fetch_add(1, SeqCst) + 1;
-                    seen.lock().unwrap().push(Seen {
-                        method: parts.method.clone(),
-                        uri: parts.uri.to_string(),
-                        headers: parts.headers.clone(),
-                        body: body.clone(),
-                    });
-                    let b = behavior.lock().unwrap().clone();
-                    if let Some(d) = b.delay {
-                        tokio::time::sleep(d).await;
-                    }
-                    let mut r = json_response(
-                        b.status.unwrap_or(StatusCode::OK),
-                        &json!({"upstream": "ok", "n": n, "path": parts.uri.path(), "body_len": body.len()}),
-                    );
-                    for (k, v) in b.extra_headers {
-                        r.headers_mut()
-                            .append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(&v).unwrap());
-                    }
-                    r
-                }
-            }
-        })
-        .await;
-        Upstream { addr, seen, behavior, count, connections }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the upstream saw no request")
-    }
-
-    pub fn saw_nothing(&self) -> bool {
-        self.seen.lock().unwrap().is_empty()
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -598,132 +401,6 @@ pub fn verify_internal(token: &str, jwks: &Value, audience: &str) -> Value {
     jsonwebtoken::decode::<Value>(token, &key, &v).expect("internal token does not verify").claims
 }
 
-// ---------------------------------------------------------------------------
-// Raw HTTP/1.1 over TCP, for requests a conforming client would refuse or
-// normalise (underscored or odd-cased header names, smuggling, slow clients).
-
-/// One response read off a raw connection.
-#[derive(Debug, Clone)]
-pub struct RawResp {
-    pub status: u16,
-    /// Header names as received (lower-cased by hyper on the way out).
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl RawResp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-    /// As a [`Resp`], for the leak audit and the problem asserts.
-    pub fn to_resp(&self) -> Resp {
-        let mut headers = HeaderMap::new();
-        for (k, v) in &self.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                headers.append(k, v);
-            }
-        }
-        Resp { status: StatusCode::from_u16(self.status).unwrap(), headers, body: Bytes::from(self.body.clone()) }
-    }
-}
-
-const RAW_READ_TIMEOUT: Duration = Duration::from_secs(15);
-
-async fn raw_read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 8192];
-    match tokio::time::timeout(RAW_READ_TIMEOUT, stream.read(&mut chunk)).await {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => None,
-        Ok(Ok(n)) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Some(n)
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads one response from `stream`; `buf` holds bytes read beyond it (pipelining).
-/// `None` when the connection closed (or was reset) before a whole response came.
-pub async fn raw_read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<RawResp> {
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 1 << 20 {
-            return None;
-        }
-        raw_read_more(stream, buf).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    buf.drain(..head_end + 4);
-    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-    let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(i) = find(buf, b"\r\n") {
-                    break i;
-                }
-                raw_read_more(stream, buf).await?;
-            };
-            let size_s = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-            let size = usize::from_str_radix(size_s.split(';').next()?.trim(), 16).ok()?;
-            buf.drain(..line_end + 2);
-            while buf.len() < size + 2 {
-                raw_read_more(stream, buf).await?;
-            }
-            body.extend_from_slice(&buf[..size]);
-            buf.drain(..size + 2);
-            if size == 0 {
-                break body;
-            }
-        }
-    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        while buf.len() < len {
-            raw_read_more(stream, buf).await?;
-        }
-        buf.drain(..len).collect()
-    } else if status == 204 || status == 304 || (100..200).contains(&status) {
-        Vec::new()
-    } else {
-        // Delimited by the end of the connection.
-        while raw_read_more(stream, buf).await.is_some() {}
-        std::mem::take(buf)
-    };
-    Some(RawResp { status, headers, body })
-}
-
-/// Connects, writes `request` exactly as given and reads one response.
-pub async fn raw_send(addr: SocketAddr, request: &[u8]) -> Option<RawResp> {
-    use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.ok()?;
-    let mut buf = Vec::new();
-    raw_read_response(&mut stream, &mut buf).await
-}
-
-/// Whether the peer ends the connection (EOF or reset) within `within`; bytes
-/// that arrive meanwhile (an error answer) are skipped.
-pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let deadline = tokio::time::Instant::now() + within;
-    let mut chunk = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 impl Harness {
     /// A raw request to the proxy; the response (if any) passes the leak audit.
     pub async fn raw(&self, request: &[u8]) -> Option<RawResp> {
@@ -738,33 +415,6 @@ impl Harness {
     pub fn template_with_listen(line: &str) -> String {
         DEFAULT_TOML.replacen("[listen]\n", &format!("[listen]\n{line}\n"), 1)
     }
-}
-
-/// The leak audit for any response a test client got: fails when its status line,
-/// headers or body contain one of `secrets` (tokens, metadata values, configured
-/// secrets). [`Harness`] applies it to every response; tests with their own clients
-/// (TLS, h2c, the real binary) call it directly.
-pub fn assert_no_leak(status: StatusCode, headers: &HeaderMap, body: &[u8], secrets: &[String]) {
-    let mut text = String::from_utf8_lossy(body).into_owned();
-    text.push_str(status.as_str());
-    for (k, v) in headers {
-        text.push_str(k.as_str());
-        text.push_str(&String::from_utf8_lossy(v.as_bytes()));
-    }
-    for s in secrets.iter().filter(|s| s.len() >= 6) {
-        assert!(
-            !text.contains(s.as_str()),
-            "LEAK: the response to the client contains a secret value ({} chars)",
-            s.len()
-        );
-    }
-}
-
-/// Metadata values of [`default_metadata`] that must never reach a client.
-pub fn default_secrets() -> Vec<String> {
-    let mut out = vec![TENANT_KEY.to_string(), USER_NOTE.to_string()];
-    collect_strings(&default_metadata(), &mut out);
-    out
 }
 
 /// A config whose issuer reads metadata from the `http` source at `{md}` (a loopback
