@@ -1,29 +1,33 @@
 //! claimsmith: a token-enrichment reverse proxy.
 //!
-//! A request's story, module by module: [`server`] accepts it, [`proxy`] normalises
-//! and routes it, [`verify`] checks the caller's token, [`metadata`] finds the
-//! caller's app_metadata and client_metadata through its cache, [`mint`] signs the
-//! internal token, and [`proxy`] forwards it. [`error`] turns every failure into an
-//! answer; [`admin`] serves keys, health and metrics; [`config`] is the contract of
-//! docs/configuration.md; [`demo`] is the whole loop on loopback.
+//! A request's story, module by module (docs/architecture.md): `server` accepts it,
+//! the fast path (`h1`) or hyper reads it, the pipeline (`proxy`) routes it, [`verify`]
+//! checks the caller's token, [`metadata`] finds the caller's app_metadata and
+//! client_metadata through its cache, [`mint`] signs the internal token, and `proxy`
+//! forwards it. `error` turns every failure into an answer; `admin` serves keys,
+//! health and metrics; [`config`] is the file (docs/configuration.md); [`app`] builds
+//! the state from it; [`demo`] is the whole loop on loopback.
+//!
+//! Modules are crate-private unless the binary, the tests, the benchmarks or the fuzz
+//! targets need them.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod h1;
+pub(crate) mod error;
+pub(crate) mod h1;
 pub mod http_client;
 pub mod keys;
 pub mod metadata;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod mint;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod server;
-pub mod store;
+pub(crate) mod store;
 pub mod verify;
 pub mod wire;
 

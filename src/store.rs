@@ -145,10 +145,6 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
     pub fn len(&self) -> u64 {
         self.shards.iter().map(|s| lock(s).len() as u64).sum()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A full shard drops its expired entries, then, if still full, its least recently
