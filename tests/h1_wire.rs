@@ -1329,3 +1329,32 @@ async fn an_unsolicited_answer_on_an_idle_connection_is_never_delivered() {
         up.assert_no_errors();
     }
 }
+
+/// One retry rule on both transports: a request that reached the upstream is never
+/// sent twice, even an idempotent one. Here the upstream reads the second request on a
+/// reused connection and hangs up without answering: the client gets a 502, and the
+/// upstream saw that request once.
+#[tokio::test]
+async fn a_request_that_reached_the_upstream_is_never_sent_twice() {
+    for fast_path in TRANSPORTS {
+        let up = RawUpstream::start(|r| match r.target.as_str() {
+            "/off/dropped" => vec![Step::Close],
+            t => ok(&format!("echo {t}")),
+        })
+        .await;
+        let h = proxy_with(&up, fast_path, "").await;
+        let mut c = Wire::connect(&h).await;
+        assert_ok(&c.roundtrip(get(&h, "/off/first")).await, "echo /off/first");
+        let r = c.roundtrip(get(&h, "/off/dropped")).await;
+        assert_eq!(r.status, 502, "fast_path {fast_path}: {}", r.text());
+        let seen: Vec<(usize, String)> = up.requests().iter().map(|s| (s.conn, s.target.clone())).collect();
+        assert_eq!(
+            seen,
+            [(0, "/off/first".to_string()), (0, "/off/dropped".to_string())],
+            "fast_path {fast_path}: sent on a reused connection, and only once"
+        );
+        // The next request goes on a new connection and is answered.
+        assert_ok(&c.roundtrip(get(&h, "/off/after")).await, "echo /off/after");
+        up.assert_no_errors();
+    }
+}

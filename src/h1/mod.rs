@@ -281,6 +281,9 @@ async fn exchange(
 enum ForwardError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    /// Writing the request head failed: nothing of the request reached the upstream.
+    #[error("the request could not be written: {0}")]
+    Unwritten(std::io::Error),
     #[error("the upstream connection failed: {0}")]
     Io(std::io::Error),
     #[error("the upstream closed the connection before answering")]
@@ -304,9 +307,13 @@ impl From<ForwardError> for ProxyError {
 }
 
 /// Sends the request (head in `out`, body from the client) on a pooled or new
-/// connection and reads the answer's head, all before `deadline` (`at` is now). A request that
-/// found its reused connection closed before any answer is sent again on a new one,
-/// once, if it is idempotent and has no body (so nothing is lost by sending it twice).
+/// connection and reads the answer's head, all before `deadline` (`at` is now).
+///
+/// The retry rule, the same as hyper's transport follows (`proxy::upstream`): a reused
+/// connection that fails before the request was written is replaced by a new one,
+/// once; a request that may have reached the upstream is never sent twice, whatever
+/// its method. (A connection the upstream closed while idle is not reused at all: the
+/// pool checks it just before.)
 async fn forward(
     route: &Route,
     method: &Method,
@@ -323,7 +330,6 @@ async fn forward(
     body.rbuf.advance(first);
     *body.left -= first as u64;
     let head_request = method == Method::HEAD;
-    let replayable = *body.left == 0 && first == 0 && method.is_idempotent();
     let work = async {
         let mut up = match pool.checkout(at) {
             Some(up) => up,
@@ -331,8 +337,8 @@ async fn forward(
         };
         match send_and_receive(&mut up, out, &mut body, head_request).await {
             Ok(resp) => Ok((up, resp)),
-            Err(ForwardError::Io(_) | ForwardError::NoAnswer) if up.reused && replayable => {
-                tracing::debug!("pooled upstream connection closed; sending again on a new one");
+            Err(ForwardError::Unwritten(_)) if up.reused => {
+                tracing::debug!("pooled upstream connection failed before the request was written; using a new one");
                 let mut up = Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?;
                 let resp = send_and_receive(&mut up, out, &mut body, head_request).await?;
                 Ok((up, resp))
@@ -355,7 +361,7 @@ async fn send_and_receive(
 ) -> Result<ResponseHead, ForwardError> {
     let ClientBody { client, rbuf, left } = body;
     let body_left: &mut u64 = left;
-    up.stream.write_all(out).await.map_err(ForwardError::Io)?;
+    up.stream.write_all(out).await.map_err(ForwardError::Unwritten)?;
     while *body_left > 0 {
         if rbuf.is_empty() {
             reserve(rbuf);

@@ -70,11 +70,13 @@ impl Route {
         };
         let authority: http::uri::Authority = authority_s.parse().map_err(|_| "bad upstream authority")?;
         let host_header = HeaderValue::from_str(&authority_s).map_err(|_| "bad upstream host")?;
+        // One idle allowance for the route, whichever of its two pools holds them.
+        let budget = pool::IdleBudget::default();
         let h1 = match (u.scheme(), u.port_or_known_default()) {
-            ("http", Some(port)) => Some(crate::proxy::pool::Pool::new(host, port)),
+            ("http", Some(port)) => Some(pool::Pool::new(host, port, budget.clone())),
             _ => None,
         };
-        let upstream = Upstream::new(connector, scheme, authority).map_err(|_| "bad upstream URL")?;
+        let upstream = Upstream::new(connector, scheme, authority, budget).map_err(|_| "bad upstream URL")?;
         Ok(Route {
             h1,
             name: config.name.clone(),

@@ -13,7 +13,6 @@ use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -25,11 +24,7 @@ use tower_service::Service;
 
 use crate::http_client::Connector;
 
-/// Idle connections kept per route; beyond that the oldest are closed.
-const MAX_IDLE: usize = 256;
-/// An idle connection older than this is not used again (upstreams commonly close
-/// idle keep-alive connections after 60 to 120 s; the legacy client also used 90 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use super::pool::{IDLE_TIMEOUT, IdleBudget};
 
 /// The client's body on its way up, counted against the route's `max_body_bytes`.
 pub type RequestBody = http_body_util::Limited<Incoming>;
@@ -42,8 +37,12 @@ struct Idle {
 }
 
 /// Idle connections, oldest first: checkout takes from the back (the most recently
-/// used, so hot connections stay hot), expiry sweeps from the front.
-type Pool = Mutex<VecDeque<Idle>>;
+/// used, so hot connections stay hot), expiry sweeps from the front. Each one holds a
+/// slot of the route's [`IdleBudget`], shared with the fast path's pool.
+struct Pool {
+    idle: Mutex<VecDeque<Idle>>,
+    budget: IdleBudget,
+}
 
 /// Why forwarding failed. `source()` leads to the underlying error, so the
 /// pipeline can tell the client's own body failing (400) from the upstream (502).
@@ -69,9 +68,10 @@ impl Upstream {
         connector: Connector,
         scheme: http::uri::Scheme,
         authority: http::uri::Authority,
+        budget: IdleBudget,
     ) -> Result<Upstream, http::Error> {
         let dst = Uri::builder().scheme(scheme).authority(authority).path_and_query("/").build()?;
-        Ok(Upstream { connector, dst, idle: Arc::default() })
+        Ok(Upstream { connector, dst, idle: Arc::new(Pool { idle: Mutex::default(), budget }) })
     }
 
     /// Sends `req` (origin-form URI, `Host` set, HTTP/1.1) and returns the answer.
@@ -108,14 +108,16 @@ impl Upstream {
     /// e.g. an early answer while the request body is still being sent) stay.
     fn checkout(&self) -> Option<Sender> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let c = &idle[i];
             if c.tx.is_closed() || now.duration_since(c.since) >= IDLE_TIMEOUT {
                 idle.remove(i);
+                self.idle.budget.put_back();
             } else if c.tx.is_ready() {
+                self.idle.budget.put_back();
                 return idle.remove(i).map(|c| c.tx);
             }
         }
@@ -173,12 +175,19 @@ impl PooledBody {
             return;
         }
         let now = Instant::now();
-        let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // The cheap sweep: the oldest sit at the front, so expired ones go from there.
-        while idle.front().is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT) || idle.len() >= MAX_IDLE {
+        while idle.front().is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT) {
             idle.pop_front();
+            pool.budget.put_back();
         }
-        idle.push_back(Idle { tx, since: now });
+        if pool.budget.take() {
+            idle.push_back(Idle { tx, since: now });
+        } else if idle.pop_front().is_some() {
+            // The route's budget is spent: this one takes the slot of our oldest.
+            idle.push_back(Idle { tx, since: now });
+        }
+        // Else every slot is held by the route's other pool: `tx` is dropped (closed).
     }
 }
 
