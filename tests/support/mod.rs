@@ -5,7 +5,8 @@
 //! - `upstream.rs`: a backend that records every request it receives.
 //! - `auth0.rs`: an Auth0-shaped Management API.
 //! - `wire.rs`: a raw HTTP/1.1 client; `strict_h1.rs`: a strict, independent HTTP/1.1
-//!   parser for what claimsmith writes.
+//!   parser for what claimsmith writes; `scripted.rs`: an upstream scripted byte by
+//!   byte and a raw client that reads answers with their framing.
 //! - `audit.rs`: the leak audit (no token, secret or metadata value may come back).
 //! - here: [`Harness`], issuer + upstream + a metadata file + claimsmith itself, and an
 //!   HTTP client whose every response passes the leak audit; the transport a suite
@@ -15,6 +16,7 @@
 mod audit;
 pub mod auth0;
 mod issuer;
+pub mod scripted;
 pub mod strict_h1;
 mod upstream;
 mod wire;
