@@ -9,8 +9,11 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use crate::verify::VerifyError;
 use crate::wire::path::PathError;
 
+/// What a body's failure is, whichever side the body comes from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type of every response claimsmith sends.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {

@@ -655,6 +655,9 @@ async fn one_connection_serves_plain_then_chunked_then_plain_requests() {
     );
     assert_eq!(seen[1].body, b"abcd");
     assert_eq!(seen[2].body, b"xyz");
+    // One pool per route: the request hyper served went over the same upstream
+    // connection as the fast path's.
+    assert_eq!(seen.iter().map(|s| s.conn).collect::<Vec<_>>(), [0, 0, 0, 0]);
     up.assert_no_errors();
 }
 

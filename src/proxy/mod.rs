@@ -13,6 +13,7 @@
 //! responding are the transports' own (hyper's client here in [`pipeline`], the fast
 //! path's raw connections in `h1`).
 
+mod forward;
 pub mod pool;
 mod state;
 pub mod upstream;
@@ -53,9 +54,10 @@ pub struct Route {
     host_header: HeaderValue,
     /// The upstream URL's path without its trailing slash ("" for the root).
     base_path: String,
+    /// hyper's client, for an `https://` upstream.
     upstream: Upstream,
-    /// Plain-HTTP upstreams only: the fast path's connections (`h1`).
-    pub(crate) h1: Option<crate::proxy::pool::Pool>,
+    /// A plain-HTTP upstream's connections, the route's one pool for both transports.
+    pub(crate) h1: Option<Arc<pool::Pool>>,
 }
 
 impl Route {
@@ -70,13 +72,13 @@ impl Route {
         };
         let authority: http::uri::Authority = authority_s.parse().map_err(|_| "bad upstream authority")?;
         let host_header = HeaderValue::from_str(&authority_s).map_err(|_| "bad upstream host")?;
-        // One idle allowance for the route, whichever of its two pools holds them.
-        let budget = pool::IdleBudget::default();
+        // A plain-HTTP upstream has the route's raw connections, used by both transports;
+        // an https:// one is reached through hyper's client (`upstream`).
         let h1 = match (u.scheme(), u.port_or_known_default()) {
-            ("http", Some(port)) => Some(pool::Pool::new(host, port, budget.clone())),
+            ("http", Some(port)) => Some(Arc::new(pool::Pool::new(host, port))),
             _ => None,
         };
-        let upstream = Upstream::new(connector, scheme, authority, budget).map_err(|_| "bad upstream URL")?;
+        let upstream = Upstream::new(connector, scheme, authority).map_err(|_| "bad upstream URL")?;
         Ok(Route {
             h1,
             name: config.name.clone(),
@@ -192,12 +194,27 @@ async fn pipeline(
     // Upgrading: the client's side of the connection, once hyper has sent the 101.
     let on_client_upgrade = upgrade.and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let target = upstream_target(route, &path, parts.uri.query())?;
-    parts.uri = Uri::from(target);
-    parts.version = http::Version::HTTP_11;
     let max_body = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
-    let upstream_req = Request::from_parts(parts, http_body_util::Limited::new(body, max_body));
+    let body = http_body_util::Limited::new(body, max_body);
     let sent = Instant::now();
     let remaining = app.config.listen.request_timeout.saturating_sub(start.elapsed());
+    // A plain-HTTP upstream: over the route's own connections, the fast path's pool.
+    if let Some(pool) = &route.h1 {
+        let req = forward::Outgoing {
+            method: &parts.method,
+            target: target.as_str(),
+            headers: &mut parts.headers,
+            body,
+            upgrade: on_client_upgrade,
+            token_header: &app.token_header_canonical,
+        };
+        let result = tokio::time::timeout(remaining, forward::forward(pool, req)).await;
+        outcome.upstream_time = Some(sent.elapsed());
+        return result.unwrap_or(Err(ProxyError::UpstreamTimeout));
+    }
+    parts.uri = Uri::from(target);
+    parts.version = http::Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
     let result = tokio::time::timeout(remaining, route.upstream.request(upstream_req)).await;
     outcome.upstream_time = Some(sent.elapsed());
     let mut resp = match result {
@@ -218,10 +235,10 @@ async fn pipeline(
             tracing::warn!(route = %route.name, "the upstream switched protocols unasked");
             return Err(ProxyError::UpstreamUnreachable);
         };
-        return splice_upgrade(app, client_upgrade, &mut resp).map(|_| resp.map(|b| b.boxed()));
+        return splice_upgrade(app, client_upgrade, &mut resp).map(|_| resp.map(boxed));
     }
     respond(app, resp.headers_mut());
-    Ok(resp.map(|b| b.boxed()))
+    Ok(resp.map(boxed))
 }
 
 /// A request as it arrived, whichever transport read it: what the phases need besides
@@ -591,6 +608,10 @@ fn respond(app: &App, headers: &mut HeaderMap) {
     }
     let token_header = app.token_header_canonical.as_str();
     hygiene::strip(headers, |name| name == token_header);
+}
+
+fn boxed(b: PooledBody) -> Body {
+    b.map_err(crate::error::BoxError::from).boxed()
 }
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket).

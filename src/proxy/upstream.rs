@@ -1,4 +1,6 @@
-//! Forwarding to one route's upstream over a small pool of HTTP/1.1 connections.
+//! Forwarding to an `https://` upstream over a small pool of HTTP/1.1 connections
+//! driven by hyper's client (TLS by the route's connector). A plain-HTTP upstream is
+//! reached over the route's raw connections instead (`pool.rs`, `forward.rs`).
 //!
 //! Why not hyper-util's legacy `Client`: per request it locks a pool keyed by
 //! (scheme, authority), races a checkout future against a connect, and spawns an
@@ -24,7 +26,7 @@ use tower_service::Service;
 
 use crate::http_client::Connector;
 
-use super::pool::{IDLE_TIMEOUT, IdleBudget};
+use super::pool::{IDLE_TIMEOUT, MAX_IDLE};
 
 /// The client's body on its way up, counted against the route's `max_body_bytes`.
 pub type RequestBody = http_body_util::Limited<Incoming>;
@@ -37,12 +39,8 @@ struct Idle {
 }
 
 /// Idle connections, oldest first: checkout takes from the back (the most recently
-/// used, so hot connections stay hot), expiry sweeps from the front. Each one holds a
-/// slot of the route's [`IdleBudget`], shared with the fast path's pool.
-struct Pool {
-    idle: Mutex<VecDeque<Idle>>,
-    budget: IdleBudget,
-}
+/// used, so hot connections stay hot), expiry sweeps from the front.
+type Pool = Mutex<VecDeque<Idle>>;
 
 /// Why forwarding failed. `source()` leads to the underlying error, so the
 /// pipeline can tell the client's own body failing (400) from the upstream (502).
@@ -68,10 +66,9 @@ impl Upstream {
         connector: Connector,
         scheme: http::uri::Scheme,
         authority: http::uri::Authority,
-        budget: IdleBudget,
     ) -> Result<Upstream, http::Error> {
         let dst = Uri::builder().scheme(scheme).authority(authority).path_and_query("/").build()?;
-        Ok(Upstream { connector, dst, idle: Arc::new(Pool { idle: Mutex::default(), budget }) })
+        Ok(Upstream { connector, dst, idle: Arc::default() })
     }
 
     /// Sends `req` (origin-form URI, `Host` set, HTTP/1.1) and returns the answer.
@@ -108,16 +105,14 @@ impl Upstream {
     /// e.g. an early answer while the request body is still being sent) stay.
     fn checkout(&self) -> Option<Sender> {
         let now = Instant::now();
-        let mut idle = self.idle.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let c = &idle[i];
             if c.tx.is_closed() || now.duration_since(c.since) >= IDLE_TIMEOUT {
                 idle.remove(i);
-                self.idle.budget.put_back();
             } else if c.tx.is_ready() {
-                self.idle.budget.put_back();
                 return idle.remove(i).map(|c| c.tx);
             }
         }
@@ -175,19 +170,12 @@ impl PooledBody {
             return;
         }
         let now = Instant::now();
-        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
         // The cheap sweep: the oldest sit at the front, so expired ones go from there.
-        while idle.front().is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT) {
+        while idle.front().is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT) || idle.len() >= MAX_IDLE {
             idle.pop_front();
-            pool.budget.put_back();
         }
-        if pool.budget.take() {
-            idle.push_back(Idle { tx, since: now });
-        } else if idle.pop_front().is_some() {
-            // The route's budget is spent: this one takes the slot of our oldest.
-            idle.push_back(Idle { tx, since: now });
-        }
-        // Else every slot is held by the route's other pool: `tx` is dropped (closed).
+        idle.push_back(Idle { tx, since: now });
     }
 }
 

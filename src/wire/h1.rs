@@ -289,6 +289,17 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Parses the response head at the start of `buf`. `None`: not complete yet.
 /// Interim (1xx) answers are taken off `buf` and skipped, as hyper's client does.
 pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, BadResponse> {
+    parse_response_upgrading(buf, head_request, false)
+}
+
+/// [`parse_response`] for a request that asked for a protocol switch (`upgrading`):
+/// a `101` is then the answer (no body; the connection becomes a tunnel) instead of
+/// an error.
+pub fn parse_response_upgrading(
+    buf: &mut BytesMut,
+    head_request: bool,
+    upgrading: bool,
+) -> Result<Option<ResponseHead>, BadResponse> {
     loop {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -302,10 +313,11 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<R
             };
         let code = resp.code.ok_or(BadResponse::Malformed)?;
         let status = StatusCode::from_u16(code).map_err(|_| BadResponse::Malformed)?;
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+        let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+        if switched && !upgrading {
             return Err(BadResponse::Switch);
         }
-        if status.is_informational() {
+        if status.is_informational() && !switched {
             let _ = buf.split_to(len);
             continue;
         }
@@ -338,7 +350,8 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Option<R
         if bad_length {
             return Err(BadResponse::ContentLength);
         }
-        let bodiless = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let bodiless =
+            head_request || switched || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = if bodiless {
             Framing::Empty
         } else if chunked || other_coding {
@@ -403,6 +416,46 @@ pub fn write_response_head(
         Framing::Chunked | Framing::Close => field(out, b"transfer-encoding", b"chunked"),
     }
     end_head(out, request_id, has_date, close);
+}
+
+impl ResponseHead {
+    /// The header fields the client gets, for a transport that frames the body itself
+    /// (hyper): the same fields [`write_response_head`] passes on, plus the length of a
+    /// bodiless answer (HEAD, 304). A `101`'s `Upgrade` goes on with `Connection:
+    /// upgrade`, which the switch needs.
+    pub fn client_headers(&self, token_header: &str) -> HeaderMap {
+        let listed = {
+            let values = self.fields.iter().filter(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(b"connection"));
+            hygiene::connection_tokens(values.map(|(_, v)| &self.raw[v.clone()]))
+        };
+        let mut h = HeaderMap::with_capacity(self.fields.len() + 2);
+        let switched = self.status == StatusCode::SWITCHING_PROTOCOLS;
+        for (n, v) in &self.fields {
+            let name = &self.raw[n.clone()];
+            let upgrade = switched && name.eq_ignore_ascii_case(b"upgrade");
+            if !upgrade
+                && (hygiene::is_hop_by_hop_raw(name)
+                    || name.eq_ignore_ascii_case(b"content-length")
+                    || name.eq_ignore_ascii_case(b"x-request-id")
+                    || hygiene::canonical_eq(name, token_header)
+                    || listed.iter().any(|l| hygiene::canonical_eq(name, l)))
+            {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_maybe_shared(self.raw.slice(v.clone())))
+            {
+                h.append(name, value);
+            }
+        }
+        if switched {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if let (Framing::Empty, Some(n)) = (self.framing, self.content_length) {
+            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        h
+    }
 }
 
 /// Writes a whole answer of claimsmith's own (an error) with its body; an answer to
