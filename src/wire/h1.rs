@@ -387,20 +387,12 @@ pub fn write_response_head(
     request_id: &HeaderValue,
     close: bool,
 ) {
-    let listed = {
-        let values = head.fields.iter().filter(|(n, _)| head.raw[n.clone()].eq_ignore_ascii_case(b"connection"));
-        hygiene::connection_tokens(values.map(|(_, v)| &head.raw[v.clone()]))
-    };
+    let listed = head.connection_listed();
     status_line(out, head.status);
     let mut has_date = false;
     for (n, v) in &head.fields {
         let name = &head.raw[n.clone()];
-        if hygiene::is_hop_by_hop_raw(name)
-            || name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"x-request-id")
-            || hygiene::canonical_eq(name, token_header)
-            || listed.iter().any(|l| hygiene::canonical_eq(name, l))
-        {
+        if !passes_to_client(name, &listed, token_header) {
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
@@ -418,28 +410,37 @@ pub fn write_response_head(
     end_head(out, request_id, has_date, close);
 }
 
+/// Whether an upstream answer's field goes on to the client (docs/security.md,
+/// "Compromised or echoing upstream"): not a hop-by-hop field or one its `Connection`
+/// names (`listed`), not its framing (claimsmith frames the body itself), not its
+/// `X-Request-Id` (ours is set), never an echo of the internal token's header.
+fn passes_to_client(name: &[u8], listed: &[String], token_header: &str) -> bool {
+    !(hygiene::is_hop_by_hop_raw(name)
+        || name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"x-request-id")
+        || hygiene::canonical_eq(name, token_header)
+        || listed.iter().any(|l| hygiene::canonical_eq(name, l)))
+}
+
 impl ResponseHead {
+    /// The names its `Connection` fields list, canonical.
+    fn connection_listed(&self) -> Vec<String> {
+        let values = self.fields.iter().filter(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(b"connection"));
+        hygiene::connection_tokens(values.map(|(_, v)| &self.raw[v.clone()]))
+    }
+
     /// The header fields the client gets, for a transport that frames the body itself
     /// (hyper): the same fields [`write_response_head`] passes on, plus the length of a
     /// bodiless answer (HEAD, 304). A `101`'s `Upgrade` goes on with `Connection:
     /// upgrade`, which the switch needs.
     pub fn client_headers(&self, token_header: &str) -> HeaderMap {
-        let listed = {
-            let values = self.fields.iter().filter(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(b"connection"));
-            hygiene::connection_tokens(values.map(|(_, v)| &self.raw[v.clone()]))
-        };
+        let listed = self.connection_listed();
         let mut h = HeaderMap::with_capacity(self.fields.len() + 2);
         let switched = self.status == StatusCode::SWITCHING_PROTOCOLS;
         for (n, v) in &self.fields {
             let name = &self.raw[n.clone()];
             let upgrade = switched && name.eq_ignore_ascii_case(b"upgrade");
-            if !upgrade
-                && (hygiene::is_hop_by_hop_raw(name)
-                    || name.eq_ignore_ascii_case(b"content-length")
-                    || name.eq_ignore_ascii_case(b"x-request-id")
-                    || hygiene::canonical_eq(name, token_header)
-                    || listed.iter().any(|l| hygiene::canonical_eq(name, l)))
-            {
+            if !upgrade && !passes_to_client(name, &listed, token_header) {
                 continue;
             }
             if let (Ok(name), Ok(value)) =
