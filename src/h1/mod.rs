@@ -31,7 +31,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
 use crate::proxy::App;
-use crate::proxy::pool::UpConn;
+use crate::proxy::pool::{Failure, UpConn};
 use crate::proxy::{self, Conn, Outcome, Route};
 use crate::wire::chunked;
 use crate::wire::h1 as wire;
@@ -276,36 +276,6 @@ async fn exchange(
     (if close { Step::Close } else { Step::KeepAlive }, end)
 }
 
-/// Why forwarding failed, as the client will hear it.
-#[derive(Debug, thiserror::Error)]
-enum ForwardError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    /// Writing the request head failed: nothing of the request reached the upstream.
-    #[error("the request could not be written: {0}")]
-    Unwritten(std::io::Error),
-    #[error("the upstream connection failed: {0}")]
-    Io(std::io::Error),
-    #[error("the upstream closed the connection before answering")]
-    NoAnswer,
-    #[error("{0}")]
-    BadResponse(#[from] wire::BadResponse),
-    #[error("the client's request body ended early")]
-    ClientBody,
-}
-
-impl From<ForwardError> for ProxyError {
-    fn from(e: ForwardError) -> ProxyError {
-        match e {
-            ForwardError::ClientBody => ProxyError::BadRequest("the request body is malformed or incomplete"),
-            e => {
-                tracing::warn!(error = %e, "upstream request failed");
-                ProxyError::UpstreamUnreachable
-            }
-        }
-    }
-}
-
 /// Sends the request (head in `out`, body from the client) on a pooled or new
 /// connection and reads the answer's head, all before `deadline` (`at` is now).
 ///
@@ -333,13 +303,13 @@ async fn forward(
     let work = async {
         let mut up = match pool.checkout(at) {
             Some(up) => up,
-            None => Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?,
+            None => Box::pin(pool.connect()).await.map_err(Failure::Connect)?,
         };
         match send_and_receive(&mut up, out, &mut body, head_request).await {
             Ok(resp) => Ok((up, resp)),
-            Err(ForwardError::Unwritten(_)) if up.reused => {
+            Err(Failure::Unwritten(_)) if up.reused => {
                 tracing::debug!("pooled upstream connection failed before the request was written; using a new one");
-                let mut up = Box::pin(pool.connect()).await.map_err(ForwardError::Connect)?;
+                let mut up = Box::pin(pool.connect()).await.map_err(Failure::Connect)?;
                 let resp = send_and_receive(&mut up, out, &mut body, head_request).await?;
                 Ok((up, resp))
             }
@@ -358,20 +328,22 @@ async fn send_and_receive(
     out: &[u8],
     body: &mut ClientBody<'_>,
     head_request: bool,
-) -> Result<ResponseHead, ForwardError> {
+) -> Result<ResponseHead, Failure> {
     let ClientBody { client, rbuf, left } = body;
     let body_left: &mut u64 = left;
-    up.stream.write_all(out).await.map_err(ForwardError::Unwritten)?;
+    up.stream.write_all(out).await.map_err(Failure::Unwritten)?;
     while *body_left > 0 {
         if rbuf.is_empty() {
             reserve(rbuf);
             match client.read_buf(rbuf).await {
-                Ok(0) | Err(_) => return Err(ForwardError::ClientBody),
+                Ok(0) | Err(_) => {
+                    return Err(Failure::Client(ProxyError::BadRequest("the request body is malformed or incomplete")));
+                }
                 Ok(_) => {}
             }
         }
         let n = usize::try_from(*body_left).unwrap_or(usize::MAX).min(rbuf.len());
-        up.stream.write_all(&rbuf[..n]).await.map_err(ForwardError::Io)?;
+        up.stream.write_all(&rbuf[..n]).await.map_err(Failure::Io)?;
         rbuf.advance(n);
         *body_left -= n as u64;
     }
@@ -383,9 +355,9 @@ async fn send_and_receive(
         }
         reserve(&mut up.buf);
         match up.stream.read_buf(&mut up.buf).await {
-            Ok(0) => return Err(ForwardError::NoAnswer),
+            Ok(0) => return Err(Failure::NoAnswer),
             Ok(_) => {}
-            Err(e) => return Err(ForwardError::Io(e)),
+            Err(e) => return Err(Failure::Io(e)),
         }
     }
 }

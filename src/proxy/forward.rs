@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use super::pool::{Pool, UpConn};
+use super::pool::{Failure, Pool, UpConn};
 use super::upstream::RequestBody;
 use crate::error::{Body, BoxError, ProxyError};
 use crate::wire::chunked::ChunkedDecoder;
@@ -37,25 +37,6 @@ pub(crate) struct Outgoing<'a> {
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// `token.header`, canonical: an upstream's echo of it never reaches the client.
     pub token_header: &'a str,
-}
-
-/// Why forwarding failed before an answer's head came back.
-#[derive(Debug, thiserror::Error)]
-enum Failure {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    /// Writing the request head failed: nothing of it reached the upstream.
-    #[error("the request could not be written: {0}")]
-    Unwritten(std::io::Error),
-    #[error("the upstream connection failed: {0}")]
-    Io(std::io::Error),
-    #[error("the upstream closed the connection before answering")]
-    NoAnswer,
-    #[error("{0}")]
-    BadResponse(#[from] wire::BadResponse),
-    /// The client's body failed (or passed `max_body_bytes`): not the upstream's fault.
-    #[error("the client's request body failed")]
-    Client(ProxyError),
 }
 
 /// Sends the request on a pooled or new connection and returns the answer, whose body
@@ -89,24 +70,24 @@ pub(crate) async fn forward(pool: &Arc<Pool>, req: Outgoing<'_>) -> Result<Respo
     }
     let mut up = match pool.checkout(Instant::now()) {
         Some(up) => up,
-        None => Box::pin(pool.connect()).await.map_err(|e| fail(Failure::Connect(e)))?,
+        None => Box::pin(pool.connect()).await.map_err(Failure::Connect)?,
     };
     match up.stream.write_all(&out).await {
         Ok(()) => {}
         Err(_) if up.reused => {
             tracing::debug!("pooled upstream connection failed before the request was written; using a new one");
-            up = Box::pin(pool.connect()).await.map_err(|e| fail(Failure::Connect(e)))?;
-            up.stream.write_all(&out).await.map_err(|e| fail(Failure::Unwritten(e)))?;
+            up = Box::pin(pool.connect()).await.map_err(Failure::Connect)?;
+            up.stream.write_all(&out).await.map_err(Failure::Unwritten)?;
         }
-        Err(e) => return Err(fail(Failure::Unwritten(e))),
+        Err(e) => return Err(Failure::Unwritten(e).into()),
     }
-    send_body(&mut up, &mut body, chunked, &mut out).await.map_err(fail)?;
-    let resp = read_head(&mut up, head_request, upgrade.is_some()).await.map_err(fail)?;
+    send_body(&mut up, &mut body, chunked, &mut out).await?;
+    let resp = read_head(&mut up, head_request, upgrade.is_some()).await?;
     let mut answer = Response::new(crate::error::full(Bytes::new()));
     *answer.status_mut() = resp.status;
     *answer.headers_mut() = resp.client_headers(token_header);
     if resp.status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) = upgrade else { return Err(fail(wire::BadResponse::Switch.into())) };
+        let Some(client) = upgrade else { return Err(Failure::from(wire::BadResponse::Switch).into()) };
         splice(client, up);
         return Ok(answer);
     }
@@ -125,17 +106,6 @@ pub(crate) async fn forward(pool: &Arc<Pool>, req: Outgoing<'_>) -> Result<Respo
     }
     *answer.body_mut() = BodyExt::boxed(body);
     Ok(answer)
-}
-
-/// The blame and status of a failure, logged once here.
-fn fail(f: Failure) -> ProxyError {
-    match f {
-        Failure::Client(e) => e,
-        f => {
-            tracing::warn!(error = %f, "upstream request failed");
-            ProxyError::UpstreamUnreachable
-        }
-    }
 }
 
 /// Streams the client's body to the upstream, by its length or chunked.

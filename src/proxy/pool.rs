@@ -22,6 +22,40 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The same connect timeout as every outbound client (`http_client`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why forwarding over the route's connections failed before an answer's head came
+/// back, for both transports (`h1`, `forward.rs`); it becomes the client's answer in
+/// one place (`From<Failure> for ProxyError`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// Writing the request head failed: nothing of the request reached the upstream,
+    /// so a reused connection may be replaced and the request sent again.
+    #[error("the request could not be written: {0}")]
+    Unwritten(std::io::Error),
+    #[error("the upstream connection failed: {0}")]
+    Io(std::io::Error),
+    #[error("the upstream closed the connection before answering")]
+    NoAnswer,
+    #[error("{0}")]
+    BadResponse(#[from] crate::wire::h1::BadResponse),
+    /// The client's body failed, or passed `max_body_bytes`: the client's doing.
+    #[error("the client's request body failed")]
+    Client(crate::error::ProxyError),
+}
+
+impl From<Failure> for crate::error::ProxyError {
+    fn from(f: Failure) -> crate::error::ProxyError {
+        match f {
+            Failure::Client(e) => e,
+            f => {
+                tracing::warn!(error = %f, "upstream request failed");
+                crate::error::ProxyError::UpstreamUnreachable
+            }
+        }
+    }
+}
+
 /// A connection to the upstream with its read buffer.
 pub struct UpConn {
     pub stream: TcpStream,
