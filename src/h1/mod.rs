@@ -1,7 +1,7 @@
 //! The HTTP/1.1 fast path: one task per client connection reads each request head
-//! itself, runs the same pipeline phases as every request ([`proxy::route_request`],
-//! [`proxy::authorize`], [`proxy::prepare_headers`]), and speaks HTTP/1.1 to the
-//! route's upstream over a pooled connection it reads and writes from that same task.
+//! itself, runs the same pipeline phases as every request (`proxy::route_request`,
+//! then `proxy::admit`), and speaks HTTP/1.1 to the route's upstream over a
+//! connection of the route's pool, which it reads and writes from that same task.
 //!
 //! Why: with hyper's server and client, each request crossed from the client
 //! connection's task to the upstream connection's task and back (a channel, two
