@@ -130,6 +130,35 @@ async fn render_metrics(app: &App) -> String {
         "Stale metadata served while refreshing.",
         &[(String::new(), s.stale_served.load(Relaxed))],
     );
+    if let Some(sh) = &app.cache.shared {
+        let st = &sh.stats;
+        metrics::gauge(
+            &mut out,
+            "claimsmith_shared_up",
+            "Whether the shared cache (Redis) is connected: 1, or 0 while this replica uses only its own.",
+            &[(String::new(), u8::from(sh.up()))],
+        );
+        for (name, help, v) in [
+            (
+                "claimsmith_shared_errors_total",
+                "Shared-cache calls and connection attempts that failed or timed out.",
+                &st.errors,
+            ),
+            ("claimsmith_shared_hits_total", "In-process misses answered by the shared cache.", &st.hits),
+            (
+                "claimsmith_shared_lease_waits_total",
+                "Lookups that waited for another replica's read of the same key.",
+                &st.lease_waits,
+            ),
+            (
+                "claimsmith_shared_budget_waits_total",
+                "Source calls that waited for the shared rate budget.",
+                &st.budget_waits,
+            ),
+        ] {
+            metrics::counter(&mut out, name, help, &[(String::new(), v.load(Relaxed))]);
+        }
+    }
     let names: Vec<&str> = app.named_sources.iter().map(|n| n.name.as_str()).collect();
     app.metrics.render_sources(&mut out, &names);
     let remaining: Vec<(String, u64)> = app

@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, SourceConfig};
 use crate::http_client::{self, Connector};
-use crate::metadata::cache::MetadataCache;
+use crate::metadata::cache::{Kind, MetadataCache};
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
+use crate::metadata::shared::{Coherence, Invalidation, Shared};
 use crate::metadata::{BoxFuture, Lookup, MetadataSource, NamedSource, SourceError, StoredMetadata};
 use crate::metrics::{Metrics, SourceCounters};
 use crate::mint::Minter;
@@ -50,8 +51,16 @@ impl App {
     pub fn rebuild(config: Config, old: &App) -> Result<App, BuildError> {
         let mut app = Self::build_with(config, old.metrics.clone())?;
         app.cache.stats = old.cache.stats.clone();
+        if let (Some(new), Some(old)) = (&app.cache.shared, &old.cache.shared) {
+            new.keep_stats(old);
+        }
         if app.config.cache == old.config.cache {
+            // The entries are kept; this configuration's second level and scopes
+            // come with them.
+            let (shared, scopes) = (app.cache.shared.take(), app.cache.scopes.clone());
             app.cache = old.cache.clone();
+            app.cache.shared = shared;
+            app.cache.scopes = scopes;
             for iss in &app.config.issuers {
                 if !same_remote_source(&app.config, &old.config, &iss.issuer) {
                     app.cache.forget_issuer(&Arc::from(iss.issuer.as_str()));
@@ -75,6 +84,10 @@ impl App {
             connectors.insert((ca.clone(), http1_only), c.clone());
             Ok(c)
         };
+        let shared = match &config.shared {
+            Some(sc) => Some(Arc::new(Shared::new(sc).map_err(|e| invalid("shared.url", e))?)),
+            None => None,
+        };
         let mut named_sources = Vec::new();
         for (name, sc) in &config.sources {
             let key = format!("metadata.{name}");
@@ -85,27 +98,41 @@ impl App {
                 }
                 SourceConfig::Http(h) => {
                     let c = connector(&h.ca_file, false, format!("{key}.ca_file"))?;
-                    (Arc::new(HttpSource::new(h, http_client::client(c))), None)
+                    (Arc::new(HttpSource::new(h, http_client::client(c), shared.clone())), None)
                 }
                 SourceConfig::Auth0(a) => {
                     let c = connector(&a.ca_file, false, format!("{key}.ca_file"))?;
-                    (
-                        Arc::new(crate::metadata::auth0::Auth0Source::new(a, http_client::client(c), config.cache.ttl)),
-                        None,
-                    )
+                    let source = crate::metadata::auth0::Auth0Source::new(
+                        a,
+                        http_client::client(c),
+                        config.cache.ttl,
+                        shared.clone(),
+                    );
+                    (Arc::new(source), None)
                 }
             };
             let source: Arc<dyn MetadataSource> =
                 Arc::new(CountedSource { inner: source, counters: metrics.source(name) });
             named_sources.push(NamedSource { name: name.clone(), source, file });
         }
-        let sources = config
+        let sources: Vec<Option<Arc<dyn MetadataSource>>> = config
             .issuers
             .iter()
             .map(|i| {
                 i.metadata.as_ref().and_then(|m| named_sources.iter().find(|s| &s.name == m).map(|s| s.source.clone()))
             })
             .collect();
+        // What an eviction deletes from the shared cache: each issuer's entries of a
+        // shareable source.
+        let scopes: Vec<(Arc<str>, Arc<str>)> = config
+            .issuers
+            .iter()
+            .zip(&sources)
+            .filter_map(|(i, s)| Some((Arc::from(i.issuer.as_str()), Arc::from(s.as_ref()?.shared_scope()?))))
+            .collect();
+        let mut cache = MetadataCache::new(&config.cache);
+        cache.shared = shared;
+        cache.scopes = Arc::new(scopes);
         let mut issuer_clients = Vec::new();
         for (i, iss) in config.issuers.iter().enumerate() {
             issuer_clients.push(http_client::client(connector(&iss.ca_file, false, format!("issuer[{i}].ca_file"))?));
@@ -122,7 +149,7 @@ impl App {
         let minter = Minter::new(&config.token).map_err(|e| invalid("token.key_files", e))?;
         let token_header_canonical = hygiene::canonical(config.token.header.name().as_str()).into_owned();
         Ok(App {
-            cache: MetadataCache::new(&config.cache),
+            cache,
             config: Arc::new(config),
             routes,
             verifier,
@@ -146,6 +173,12 @@ impl App {
         let mut tasks = Vec::new();
         for iss in self.verifier.issuers() {
             tasks.push(tokio::spawn(iss.jwks.clone().keep_fresh()));
+        }
+        // The shared cache's connection and subscription; ends when this state is
+        // replaced or dropped.
+        if let Some(sh) = &self.cache.shared {
+            let sink: Arc<dyn Coherence> = Arc::new(Coherent(Arc::downgrade(self)));
+            tasks.push(tokio::spawn(sh.clone().maintain(sink)));
         }
         // Sources' own work (the auth0 bulk client load); each ends when its source is dropped.
         tasks.extend(self.named_sources.iter().filter_map(|s| s.source.background()).map(tokio::spawn));
@@ -188,6 +221,37 @@ impl App {
                 self.cache.forget_issuer(&Arc::from(iss.issuer.as_str()));
             }
         }
+    }
+}
+
+/// Applies other replicas' evictions to this state's cache. Holds the state weakly,
+/// so the supervisor ends once the state is replaced by a reload or dropped.
+struct Coherent(std::sync::Weak<App>);
+
+impl Coherence for Coherent {
+    fn apply(&self, inv: &Invalidation) {
+        let Some(app) = self.0.upgrade() else { return };
+        match inv {
+            Invalidation::Entry { kind, issuer, id } => {
+                app.cache.evict_local(*kind, issuer.as_deref(), id);
+                if *kind == Kind::Client {
+                    // The next read of this client asks the source for it alone,
+                    // not the bulk copy that still holds the old value.
+                    for s in &app.named_sources {
+                        s.source.forget_client(id);
+                    }
+                }
+            }
+            Invalidation::Issuer(issuer) => app.cache.forget_issuer(&Arc::from(issuer.as_str())),
+        }
+    }
+    fn forget_all(&self) {
+        if let Some(app) = self.0.upgrade() {
+            app.cache.forget_all();
+        }
+    }
+    fn alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 
@@ -236,6 +300,9 @@ impl MetadataSource for CountedSource {
     }
     fn ratelimit_remaining(&self) -> Option<u64> {
         self.inner.ratelimit_remaining()
+    }
+    fn shared_scope(&self) -> Option<&str> {
+        self.inner.shared_scope()
     }
 }
 

@@ -33,10 +33,13 @@ enum Command {
         #[arg(long, env = "CLAIMSMITH_CONFIG")]
         config: PathBuf,
     },
-    /// Write a new PKCS#8 PEM signing key.
+    /// Write a new PKCS#8 PEM signing key (--alg), or a shared-cache key (--shared).
     Keygen {
-        #[arg(long, value_parser = ["EdDSA", "ES256", "RS256"])]
-        alg: String,
+        #[arg(long, value_parser = ["EdDSA", "ES256", "RS256"], required_unless_present = "shared", conflicts_with = "shared")]
+        alg: Option<String>,
+        /// A key for `[shared].key_files`: 32 random bytes, base64 on one line.
+        #[arg(long)]
+        shared: bool,
         /// Write here (mode 0600) instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -108,7 +111,7 @@ fn main() -> ExitCode {
                 })
             })
         }
-        Command::Keygen { alg, out } => keygen(&alg, out),
+        Command::Keygen { alg, shared, out } => keygen(alg.as_deref(), shared, out),
         Command::Demo { addr, admin_addr } => {
             runtime_then(|rt| rt.block_on(claimsmith::demo::run(addr, admin_addr)).map_err(|e| (1, e.to_string())))
         }
@@ -159,17 +162,21 @@ fn runtime_then(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), (u8, Stri
     }
 }
 
-fn keygen(alg: &str, out: Option<PathBuf>) -> ExitCode {
-    let alg = match alg {
-        "EdDSA" => jsonwebtoken::Algorithm::EdDSA,
-        "ES256" => jsonwebtoken::Algorithm::ES256,
-        _ => jsonwebtoken::Algorithm::RS256,
-    };
-    let pem = match claimsmith::keys::SigningKey::generate(alg) {
-        Ok((_, pem)) => pem,
-        Err(e) => {
-            eprintln!("claimsmith: {e}");
-            return ExitCode::from(1);
+fn keygen(alg: Option<&str>, shared: bool, out: Option<PathBuf>) -> ExitCode {
+    let (pem, what) = if shared {
+        (claimsmith::metadata::shared::generate_key(), "shared-cache".to_string())
+    } else {
+        let alg = match alg {
+            Some("EdDSA") => jsonwebtoken::Algorithm::EdDSA,
+            Some("ES256") => jsonwebtoken::Algorithm::ES256,
+            _ => jsonwebtoken::Algorithm::RS256,
+        };
+        match claimsmith::keys::SigningKey::generate(alg) {
+            Ok((_, pem)) => (pem, format!("{alg:?}")),
+            Err(e) => {
+                eprintln!("claimsmith: {e}");
+                return ExitCode::from(1);
+            }
         }
     };
     match out {
@@ -179,7 +186,7 @@ fn keygen(alg: &str, out: Option<PathBuf>) -> ExitCode {
         }
         Some(path) => match write_private(&path, pem.as_bytes()) {
             Ok(()) => {
-                eprintln!("wrote {alg:?} key to {}", path.display());
+                eprintln!("wrote {what} key to {}", path.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {

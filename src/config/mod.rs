@@ -80,6 +80,31 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A 32-byte key of the shared cache (`[shared].key_files`). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedKey(pub(crate) [u8; 32]);
+
+impl fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedKey(<redacted>)")
+    }
+}
+
+/// `[shared]`: one Redis (or Valkey) that replicas use as a second-level cache and to
+/// coordinate (docs/scaling.md).
+#[derive(Debug, Clone)]
+pub struct SharedConfig {
+    /// `redis://` or `rediss://` URL, credentials included: a secret.
+    pub url: Secret,
+    /// The first key names and seals; every key opens (rotation).
+    pub keys: Vec<SharedKey>,
+    pub key_files: Vec<PathBuf>,
+    /// Namespace of every Redis key and channel, so deployments can share one Redis.
+    pub prefix: String,
+    /// Longest wait for one Redis call; a slower one counts as Redis unavailable.
+    pub timeout: Duration,
+}
+
 /// Claims claimsmith sets itself; `copy_claims` may not name them.
 pub const RESERVED_CLAIMS: &[&str] =
     &["iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ"];
@@ -95,6 +120,8 @@ pub struct Config {
     pub token: TokenConfig,
     /// Sorted longest `path_prefix` first, so the first match is the longest.
     pub routes: Vec<RouteConfig>,
+    /// The cache shared by replicas (docs/scaling.md); `None`: this process alone.
+    pub shared: Option<SharedConfig>,
     /// Where the configuration was read from, for reloads and messages.
     pub path: Option<PathBuf>,
 }
@@ -291,6 +318,7 @@ impl Config {
         let cache = validate_cache(raw.cache, &mut errs);
         let token = validate_token(raw.token, &base, &mut errs);
         let routes = validate_routes(raw.routes, &issuers, &base, &mut errs);
+        let shared = raw.shared.map(|s| validate_shared(s, &base, &mut errs));
         // RFC 8725 §3.12: our own tokens must never pass as ID tokens.
         if issuers.iter().any(|i| i.issuer == token.issuer) {
             errs.push(
@@ -301,7 +329,7 @@ impl Config {
         if !errs.0.is_empty() {
             return Err(ConfigErrors(errs.0));
         }
-        Ok(Config { listen, admin, issuers, sources, cache, token, routes, path: None })
+        Ok(Config { listen, admin, issuers, sources, cache, token, routes, shared, path: None })
     }
 
     /// One line for `claimsmith check`.

@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     pub(super) token: RawToken,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RawRoute>,
+    pub(super) shared: Option<RawShared>,
 }
 
 #[derive(Deserialize, Default)]
@@ -126,4 +127,15 @@ pub(super) struct RawRoute {
     pub(super) client_metadata: Option<Vec<String>>,
     pub(super) websocket: Option<bool>,
     pub(super) max_body_bytes: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    pub(super) url_env: Option<String>,
+    pub(super) url_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) key_files: Vec<PathBuf>,
+    pub(super) prefix: Option<String>,
+    pub(super) timeout: Option<String>,
 }

@@ -644,3 +644,67 @@ pub(super) fn validate_routes(
     out.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     out
 }
+
+/// `[shared]`: a Redis URL (a secret, since it may carry a password) and the keys that
+/// keep ids and metadata out of Redis in clear.
+pub(super) fn validate_shared(raw: RawShared, base: &PathBase, errs: &mut Errors) -> SharedConfig {
+    let url = match secret("shared.url", raw.url_env, raw.url_file, base, errs) {
+        Some(u) => {
+            // Never echo the URL: it may hold a password.
+            match Url::parse(u.expose()) {
+                Ok(p) if matches!(p.scheme(), "redis" | "rediss") && p.host_str().is_some() => {}
+                Ok(_) => errs.push("shared.url", "must be a redis:// or rediss:// URL with a host"),
+                Err(_) => errs.push("shared.url", "is not a URL (expected redis://[user:password@]host:port)"),
+            }
+            u
+        }
+        None => {
+            errs.push("shared.url_env", "set url_env or url_file: the Redis URL");
+            Secret::new("")
+        }
+    };
+    let mut keys = Vec::new();
+    let mut key_files = Vec::new();
+    if raw.key_files.is_empty() {
+        errs.push("shared.key_files", "name at least one key file (`claimsmith keygen --shared` writes one)");
+    }
+    for (i, p) in raw.key_files.iter().enumerate() {
+        let key = format!("shared.key_files[{i}]");
+        let path = base.resolve(p);
+        match std::fs::read(&path) {
+            Ok(bytes) => match parse_shared_key(&bytes) {
+                Some(k) => keys.push(k),
+                None => {
+                    errs.push(key, format!("{} must hold 32 random bytes, raw or base64 on one line", path.display()))
+                }
+            },
+            Err(e) => errs.push(key, format!("cannot read {}: {e}", path.display())),
+        }
+        key_files.push(path);
+    }
+    let prefix = raw.prefix.unwrap_or_else(|| "claimsmith".to_string());
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        errs.push("shared.prefix", "must be 1 to 64 of A-Z a-z 0-9 _ - . :");
+    }
+    let timeout = duration("shared.timeout", raw.timeout, Duration::from_millis(100), errs);
+    if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        errs.push("shared.timeout", "must be more than 0 and at most 10s");
+    }
+    SharedConfig { url, keys, key_files, prefix, timeout }
+}
+
+/// 32 bytes as they are, or base64 (standard alphabet) of 32 bytes on one line.
+pub(crate) fn parse_shared_key(bytes: &[u8]) -> Option<SharedKey> {
+    use base64::Engine;
+    let text = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text)
+        && let Ok(k) = <[u8; 32]>::try_from(decoded.as_slice())
+    {
+        return Some(SharedKey(k));
+    }
+    <[u8; 32]>::try_from(bytes).ok().map(SharedKey)
+}

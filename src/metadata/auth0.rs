@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::http::SEGMENT;
 use super::remote::{Remote, SERVER_WAIT_CAP};
+use super::shared::{Lease, Shared};
 use super::{BoxFuture, Lookup, Metadata, MetadataSource, SourceError};
 use crate::config::{Auth0SourceConfig, Secret};
 use crate::http_client::{self, Fetched, JsonClient};
@@ -74,7 +75,17 @@ struct Inner {
     /// that started later.
     forgotten: Mutex<HashMap<String, Instant>>,
     bulk: BulkState,
+    /// `auth0 BASE`: names this tenant's entries, budget and bulk list in `[shared]`.
+    scope: Arc<str>,
+    /// With `[shared]`: the management token and the bulk client list are shared
+    /// with every replica (docs/scaling.md).
+    shared: Option<Arc<Shared>>,
 }
+
+/// How often a replica looks for the client list another replica is loading, and for
+/// how long at most before loading it itself.
+const SHARED_LIST_POLL: Duration = Duration::from_millis(200);
+const SHARED_LIST_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct TokenSlot {
@@ -124,17 +135,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Auth0Source {
     /// `bulk_every` is the cache `ttl`: clients are bulk-loaded at start and that often.
-    pub fn new(cfg: &Auth0SourceConfig, client: JsonClient, bulk_every: Duration) -> Auth0Source {
+    pub fn new(
+        cfg: &Auth0SourceConfig,
+        client: JsonClient,
+        bulk_every: Duration,
+        shared: Option<Arc<Shared>>,
+    ) -> Auth0Source {
         let (done, _) = watch::channel(0);
+        let base = cfg.base_url.as_str().trim_end_matches('/').to_string();
+        let scope: Arc<str> = Arc::from(format!("auth0 {base}"));
+        let mut remote = Remote::new(client, cfg.max_requests_per_second, cfg.timeout);
+        if let Some(sh) = &shared {
+            remote.share(sh.clone(), scope.clone());
+        }
         Auth0Source {
             inner: Arc::new(Inner {
-                base: cfg.base_url.as_str().trim_end_matches('/').to_string(),
+                base,
                 client_id: cfg.client_id.clone(),
                 client_secret: cfg.client_secret.clone(),
                 audience: cfg.audience.clone(),
                 timeout: cfg.timeout,
                 bulk_every: bulk_every.max(Duration::from_secs(1)),
-                remote: Remote::new(client, cfg.max_requests_per_second, cfg.timeout),
+                remote,
                 token: tokio::sync::Mutex::new(TokenSlot::default()),
                 clients: ArcSwapOption::empty(),
                 forgotten: Mutex::new(HashMap::new()),
@@ -144,6 +166,8 @@ impl Auth0Source {
                     failures: AtomicU32::new(0),
                     retry_at: Mutex::new(None),
                 },
+                scope,
+                shared,
             }),
         }
     }
@@ -191,6 +215,10 @@ impl MetadataSource for Auth0Source {
 
     fn ratelimit_remaining(&self) -> Option<u64> {
         self.inner.remote.ratelimit_remaining()
+    }
+
+    fn shared_scope(&self) -> Option<&str> {
+        Some(&self.inner.scope)
     }
 }
 
@@ -279,7 +307,11 @@ impl Inner {
         if self.clients.load().as_ref().is_some_and(|l| l.started.elapsed() < self.bulk_every) {
             return;
         }
-        match self.load_clients().await {
+        let loaded = match &self.shared {
+            Some(sh) => self.load_clients_once(sh).await,
+            None => self.load_clients().await,
+        };
+        match loaded {
             Ok(list) => {
                 tracing::info!(clients = list.by_id.len(), "auth0: clients loaded");
                 let started = list.started;
@@ -295,6 +327,50 @@ impl Inner {
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "auth0: loading the clients failed");
             }
         }
+    }
+
+    /// The client list, loaded by one replica per interval: a recent list another
+    /// replica stored, or this replica loads it under the lease and stores it, or waits
+    /// for the replica holding the lease. Without Redis: loads it.
+    async fn load_clients_once(&self, sh: &Shared) -> Result<ClientList, SourceError> {
+        if let Some(list) = self.shared_list(sh).await {
+            return Ok(list);
+        }
+        let lease = sh.lease_blob("clients-lease", &self.scope, self.bulk_every.min(Duration::from_secs(60))).await;
+        if matches!(lease, Lease::Busy) {
+            let give_up = Instant::now() + SHARED_LIST_WAIT;
+            while Instant::now() < give_up && sh.up() {
+                tokio::time::sleep(SHARED_LIST_POLL).await;
+                if let Some(list) = self.shared_list(sh).await {
+                    return Ok(list);
+                }
+            }
+        }
+        let list = self.load_clients().await;
+        if let Ok(l) = &list {
+            let started_ms = wall_ms().saturating_sub(l.started.elapsed().as_millis() as u64);
+            let body = json!({"t": started_ms, "c": l.by_id}).to_string();
+            sh.put_blob("clients", &self.scope, body.as_bytes(), self.bulk_every.saturating_mul(BULK_VALID_INTERVALS))
+                .await;
+        }
+        sh.release(lease).await;
+        list
+    }
+
+    /// The list another replica loaded less than one interval ago.
+    async fn shared_list(&self, sh: &Shared) -> Option<ClientList> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            t: u64,
+            c: HashMap<String, Metadata>,
+        }
+        let stored: Stored = serde_json::from_slice(&sh.get_blob("clients", &self.scope).await?).ok()?;
+        let age = Duration::from_millis(wall_ms().saturating_sub(stored.t));
+        if age >= self.bulk_every {
+            return None;
+        }
+        let now = Instant::now();
+        Some(ClientList { by_id: stored.c, started: now.checked_sub(age).unwrap_or(now) })
     }
 
     /// 1 s × 2^(n-1), at most the bulk interval (and 60 s), at least what the server asked.
@@ -396,11 +472,34 @@ impl Inner {
             }
             return Err(SourceError { reason: e.reason.clone(), retry_after: Some(*until - now) });
         }
+        if let Some(sh) = &self.shared
+            && let Some((header, life)) = self.shared_token(sh).await
+        {
+            slot.generation += 1;
+            let t = MgmtToken {
+                header,
+                refresh_at: now + life.saturating_sub(TOKEN_MARGIN.min(life / 10)),
+                expires_at: now + life,
+                generation: slot.generation,
+            };
+            slot.current = Some(t.clone());
+            slot.failed = None;
+            return Ok(t);
+        }
         let sent = Instant::now();
         match self.request_token(deadline).await {
             Ok((header, life)) => {
                 slot.generation += 1;
                 let margin = (life / 10).min(TOKEN_MARGIN);
+                if let Some(sh) = &self.shared
+                    && let Ok(text) = header.to_str()
+                {
+                    // Other replicas use it until shortly before it expires.
+                    let expires_ms = wall_ms().saturating_add(life.as_millis() as u64);
+                    let mut plain = expires_ms.to_be_bytes().to_vec();
+                    plain.extend_from_slice(text.as_bytes());
+                    sh.put_blob(&self.token_tag(), &self.scope, &plain, life.saturating_sub(margin)).await;
+                }
                 let t = MgmtToken {
                     header,
                     refresh_at: sent + life - margin,
@@ -431,7 +530,29 @@ impl Inner {
         {
             slot.current = None;
             slot.failed = None;
+            if let Some(sh) = &self.shared {
+                sh.delete_blob(&self.token_tag(), &self.scope).await;
+            }
         }
+    }
+
+    /// Names the shared management token: one per application (client id) and audience.
+    fn token_tag(&self) -> String {
+        format!("mgmt-token {} {}", self.client_id, self.audience)
+    }
+
+    /// A management token another replica obtained, with the time it has left, unless
+    /// it is about to expire.
+    async fn shared_token(&self, sh: &Shared) -> Option<(HeaderValue, Duration)> {
+        let plain = sh.get_blob(&self.token_tag(), &self.scope).await?;
+        let expires_ms = u64::from_be_bytes(plain.get(..8)?.try_into().ok()?);
+        let left = Duration::from_millis(expires_ms.saturating_sub(wall_ms()));
+        if left <= TOKEN_MARGIN.min(left / 10).max(Duration::from_secs(5)) {
+            return None;
+        }
+        let mut header = HeaderValue::from_bytes(plain.get(8..)?).ok()?;
+        header.set_sensitive(true);
+        Some((header, left))
     }
 
     /// `POST /oauth/token` with the client credentials; the token as a header value
@@ -519,6 +640,10 @@ fn parse_page(body: &[u8]) -> Option<Vec<(String, Metadata)>> {
         out.push((id, md));
     }
     Some(out)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unexpected(what: &str) -> SourceError {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::shared::{Invalidation, Lease, Shared, SharedEntry};
 use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
 use crate::store::{Store, Timestamped};
@@ -72,21 +73,7 @@ impl Timestamped for Entry {
     }
 }
 
-/// Which of the two caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    User,
-    Client,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::User => "user",
-            Kind::Client => "client",
-        }
-    }
-}
+pub use super::Kind;
 
 /// How the cache answered one lookup (for the access log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +165,24 @@ pub struct MetadataCache {
     /// beside the caches rather than a flag in every entry: few keys are ever in it.
     refreshing: Arc<Mutex<HashSet<(Kind, Key)>>>,
     ttl: Duration,
+    /// How long a value (`ttl + max_stale`) and a "does not exist" answer live.
+    lifetimes: (Duration, Duration),
     pub stats: Arc<CacheStats>,
+    /// The second level shared by replicas (docs/scaling.md), when configured.
+    pub shared: Option<Arc<Shared>>,
+    /// Each issuer whose source can be shared, with that source's scope: what an
+    /// eviction deletes from the second level.
+    pub scopes: Arc<Vec<(Arc<str>, Arc<str>)>>,
+}
+
+/// How long a lookup waits for another replica's source call before calling the
+/// source itself (a lease outlives a dead holder by at most its own life).
+const LEASE_WAIT: Duration = Duration::from_secs(6);
+
+/// Wall-clock milliseconds since the UNIX epoch: second-level entries carry their
+/// fetch time this way, since `Instant`s do not cross processes.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl MetadataCache {
@@ -202,7 +206,10 @@ impl MetadataCache {
                 .build(),
             refreshing: Arc::default(),
             ttl: cfg.ttl,
+            lifetimes: (fresh_and_stale, negative),
             stats: Arc::new(CacheStats::default()),
+            shared: None,
+            scopes: Arc::default(),
         }
     }
 
@@ -270,14 +277,8 @@ impl MetadataCache {
             // The source failed for this key a moment ago: do not ask it again yet.
             return Err(Unavailable(SourceError { reason: f.err.reason.clone(), retry_after: Some(round_up(left)) }));
         }
-        let stats = self.stats.clone();
         let entry = match cache
-            .try_get_with(key.clone(), async move {
-                fetch(kind, source.as_ref(), &key.1, &stats).await.map(|value| Entry {
-                    value: value.map(|m| Arc::new(StoredMetadata::new(m))),
-                    fetched_at: Instant::now(),
-                })
-            })
+            .try_get_with(key.clone(), async move { self.fetch_through(kind, source.as_ref(), &key, false).await })
             .await
         {
             Ok(entry) => entry,
@@ -319,10 +320,8 @@ impl MetadataCache {
         }
         let (this, source) = (self.clone(), source.clone());
         tokio::spawn(async move {
-            match fetch(kind, source.as_ref(), &fkey.1.1, &this.stats).await {
-                Ok(value) => {
-                    let entry =
-                        Entry { value: value.map(|m| Arc::new(StoredMetadata::new(m))), fetched_at: Instant::now() };
+            match this.fetch_through(kind, source.as_ref(), &fkey.1, true).await {
+                Ok(entry) => {
                     this.failures.invalidate(&fkey);
                     this.cache(kind).insert(fkey.1.clone(), entry);
                 }
@@ -334,10 +333,32 @@ impl MetadataCache {
         });
     }
 
-    /// Removes one entry (admin API); true when something was held.
+    /// Removes one entry (admin API, hooks) here, from the second level, and from
+    /// every other replica's in-process cache; true when this replica held it.
+    /// `issuer` `None`: of every issuer.
     pub async fn evict(&self, kind: Kind, issuer: Option<&Arc<str>>, id: &str) -> bool {
+        if let Some(sh) = &self.shared {
+            // The second level first: a lookup racing this eviction must not find
+            // the old value there after missing here.
+            let names: Vec<String> = self
+                .scopes
+                .iter()
+                .filter(|(i, _)| issuer.is_none_or(|x| x == i))
+                .map(|(i, scope)| sh.entry_name(kind, scope, i, id))
+                .collect();
+            sh.delete(&names).await;
+        }
+        let held = self.evict_local(kind, issuer.map(|i| &**i), id);
+        if let Some(sh) = &self.shared {
+            sh.publish(&Invalidation::Entry { kind, issuer: issuer.map(|i| i.to_string()), id: id.to_string() }).await;
+        }
+        held
+    }
+
+    /// Removes one entry from this replica's in-process cache only.
+    pub fn evict_local(&self, kind: Kind, issuer: Option<&str>, id: &str) -> bool {
         let id: Arc<str> = Arc::from(id);
-        let issuer = issuer.cloned();
+        let issuer: Option<Arc<str>> = issuer.map(Arc::from);
         let (fid, fissuer) = (id.clone(), issuer.clone());
         let _ = self.failures.invalidate_entries_if(move |k, _| {
             k.0 == kind && k.1.1 == fid && fissuer.as_ref().is_none_or(|i| *i == k.1.0)
@@ -346,12 +367,96 @@ impl MetadataCache {
         self.cache(kind).remove_if(|k| k.1 == id && issuer.as_ref().is_none_or(|i| *i == k.0)) > 0
     }
 
+    /// Drops every in-process entry (the shared cache came back after an outage, so
+    /// evictions may have been missed).
+    pub fn forget_all(&self) {
+        for kind in [Kind::User, Kind::Client] {
+            self.cache(kind).remove_if(|_| true);
+        }
+        self.failures.invalidate_all();
+    }
+
     /// Drops every entry of an issuer (its file source was reloaded); reads stop
     /// returning them at once.
     pub fn forget_issuer(&self, issuer: &Arc<str>) {
         for kind in [Kind::User, Kind::Client] {
             self.cache(kind).remove_if(|k| k.0 == *issuer);
         }
+    }
+
+    // -- the second level -----------------------------------------------------------
+
+    /// One source read for `key`, through the shared second level when there is one:
+    /// its entry if it holds a usable one (a fresh one when `want_fresh`), else the
+    /// source, called by the one replica holding the key's lease while the others
+    /// wait for what it writes. Without a usable second level: the source.
+    async fn fetch_through(
+        &self,
+        kind: Kind,
+        source: &dyn MetadataSource,
+        key: &Key,
+        want_fresh: bool,
+    ) -> Result<Entry, SourceError> {
+        let (Some(sh), Some(scope)) = (self.shared.as_ref().filter(|s| s.up()), source.shared_scope()) else {
+            return self.fetch_entry(kind, source, &key.1).await;
+        };
+        let name = sh.entry_name(kind, scope, &key.0, &key.1);
+        let give_up = Instant::now() + LEASE_WAIT;
+        let mut waited = false;
+        loop {
+            if let Some(e) = sh.get_entry(&name).await
+                && let Some(entry) = self.adopt_shared(e, want_fresh)
+            {
+                sh.stats.hits.fetch_add(1, Relaxed);
+                return Ok(entry);
+            }
+            match sh.lease(&name).await {
+                Lease::Busy if Instant::now() < give_up => {
+                    if !waited {
+                        sh.stats.lease_waits.fetch_add(1, Relaxed);
+                        waited = true;
+                    }
+                    tokio::time::sleep(sh.lease_poll()).await;
+                }
+                lease => {
+                    let r = self.fetch_entry(kind, source, &key.1).await;
+                    if let Ok(e) = &r {
+                        let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
+                        let shared = SharedEntry {
+                            fetched_ms: wall_ms().saturating_sub(e.fetched_at.elapsed().as_millis() as u64),
+                            value: e.value.as_ref().map(|v| v.json().to_string()),
+                        };
+                        sh.put_entry(&name, &shared, life).await;
+                    }
+                    sh.release(lease).await;
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// A second-level entry as an in-process one, unless it has outlived its
+    /// lifetime (or, when `want_fresh`, its `ttl`).
+    fn adopt_shared(&self, e: SharedEntry, want_fresh: bool) -> Option<Entry> {
+        let age = Duration::from_millis(wall_ms().saturating_sub(e.fetched_ms));
+        let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
+        if age >= life || (want_fresh && e.value.is_some() && age >= self.ttl) {
+            return None;
+        }
+        let value = match e.value {
+            // Sealed by a replica, so well-formed; parsed anyway, so nothing but a
+            // JSON object ever reaches a token.
+            Some(text) => Some(Arc::new(StoredMetadata::new(serde_json::from_str::<Metadata>(&text).ok()?))),
+            None => None,
+        };
+        let now = Instant::now();
+        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now) })
+    }
+
+    async fn fetch_entry(&self, kind: Kind, source: &dyn MetadataSource, id: &str) -> Result<Entry, SourceError> {
+        fetch(kind, source, id, &self.stats)
+            .await
+            .map(|value| Entry { value: value.map(|m| Arc::new(StoredMetadata::new(m))), fetched_at: Instant::now() })
     }
 
     /// Entries held (users, clients).

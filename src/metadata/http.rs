@@ -3,6 +3,7 @@
 //! 404 is "does not exist"; 429 / 5xx are retried as for `auth0` (see `remote.rs`),
 //! within `max_requests_per_second` and `timeout`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode, header};
@@ -11,6 +12,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::remote::Remote;
+use super::shared::Shared;
 use super::{BoxFuture, Lookup, MetadataSource, SourceError};
 use crate::config::{HttpSourceConfig, Secret};
 use crate::http_client::{self, JsonClient};
@@ -27,16 +29,24 @@ pub struct HttpSource {
     /// Time for one lookup, retries included.
     timeout: Duration,
     remote: Remote,
+    /// `http USER_URL CLIENT_URL`: names this API's entries and budget in `[shared]`.
+    scope: Arc<str>,
 }
 
 impl HttpSource {
-    pub fn new(cfg: &HttpSourceConfig, client: JsonClient) -> HttpSource {
+    pub fn new(cfg: &HttpSourceConfig, client: JsonClient, shared: Option<Arc<Shared>>) -> HttpSource {
+        let scope: Arc<str> = Arc::from(format!("http {} {}", cfg.user_url, cfg.client_url));
+        let mut remote = Remote::new(client, cfg.max_requests_per_second, cfg.timeout);
+        if let Some(sh) = shared {
+            remote.share(sh, scope.clone());
+        }
         HttpSource {
             user_url: cfg.user_url.clone(),
             client_url: cfg.client_url.clone(),
             token: cfg.token.clone(),
             timeout: cfg.timeout,
-            remote: Remote::new(client, cfg.max_requests_per_second, cfg.timeout),
+            remote,
+            scope,
         }
     }
 
@@ -94,5 +104,8 @@ impl MetadataSource for HttpSource {
     }
     fn ratelimit_remaining(&self) -> Option<u64> {
         self.remote.ratelimit_remaining()
+    }
+    fn shared_scope(&self) -> Option<&str> {
+        Some(&self.scope)
     }
 }

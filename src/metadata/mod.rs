@@ -7,6 +7,7 @@ pub mod file;
 pub mod http;
 pub mod ratelimit;
 pub mod remote;
+pub mod shared;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -92,6 +93,13 @@ pub trait MetadataSource: Send + Sync {
     fn ratelimit_remaining(&self) -> Option<u64> {
         None
     }
+    /// What the source reads from (its kind and API address), when its answers may be
+    /// shared with other replicas through `[shared]`: a source changed in the
+    /// configuration gets a different scope, so nothing it answered before is used.
+    /// `None` (a file source, which is local and free to read): never shared.
+    fn shared_scope(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A named metadata source and, for file sources, the handle to reload it.
@@ -99,4 +107,20 @@ pub struct NamedSource {
     pub name: String,
     pub source: Arc<dyn MetadataSource>,
     pub file: Option<Arc<file::FileSource>>,
+}
+
+/// Which of the two caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    User,
+    Client,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::User => "user",
+            Kind::Client => "client",
+        }
+    }
 }

@@ -9,8 +9,8 @@
 //! Errors name the call and the status only: never a URL with an id in it, a token,
 //! a secret or a response body.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::SourceError;
 use super::ratelimit::{RateLimiter, ratelimit_reset, retry_after_header};
+use super::shared::{Budget, Shared};
 use crate::http_client::{self, Fetched, JsonClient};
 
 /// Tries per call (the first one included).
@@ -41,6 +42,12 @@ pub struct Remote {
     blocked_until: Mutex<Option<Instant>>,
     /// The last `x-ratelimit-remaining` seen; -1 before any.
     remaining: AtomicI64,
+    /// `max_requests_per_second`, for the shared budget.
+    rate: u32,
+    /// With `[shared]`: the budget and 429 pause every replica shares for this API,
+    /// and the API's scope naming them. The local `limiter` serves while Redis is
+    /// unavailable (docs/scaling.md).
+    shared: Option<(Arc<Shared>, Arc<str>)>,
 }
 
 impl Remote {
@@ -51,7 +58,51 @@ impl Remote {
             call_timeout,
             blocked_until: Mutex::new(None),
             remaining: AtomicI64::new(-1),
+            rate: max_requests_per_second,
+            shared: None,
         }
+    }
+
+    /// Shares the rate budget and 429 pauses of the API named `scope` with every
+    /// replica using `shared`.
+    pub fn share(&mut self, shared: Arc<Shared>, scope: Arc<str>) {
+        self.shared = Some((shared, scope));
+    }
+
+    /// Waits for a request slot: from the shared budget while Redis answers, else
+    /// from this replica's own.
+    async fn acquire(&self, what: &'static str, deadline: Instant) -> Result<(), SourceError> {
+        let no_slot = || SourceError {
+            reason: format!("{what}: no request slot in the rate budget before the timeout"),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        if let Some((sh, scope)) = &self.shared {
+            let mut counted = false;
+            loop {
+                let wait = match sh.take(scope, self.rate).await {
+                    Budget::Granted => return Ok(()),
+                    Budget::Unavailable => break,
+                    Budget::Paused(d) => {
+                        // Another replica was told to wait: so are we.
+                        self.block_for(d);
+                        return Err(SourceError {
+                            reason: format!("{what}: rate limited by the API"),
+                            retry_after: Some(d),
+                        });
+                    }
+                    Budget::Wait(d) => d,
+                };
+                if !counted {
+                    sh.stats.budget_waits.fetch_add(1, Relaxed);
+                    counted = true;
+                }
+                if Instant::now() + wait >= deadline {
+                    return Err(no_slot());
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+        tokio::time::timeout_at(deadline, self.limiter.acquire()).await.map_err(|_| no_slot())
     }
 
     /// The last `x-ratelimit-remaining` the API sent, if any.
@@ -73,12 +124,7 @@ impl Remote {
         loop {
             tries += 1;
             self.wait_unblocked(what, deadline).await?;
-            if tokio::time::timeout_at(deadline, self.limiter.acquire()).await.is_err() {
-                return Err(SourceError {
-                    reason: format!("{what}: no request slot in the rate budget before the timeout"),
-                    retry_after: Some(Duration::from_secs(1)),
-                });
-            }
+            self.acquire(what, deadline).await?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(SourceError::new(format!("{what}: timed out")));
@@ -93,7 +139,11 @@ impl Remote {
                     }
                     let server = server_wait(&resp.headers, status);
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        self.block_for(server.unwrap_or(Duration::from_secs(1)));
+                        let pause = server.unwrap_or(Duration::from_secs(1));
+                        self.block_for(pause);
+                        if let Some((sh, scope)) = &self.shared {
+                            sh.pause(scope, pause.min(SERVER_WAIT_CAP)).await;
+                        }
                     }
                     let wait = match server {
                         Some(s) => with_jitter_up(s),
