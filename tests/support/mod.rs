@@ -7,6 +7,8 @@
 //! - `wire.rs`: a raw HTTP/1.1 client; `strict_h1.rs`: a strict, independent HTTP/1.1
 //!   parser for what claimsmith writes; `scripted.rs`: an upstream scripted byte by
 //!   byte and a raw client that reads answers with their framing.
+//! - `redis.rs`: a real `redis-server` on a free port, with faults (kill, restart,
+//!   pause, a changed password) and a small RESP client to read everything it holds.
 //! - `audit.rs`: the leak audit (no token, secret or metadata value may come back).
 //! - here: [`Harness`], issuer + upstream + a metadata file + claimsmith itself, and an
 //!   HTTP client whose every response passes the leak audit; the transport a suite
@@ -16,6 +18,7 @@
 mod audit;
 pub mod auth0;
 mod issuer;
+pub mod redis;
 pub mod scripted;
 pub mod strict_h1;
 mod upstream;
