@@ -333,10 +333,18 @@ impl Inner {
     /// replica stored, or this replica loads it under the lease and stores it, or waits
     /// for the replica holding the lease. Without Redis: loads it.
     async fn load_clients_once(&self, sh: &Shared) -> Result<ClientList, SourceError> {
+        sh.settled().await;
         if let Some(list) = self.shared_list(sh).await {
             return Ok(list);
         }
         let lease = sh.lease_blob("clients-lease", &self.scope, self.bulk_every.min(Duration::from_secs(60))).await;
+        if matches!(lease, Lease::Held { .. })
+            && let Some(list) = self.shared_list(sh).await
+        {
+            // Loaded by the holder before us, between our look and our lease.
+            sh.release(lease).await;
+            return Ok(list);
+        }
         if matches!(lease, Lease::Busy) {
             let give_up = Instant::now() + SHARED_LIST_WAIT;
             while Instant::now() < give_up && sh.up() {
@@ -498,7 +506,7 @@ impl Inner {
                     let expires_ms = wall_ms().saturating_add(life.as_millis() as u64);
                     let mut plain = expires_ms.to_be_bytes().to_vec();
                     plain.extend_from_slice(text.as_bytes());
-                    sh.put_blob(&self.token_tag(), &self.scope, &plain, life.saturating_sub(margin)).await;
+                    sh.put_blob("mgmt-token", &self.token_scope(), &plain, life.saturating_sub(margin)).await;
                 }
                 let t = MgmtToken {
                     header,
@@ -531,20 +539,21 @@ impl Inner {
             slot.current = None;
             slot.failed = None;
             if let Some(sh) = &self.shared {
-                sh.delete_blob(&self.token_tag(), &self.scope).await;
+                sh.delete_blob("mgmt-token", &self.token_scope()).await;
             }
         }
     }
 
-    /// Names the shared management token: one per application (client id) and audience.
-    fn token_tag(&self) -> String {
-        format!("mgmt-token {} {}", self.client_id, self.audience)
+    /// What the shared management token is for: one per tenant, application (client
+    /// id) and audience. Hashed into its Redis key, never written in clear.
+    fn token_scope(&self) -> String {
+        format!("{} {} {}", self.scope, self.client_id, self.audience)
     }
 
     /// A management token another replica obtained, with the time it has left, unless
     /// it is about to expire.
     async fn shared_token(&self, sh: &Shared) -> Option<(HeaderValue, Duration)> {
-        let plain = sh.get_blob(&self.token_tag(), &self.scope).await?;
+        let plain = sh.get_blob("mgmt-token", &self.token_scope()).await?;
         let expires_ms = u64::from_be_bytes(plain.get(..8)?.try_into().ok()?);
         let left = Duration::from_millis(expires_ms.saturating_sub(wall_ms()));
         if left <= TOKEN_MARGIN.min(left / 10).max(Duration::from_secs(5)) {

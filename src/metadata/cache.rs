@@ -419,6 +419,16 @@ impl MetadataCache {
                     tokio::time::sleep(sh.lease_poll()).await;
                 }
                 lease => {
+                    // The holder before us may have written the value and let the
+                    // lease go between our look and our lease: look once more.
+                    if matches!(lease, Lease::Held { .. })
+                        && let Some(e) = sh.get_entry(&name).await
+                        && let Some(entry) = self.adopt_shared(e, want_fresh)
+                    {
+                        sh.release(lease).await;
+                        sh.stats.hits.fetch_add(1, Relaxed);
+                        return Ok(entry);
+                    }
                     let r = self.fetch_entry(kind, source, &key.1).await;
                     if let Ok(e) = &r {
                         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };

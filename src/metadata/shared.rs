@@ -203,6 +203,8 @@ pub struct Shared {
     warned: AtomicBool,
     /// Set after the first connection: a later one is a reconnection.
     connected_once: AtomicBool,
+    /// Becomes true once the first connection attempt has ended, either way.
+    settled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -222,6 +224,7 @@ impl Shared {
             lost: Notify::new(),
             warned: AtomicBool::new(false),
             connected_once: AtomicBool::new(false),
+            settled: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -236,6 +239,15 @@ impl Shared {
         ] {
             new.fetch_add(old.load(Relaxed), Relaxed);
         }
+    }
+
+    /// Waits (a bounded time) until the first connection attempt has ended, so work
+    /// that starts with the process (the first bulk client load) is coordinated
+    /// instead of done by every replica at once.
+    pub async fn settled(&self) {
+        let mut rx = self.settled.subscribe();
+        let limit = self.timeout.max(Duration::from_secs(1)) * 3;
+        let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done)).await;
     }
 
     /// Whether Redis is connected now.
@@ -494,7 +506,9 @@ impl Shared {
     pub async fn maintain(self: Arc<Self>, sink: Arc<dyn Coherence>) {
         let mut pause = RECONNECT_BASE;
         while sink.alive() {
-            match self.session(sink.as_ref()).await {
+            let r = self.session(sink.as_ref()).await;
+            self.settled.send_replace(true);
+            match r {
                 Ok(()) => pause = RECONNECT_BASE,
                 Err(why) => {
                     self.stats.errors.fetch_add(1, Relaxed);
@@ -543,6 +557,7 @@ impl Shared {
         self.conn.store(Some(Arc::new(conn)));
         self.stats.up.store(true, Relaxed);
         self.warned.store(false, Relaxed);
+        self.settled.send_replace(true);
         let channel = self.channel();
         loop {
             tokio::select! {

@@ -9,6 +9,7 @@
 //!   byte and a raw client that reads answers with their framing.
 //! - `redis.rs`: a real `redis-server` on a free port, with faults (kill, restart,
 //!   pause, a changed password) and a small RESP client to read everything it holds.
+//! - `replicas.rs`: several `claimsmith run` processes sharing one tenant and Redis.
 //! - `audit.rs`: the leak audit (no token, secret or metadata value may come back).
 //! - here: [`Harness`], issuer + upstream + a metadata file + claimsmith itself, and an
 //!   HTTP client whose every response passes the leak audit; the transport a suite
@@ -19,6 +20,7 @@ mod audit;
 pub mod auth0;
 mod issuer;
 pub mod redis;
+pub mod replicas;
 pub mod scripted;
 pub mod strict_h1;
 mod upstream;

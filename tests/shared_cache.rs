@@ -1,0 +1,404 @@
+//! `[shared]`: several claimsmith processes in front of one Auth0 tenant, sharing one
+//! real `redis-server` (docs/scaling.md). What replicas must do together: one user read
+//! per user whatever the replica count, one read for simultaneous first requests, one
+//! bulk client load, one rate budget, a 429 pausing all of them, evictions reaching
+//! every replica; and what Redis failing must never do: fail a request. Redis is
+//! scanned for ids and values in clear.
+//!
+//! Figures (eviction propagation, latency under faults) are printed as `figure:` lines
+//! for benches/scaling.sh; nothing here asserts a time except the propagation bound
+//! the contract names (1 s), checked with a wide margin of tries.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use support::auth0::{Auth0Mock, Endpoint, Fault, TenantOpts};
+use support::redis::{RedisOpts, RedisServer};
+use support::replicas::{Fleet, percentile};
+use support::*;
+use tokio::time::Instant;
+
+fn user(i: usize) -> String {
+    format!("auth0|shared-user-{i}")
+}
+
+fn user_md(i: usize) -> Value {
+    json!({"plan": format!("plan-secret-{i:04}"), "roles": ["reader"]})
+}
+
+/// A tenant with `users` users and one client.
+async fn tenant(users: usize) -> Auth0Mock {
+    let mock = Auth0Mock::start().await;
+    for i in 0..users {
+        mock.add_user(&user(i), user_md(i));
+    }
+    mock.add_client(CLIENT_1, json!({"tenant_key": TENANT_KEY}));
+    mock
+}
+
+fn tries() -> usize {
+    std::env::var("CLAIMSMITH_TRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
+}
+
+async fn fleet(mock: &Auth0Mock, o: &TenantOpts, n: usize, redis: &RedisServer) -> Fleet {
+    let f = Fleet::start(mock, o, n, Some(&redis.url()), "").await;
+    for i in 0..n {
+        f.wait_shared(i, true, Duration::from_secs(10)).await;
+    }
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_requested_on_every_replica_are_read_once_and_clients_loaded_once() {
+    let redis = RedisServer::start();
+    let mock = tenant(20).await;
+    let f = Arc::new(fleet(&mock, &TenantOpts::default(), 3, &redis).await);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        for r in 0..3 {
+            let f = f.clone();
+            tasks.push(tokio::spawn(async move {
+                let a = f.get(r, "/api/x", &f.issuer.token(&user(i))).await;
+                (a.status, r)
+            }));
+        }
+    }
+    for t in tasks {
+        let (status, r) = t.await.expect("task");
+        assert_eq!(status, StatusCode::OK, "replica {r}:\n{}", f.log(r));
+    }
+    eprintln!("figure: 20 users x 3 replicas -> {}", mock.summary());
+    assert_eq!(mock.count(Endpoint::User), 20, "one read per user, not one per replica: {}", mock.summary());
+    assert_eq!(mock.count(Endpoint::ClientList), 1, "one bulk client load in total: {}", mock.summary());
+    assert_eq!(mock.count(Endpoint::Client), 0, "clients come from the bulk load: {}", mock.summary());
+    let hits: f64 = futures_util::future::join_all((0..3).map(|r| f.metric(r, "claimsmith_shared_hits_total")))
+        .await
+        .into_iter()
+        .map(|m| m.unwrap_or(0.0))
+        .sum();
+    assert!(hits >= 40.0 - 1.0, "the other replicas' misses were answered by Redis: {hits}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_simultaneous_first_requests_over_three_replicas_make_one_read() {
+    let redis = RedisServer::start();
+    let mock = tenant(1).await;
+    let f = Arc::new(fleet(&mock, &TenantOpts::default(), 3, &redis).await);
+    let token = Arc::new(f.issuer.token(&user(0)));
+    let tasks: Vec<_> = (0..30)
+        .map(|n| {
+            let (f, token) = (f.clone(), token.clone());
+            tokio::spawn(async move { f.get(n % 3, "/api/x", &token).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(mock.count(Endpoint::User), 1, "{}", mock.summary());
+    let waits: f64 = futures_util::future::join_all((0..3).map(|r| f.metric(r, "claimsmith_shared_lease_waits_total")))
+        .await
+        .into_iter()
+        .map(|m| m.unwrap_or(0.0))
+        .sum();
+    eprintln!("figure: 30 simultaneous first requests over 3 replicas -> 1 user read, {waits} lease waits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rate_budget_for_every_replica() {
+    let redis = RedisServer::start();
+    let mock = tenant(12).await;
+    let o = TenantOpts { rps: 2, timeout: "30s", ..TenantOpts::default() };
+    let f = Arc::new(fleet(&mock, &o, 3, &redis).await);
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move { f.get(i % 3, "/api/x", &f.issuer.token(&user(i))).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    let calls = mock.calls();
+    let (first, last) = (calls.first().expect("calls").at, calls.last().expect("calls").at);
+    let span = last.duration_since(first).as_secs_f64();
+    let allowed = 2.0 * span + 2.0;
+    eprintln!(
+        "figure: max_requests_per_second = 2 over 3 replicas: {} calls to the tenant in {span:.2} s ({:.2}/s after the burst of 2)",
+        calls.len(),
+        (calls.len() as f64 - 2.0) / span.max(0.001)
+    );
+    // +1: the bucket's refill and the calls' arrival times are measured on two clocks.
+    assert!(calls.len() as f64 <= allowed + 1.0, "{} calls in {span:.2} s exceed 2/s plus the burst", calls.len());
+    assert_eq!(mock.count(Endpoint::User), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_every_replica() {
+    let redis = RedisServer::start();
+    let mock = tenant(3).await;
+    let f = fleet(&mock, &TenantOpts::default(), 3, &redis).await;
+    mock.fail_next(Endpoint::User, 1, Fault::RateLimited { retry_after: Some(3) });
+    // Replica 0 meets the 429; its read waits out the 3 s within its 5 s timeout.
+    let f = Arc::new(f);
+    let first = {
+        let f = f.clone();
+        tokio::spawn(async move { f.get(0, "/api/x", &f.issuer.token(&user(0))).await.status })
+    };
+    let give_up = Instant::now() + Duration::from_secs(2);
+    while mock.count(Endpoint::User) == 0 {
+        assert!(Instant::now() < give_up, "replica 0 never read the user");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reads_before = mock.count(Endpoint::User);
+    // Another replica, another user, during the pause: no call reaches the tenant.
+    let t0 = Instant::now();
+    let other = f.get(1, "/api/x", &f.issuer.token(&user(1))).await;
+    let calls_during_pause = mock
+        .calls()
+        .iter()
+        .filter(|c| c.endpoint == Endpoint::User && c.at >= t0 && c.at < t0 + Duration::from_millis(2500))
+        .count();
+    eprintln!("replica 1 during the pause: {} after {:?}", other.status, other.took);
+    assert_eq!(calls_during_pause, 0, "replica 1 called the tenant during another replica's 429 pause");
+    assert!(reads_before >= 1);
+    assert_eq!(first.await.expect("task"), StatusCode::OK, "replica 0's read succeeds after the pause");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_on_one_replica_reaches_the_others_within_a_second() {
+    let redis = RedisServer::start();
+    let mock = tenant(1).await;
+    let f = fleet(&mock, &TenantOpts::default(), 3, &redis).await;
+    let token = f.issuer.token(&user(0));
+    let mut samples = Vec::new();
+    for n in 0..tries() {
+        for r in 0..3 {
+            assert_eq!(f.get(r, "/api/x", &token).await.status, StatusCode::OK);
+        }
+        let reads = mock.count(Endpoint::User);
+        let plan = format!("plan-v{n}");
+        mock.set_app_metadata(&user(0), json!({"plan": plan}));
+        let evicted_at = Instant::now();
+        assert_eq!(f.admin_delete(0, "/cache/users/auth0%7Cshared-user-0").await, StatusCode::NO_CONTENT);
+        // Each other replica serves the new value as soon as it dropped the old one.
+        for r in 1..3 {
+            loop {
+                let a = f.get(r, "/api/x", &token).await;
+                assert_eq!(a.status, StatusCode::OK);
+                if f.last_app_metadata()["plan"] == plan {
+                    samples.push(evicted_at.elapsed());
+                    break;
+                }
+                assert!(
+                    evicted_at.elapsed() < Duration::from_secs(1),
+                    "replica {r} still served the old value after 1 s"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        assert_eq!(mock.count(Endpoint::User), reads + 1, "one read for the three replicas after an eviction");
+    }
+    let (p50, p99) = (percentile(&mut samples, 50.0), percentile(&mut samples, 99.0));
+    eprintln!(
+        "figure: eviction on one replica seen by the other two: p50 {p50:?}, p99 {p99:?} over {} samples",
+        samples.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_eviction_reaches_every_replica_through_one_single_client_read() {
+    let redis = RedisServer::start();
+    let mock = tenant(1).await;
+    let f = fleet(&mock, &TenantOpts::default(), 3, &redis).await;
+    let token = f.issuer.token(&user(0));
+    for r in 0..3 {
+        assert_eq!(f.get(r, "/api/x", &token).await.status, StatusCode::OK);
+    }
+    assert_eq!(mock.count(Endpoint::ClientList), 1);
+    mock.set_client_metadata(CLIENT_1, json!({"tenant_key": "k-rotated-0042"}));
+    assert_eq!(f.admin_delete(2, &format!("/cache/clients/{CLIENT_1}")).await, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for r in 0..3 {
+        assert_eq!(f.get(r, "/api/x", &token).await.status, StatusCode::OK);
+        let seen = f.upstream.last();
+        let t = seen.headers.get("x-internal-token").and_then(|v| v.to_str().ok()).expect("token");
+        let claims = claims_of(t);
+        assert_eq!(claims["client_metadata"]["tenant_key"], "k-rotated-0042", "replica {r}");
+    }
+    assert_eq!(mock.count(Endpoint::Client), 1, "one single-client read for all replicas: {}", mock.summary());
+    assert_eq!(mock.count(Endpoint::ClientList), 1, "no new bulk load: {}", mock.summary());
+}
+
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("JWT");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("b64"))
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_no_id_token_or_metadata_value_in_clear() {
+    let redis = RedisServer::start();
+    let mock = tenant(5).await;
+    mock.add_user("auth0|negative-probe", json!({}));
+    let f = fleet(&mock, &TenantOpts::default(), 2, &redis).await;
+    for i in 0..5 {
+        assert_eq!(f.get(i % 2, "/api/x", &f.issuer.token(&user(i))).await.status, StatusCode::OK);
+    }
+    // A user the tenant does not know: a negative entry.
+    let _ = f.get(0, "/api/x", &f.issuer.token("auth0|nobody-here")).await;
+    let dump = redis.dump_all();
+    assert!(dump.len() >= 6, "entries, the token and the client list are shared: {} keys", dump.len());
+    let mut needles: Vec<String> = (0..5).map(user).collect();
+    needles.extend((0..5).map(|i| format!("plan-secret-{i:04}")));
+    needles.extend(
+        ["shared-user", "nobody-here", CLIENT_1, TENANT_KEY, "reader", "mgmt-token-", "tenant.test"].map(String::from),
+    );
+    needles.push(support::auth0::M2M_CLIENT_SECRET.to_string());
+    for (k, v) in &dump {
+        for n in &needles {
+            let hit = |b: &[u8]| b.windows(n.len()).any(|w| w == n.as_bytes());
+            assert!(!hit(k), "a Redis key holds {n:?}: {}", String::from_utf8_lossy(k));
+            assert!(!hit(v), "the value of {} holds {n:?}", String::from_utf8_lossy(k));
+        }
+        assert!(k.starts_with(b"claimsmith:"), "every key is under the prefix: {}", String::from_utf8_lossy(k));
+    }
+}
+
+/// Requests for ever new users (so every one needs Redis or the tenant) from 3
+/// replicas while `fault` happens to Redis; every answer must be 200.
+async fn load_through_a_fault(name: &str, redis: &RedisServer, fault: impl FnOnce(), heal: impl FnOnce()) {
+    let mock = tenant(600).await;
+    let f = Arc::new(fleet(&mock, &TenantOpts::default(), 3, redis).await);
+    let next = Arc::new(AtomicUsize::new(0));
+    let run = |secs: u64| {
+        let (f, next) = (f.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = Vec::new();
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut inflight = Vec::new();
+            while Instant::now() < end {
+                tick.tick().await;
+                let i = next.fetch_add(1, SeqCst) % 600;
+                let f = f.clone();
+                inflight.push(tokio::spawn(async move {
+                    let a = f.get(i % 3, "/api/x", &f.issuer.token(&user(i))).await;
+                    (a.status, a.took)
+                }));
+            }
+            for t in inflight {
+                let (s, took) = t.await.expect("task");
+                lat.push(took);
+                if s != StatusCode::OK {
+                    failed.push(s);
+                }
+            }
+            (lat, failed)
+        })
+    };
+    let load = run(3);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fault();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut lat, failed) = load.await.expect("load");
+    let (p50, p99, max) = (percentile(&mut lat, 50.0), percentile(&mut lat, 99.0), percentile(&mut lat, 100.0));
+    eprintln!(
+        "figure: Redis {name} mid-load: {} requests, {} failed, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        lat.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "Redis {name}: requests failed: {failed:?}");
+    for r in 0..3 {
+        let warned = f.log(r).matches("shared cache unavailable").count();
+        assert!(warned <= 1, "replica {r} warned {warned} times for one outage:\n{}", f.log(r));
+    }
+    heal();
+    // Back: every replica reconnects by itself, and drops what it cached meanwhile.
+    for r in 0..3 {
+        f.wait_shared(r, true, Duration::from_secs(10)).await;
+    }
+    let warm = user(0);
+    let before = mock.count_target(Endpoint::User, "shared-user-0?");
+    for r in 0..3 {
+        assert_eq!(f.get(r, "/api/x", &f.issuer.token(&warm)).await.status, StatusCode::OK);
+    }
+    let after = mock.count_target(Endpoint::User, "shared-user-0?");
+    assert!(after - before <= 1, "after reconnecting, one read for all replicas ({before} -> {after})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_fails_no_request() {
+    let redis = RedisServer::start();
+    load_through_a_fault("killed", &redis, || redis.kill(), || redis.restart()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_load_fails_no_request() {
+    let redis = RedisServer::start();
+    load_through_a_fault("stopped (SIGSTOP)", &redis, || redis.pause(), || redis.resume()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_the_password_mid_load_fails_no_request() {
+    let redis = RedisServer::start_with(RedisOpts::default().user("claimsmith", "first-password-0001"));
+    load_through_a_fault(
+        "refusing the password",
+        &redis,
+        || redis.set_password("second-password-0002"),
+        // The operator puts the password back: the replicas' one works again.
+        || redis.set_password("first-password-0001"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_from_the_start_replicas_serve_alone_and_are_ready() {
+    let mock = tenant(3).await;
+    // Nothing listens there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let f = Fleet::start(&mock, &TenantOpts::default(), 2, Some(&format!("redis://{dead}")), "").await;
+    for r in 0..2 {
+        assert_eq!(f.admin_get(r, "/readyz").await.expect("readyz").status, StatusCode::OK);
+        for i in 0..3 {
+            assert_eq!(f.get(r, "/api/x", &f.issuer.token(&user(i))).await.status, StatusCode::OK);
+        }
+        assert_eq!(f.metric(r, "claimsmith_shared_up").await, Some(0.0));
+    }
+    assert_eq!(mock.count(Endpoint::User), 6, "each replica reads for itself");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for r in 0..2 {
+        assert_eq!(f.log(r).matches("shared cache unavailable").count(), 1, "warned once:\n{}", f.log(r));
+        assert!(f.metric(r, "claimsmith_shared_errors_total").await.unwrap_or(0.0) >= 2.0, "reconnection is retried");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulk_client_load_runs_once_per_ttl_over_all_replicas() {
+    let redis = RedisServer::start();
+    let mock = tenant(1).await;
+    let o = TenantOpts { ttl: "2s", ..TenantOpts::default() };
+    let started = Instant::now();
+    let f = fleet(&mock, &o, 3, &redis).await;
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    for r in 0..3 {
+        assert_eq!(f.get(r, "/api/x", &f.issuer.token(&user(0))).await.status, StatusCode::OK);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let loads = mock.count(Endpoint::ClientList);
+    eprintln!("figure: ttl 2 s, 3 replicas, {secs:.1} s: {loads} bulk client loads in total");
+    // One at start and one per ttl since; three replicas loading on their own would
+    // make three times that.
+    assert!(loads as f64 <= (secs / 2.0).ceil() + 1.0, "{loads} bulk loads in {secs:.1} s with ttl 2 s");
+    assert_eq!(mock.count(Endpoint::Client), 0);
+}
