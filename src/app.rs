@@ -64,6 +64,14 @@ impl App {
             for iss in &app.config.issuers {
                 if !same_remote_source(&app.config, &old.config, &iss.issuer) {
                     app.cache.forget_issuer(&Arc::from(iss.issuer.as_str()));
+                    // Other replicas drop theirs too, through the connection that is
+                    // up now (this state's own connects once it is started).
+                    if let Some(sh) = old.cache.shared.clone()
+                        && let Ok(rt) = tokio::runtime::Handle::try_current()
+                    {
+                        let inv = Invalidation::Issuer(iss.issuer.clone());
+                        rt.spawn(async move { sh.publish(&inv).await });
+                    }
                 }
             }
         }

@@ -177,6 +177,20 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 1";
 
+/// The scripts, hashed once (they are sent by hash, and in full only when Redis
+/// does not know them yet).
+struct Scripts {
+    release: redis::Script,
+    take: redis::Script,
+    pause: redis::Script,
+}
+
+static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scripts {
+    release: redis::Script::new(RELEASE),
+    take: redis::Script::new(TAKE),
+    pause: redis::Script::new(PAUSE),
+});
+
 /// First pause between connection attempts; doubled per failure.
 const RECONNECT_BASE: Duration = Duration::from_millis(100);
 /// Cap of that pause.
@@ -405,7 +419,7 @@ impl Shared {
     pub async fn release(&self, lease: Lease) {
         if let Lease::Held { key, token } = lease {
             let _: Option<i64> = self
-                .call(|mut c| async move { redis::Script::new(RELEASE).key(key).arg(token).invoke_async(&mut c).await })
+                .call(|mut c| async move { SCRIPTS.release.key(key).arg(token).invoke_async(&mut c).await })
                 .await;
         }
     }
@@ -420,7 +434,7 @@ impl Shared {
         let (bucket, pause) = (self.name("budget", &[scope]), self.name("pause", &[scope]));
         let r: Option<(i64, i64)> = self
             .call(|mut c| async move {
-                redis::Script::new(TAKE).key(bucket).key(pause).arg(rate.max(1)).invoke_async(&mut c).await
+                SCRIPTS.take.key(bucket).key(pause).arg(rate.max(1)).invoke_async(&mut c).await
             })
             .await;
         let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0).max(1));
@@ -437,7 +451,7 @@ impl Shared {
         let key = self.name("pause", &[scope]);
         let ms = d.as_millis().max(1) as u64;
         let _: Option<i64> = self
-            .call(|mut c| async move { redis::Script::new(PAUSE).key(key).arg(ms).invoke_async(&mut c).await })
+            .call(|mut c| async move { SCRIPTS.pause.key(key).arg(ms).invoke_async(&mut c).await })
             .await;
     }
 
