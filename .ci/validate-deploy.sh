@@ -7,6 +7,10 @@
 #   (b) `claimsmith check` on every example config: deploy/config/*.toml and the
 #       claimsmith.toml of every ConfigMap, with dummy secret files and variables.
 #       Each ConfigMap's config must also equal one of deploy/config/*.toml.
+#       Dummies: a fresh PEM key for [token].key_files, a `claimsmith keygen --shared`
+#       key for [shared].key_files, a throw-away certificate for TLS and CA files,
+#       redis://127.0.0.1:6379 for the [shared] URL (nothing connects to it) and a
+#       fixed string for every other *_file and *_env.
 #
 # Needs: python3 (3.11+, for tomllib), pip access to PyPI, openssl, and a built
 # target/debug/claimsmith (`cargo build`). Run from anywhere in the repository.
@@ -92,18 +96,26 @@ cfg, fake, binary, work = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), 
 text = cfg.read_text()
 doc = tomllib.loads(text)
 alg = doc.get("token", {}).get("algorithm", "EdDSA")
-files, envs = {}, set()
+files, envs = {}, {}
+# What a dummy must look like for `claimsmith check` to accept it.
+REDIS_URL = "redis://127.0.0.1:6379"
 
-def walk(v, key="", parent=None):
+def walk(v, key="", parent=None, table=""):
     if isinstance(v, dict):
         for k, x in v.items():
-            walk(x, k, v)
+            walk(x, k, v, table or k)
     elif isinstance(v, list):
         for x in v:
-            walk(x, key, parent)
+            walk(x, key, parent, table)
     elif isinstance(v, str):
-        if key.endswith("_env"):
-            envs.add(v)
+        if table == "shared" and key == "url_env":
+            envs[v] = REDIS_URL
+        elif key.endswith("_env"):
+            envs.setdefault(v, "dummy-secret-for-validation")
+        elif table == "shared" and key == "key_files":
+            files[v] = "sharedkey"
+        elif table == "shared" and key == "url_file":
+            files[v] = "redisurl"
         elif key == "key_files":
             files[v] = "key"
         elif key in ("tls_cert_file", "ca_file"):
@@ -124,6 +136,10 @@ for original, kind in files.items():
     target.parent.mkdir(parents=True, exist_ok=True)
     if kind == "key":
         subprocess.run([binary, "keygen", "--alg", alg, "--out", str(target)], check=True, capture_output=True)
+    elif kind == "sharedkey":
+        subprocess.run([binary, "keygen", "--shared", "--out", str(target)], check=True, capture_output=True)
+    elif kind == "redisurl":
+        target.write_text(REDIS_URL + "\n")
     elif kind == "cert":
         shutil.copy(work / "dummy.crt", target)
     elif kind == "certkey":
@@ -133,7 +149,7 @@ for original, kind in files.items():
     else:
         target.write_text("dummy-secret-for-validation")
 (fake / "claimsmith.toml").write_text(text)
-print(" ".join(f"{e}=dummy-secret-for-validation" for e in sorted(envs)))
+print(" ".join(f"{e}={value}" for e, value in sorted(envs.items())))
 PY
 )"
   # shellcheck disable=SC2086 # word splitting of NAME=value pairs is intended
