@@ -418,9 +418,8 @@ impl Shared {
     /// Gives a lease back (only if still ours).
     pub async fn release(&self, lease: Lease) {
         if let Lease::Held { key, token } = lease {
-            let _: Option<i64> = self
-                .call(|mut c| async move { SCRIPTS.release.key(key).arg(token).invoke_async(&mut c).await })
-                .await;
+            let _: Option<i64> =
+                self.call(|mut c| async move { SCRIPTS.release.key(key).arg(token).invoke_async(&mut c).await }).await;
         }
     }
 
@@ -433,9 +432,9 @@ impl Shared {
     pub async fn take(&self, scope: &str, rate: u32) -> Budget {
         let (bucket, pause) = (self.name("budget", &[scope]), self.name("pause", &[scope]));
         let r: Option<(i64, i64)> = self
-            .call(|mut c| async move {
-                SCRIPTS.take.key(bucket).key(pause).arg(rate.max(1)).invoke_async(&mut c).await
-            })
+            .call(
+                |mut c| async move { SCRIPTS.take.key(bucket).key(pause).arg(rate.max(1)).invoke_async(&mut c).await },
+            )
             .await;
         let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0).max(1));
         match r {
@@ -450,9 +449,8 @@ impl Shared {
     pub async fn pause(&self, scope: &str, d: Duration) {
         let key = self.name("pause", &[scope]);
         let ms = d.as_millis().max(1) as u64;
-        let _: Option<i64> = self
-            .call(|mut c| async move { SCRIPTS.pause.key(key).arg(ms).invoke_async(&mut c).await })
-            .await;
+        let _: Option<i64> =
+            self.call(|mut c| async move { SCRIPTS.pause.key(key).arg(ms).invoke_async(&mut c).await }).await;
     }
 
     /// A sealed value of `tag` for `scope` (the management token, the bulk client list).
