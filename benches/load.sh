@@ -4,6 +4,10 @@
 #
 #   benches/load.sh                 # defaults below; prints the table
 #   DURATION=15 ROUNDS=3 benches/load.sh
+#   SHARED=1 benches/load.sh        # claimsmith with [shared] (a redis-server of its own)
+#                                   # and an http metadata source, so its entries are in
+#                                   # Redis too: shows that an in-process hit never
+#                                   # touches Redis (docs/scaling.md)
 #
 # Targets (all on 127.0.0.1):
 #   upstream      wrk -> upstream directly (nginx `return 200`)
@@ -32,11 +36,12 @@ USERS=${USERS:-1000}
 WORKERS=${WORKERS:-1}        # nginx worker_processes = claimsmith worker threads
 PROXY_CPUS=${PROXY_CPUS:-0}  # where the proxy under test runs
 LOAD_CPUS=${LOAD_CPUS:-1}    # where wrk and the upstream run
+SHARED=${SHARED:-0}          # 1: [shared] on a redis-server, http metadata source
 PERF=${PERF:-0}              # 1: perf-record claimsmith during its round-1 runs (perf-*.txt)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${OUT:-$TARGET/load}
-P_UP=18080 P_JWKS=18081 P_NGINX=18090 P_CS=18100 P_CS_ADMIN=18101
+P_UP=18080 P_JWKS=18081 P_NGINX=18090 P_CS=18100 P_CS_ADMIN=18101 P_REDIS=18102
 
 log() { printf '[load] %s\n' "$*" >&2; }
 
@@ -47,6 +52,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v gnuplot >/dev/null || need+=(gnuplot-nox)
 command -v curl >/dev/null || need+=(curl)
 command -v taskset >/dev/null || need+=(util-linux)
+if [[ $SHARED == 1 ]]; then command -v redis-server >/dev/null || need+=(redis-server); fi
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   apt-get update -qq
@@ -67,7 +73,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for p in $P_UP $P_JWKS $P_NGINX $P_CS $P_CS_ADMIN; do
+for p in $P_UP $P_JWKS $P_NGINX $P_CS $P_CS_ADMIN $P_REDIS; do
   if (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
     log "port $p on 127.0.0.1 is already in use; stop whatever holds it"; exit 1
   fi
@@ -104,6 +110,8 @@ http {
     listen 127.0.0.1:$P_UP backlog=4096;
     default_type text/plain;
     location / { return 200 "ok\n"; }
+    # The http metadata source of SHARED=1: every user and client has this metadata.
+    location /meta/ { default_type application/json; return 200 '{"roles":["reader"],"plan":"bench"}'; }
   }
   server {
     listen 127.0.0.1:$P_JWKS;
@@ -163,9 +171,23 @@ jwks_uri = "http://127.0.0.1:$P_JWKS/jwks.json"
 algorithms = ["RS256"]
 metadata = "local"
 
+$(if [[ $SHARED == 1 ]]; then cat <<EOS
+[metadata.local]
+kind = "http"
+user_url = "http://127.0.0.1:$P_UP/meta/users/{user_id}"
+client_url = "http://127.0.0.1:$P_UP/meta/clients/{client_id}"
+max_requests_per_second = 5000
+
+[shared]
+url_file = "$OUT/cs/redis-url"
+key_files = ["$OUT/cs/shared.key"]
+EOS
+else cat <<EOS
 [metadata.local]
 kind = "file"
 path = "$OUT/metadata.json"
+EOS
+fi)
 
 [cache]
 ttl = "5m"
@@ -200,6 +222,14 @@ taskset -c "$PROXY_CPUS" nginx -p "$OUT/nginx" -e "$OUT/nginx/error.log" -c "$OU
 PIDS+=($!)
 NGX_PID=$!
 for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$P_JWKS/jwks.json" 2>/dev/null && break; sleep 0.05; done
+if [[ $SHARED == 1 ]]; then
+  mkdir -p "$OUT/redis"
+  taskset -c "$LOAD_CPUS" redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$OUT/redis" --logfile "$OUT/redis/redis.log" &
+  PIDS+=($!)
+  echo "redis://127.0.0.1:$P_REDIS" >"$OUT/cs/redis-url"
+  "$BIN" keygen --shared --out "$OUT/cs/shared.key" >/dev/null 2>&1
+fi
 TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn taskset -c "$PROXY_CPUS" "$BIN" run --config "$OUT/cs/claimsmith.toml" \
   2>"$OUT/cs/claimsmith.log" &
 PIDS+=($!)
@@ -250,6 +280,8 @@ CLK_TCK=$(getconf CLK_TCK)
 log "warming up every target (${WARMUP}s each): fills claimsmith's token, metadata and mint caches"
 for t in "${TARGETS[@]}"; do run_wrk "$t" "$WARMUP" >/dev/null; done
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT/machine.txt"
+redis_commands() { redis-cli -p "$P_REDIS" INFO stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }'; }
+[[ $SHARED == 1 ]] && REDIS_CMDS0=$(redis_commands)
 : >"$OUT/results.jsonl"
 for r in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
@@ -345,5 +377,10 @@ unset key
 plot "$OUT/rps.dat" using 1:3 with boxes lc rgb "#4477aa", "" using 1:3:(sprintf("%d", \$3)) with labels offset 0,0.8
 unset multiplot
 EOF
+if [[ $SHARED == 1 ]]; then
+  # Everything was cached in-process by the warm-up: the measured rounds must not
+  # have sent Redis a command (the INFO calls themselves count one each).
+  echo "[shared]: Redis commands during the measured rounds: $(( $(redis_commands) - REDIS_CMDS0 - 1 ))" >>"$OUT/machine.txt"
+fi
 cat "$OUT/machine.txt"
 log "results in $OUT (table.md, latency.png, results.jsonl)"
