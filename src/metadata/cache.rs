@@ -64,6 +64,11 @@ struct Entry {
     /// `None`: the source said this id does not exist.
     value: Option<Arc<StoredMetadata>>,
     fetched_at: Instant,
+    /// Wall-clock ms since the epoch the value is known current as of: when the
+    /// source read began, or the `updated_at` of the pushed change that wrote it
+    /// (docs/operations.md, "Push invalidation"). A pushed change replaces only a value
+    /// older than itself, whatever order changes arrive in.
+    as_of_ms: u64,
 }
 
 impl Timestamped for Entry {
@@ -107,6 +112,16 @@ impl CacheLookup {
             CacheLookup::Miss => "miss",
         }
     }
+}
+
+/// What [`MetadataCache::replace`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// The pushed value is held now.
+    Replaced,
+    /// What was held is at least as new as the pushed value: it was dropped instead,
+    /// so the next lookup reads the source.
+    Evicted,
 }
 
 /// The cache could not produce a value.
@@ -273,9 +288,11 @@ impl MetadataCache {
         let stats = self.stats.clone();
         let entry = match cache
             .try_get_with(key.clone(), async move {
+                let as_of_ms = crate::clock::unix_now_ms();
                 fetch(kind, source.as_ref(), &key.1, &stats).await.map(|value| Entry {
                     value: value.map(|m| Arc::new(StoredMetadata::new(m))),
                     fetched_at: Instant::now(),
+                    as_of_ms,
                 })
             })
             .await
@@ -319,10 +336,14 @@ impl MetadataCache {
         }
         let (this, source) = (self.clone(), source.clone());
         tokio::spawn(async move {
+            let as_of_ms = crate::clock::unix_now_ms();
             match fetch(kind, source.as_ref(), &fkey.1.1, &this.stats).await {
                 Ok(value) => {
-                    let entry =
-                        Entry { value: value.map(|m| Arc::new(StoredMetadata::new(m))), fetched_at: Instant::now() };
+                    let entry = Entry {
+                        value: value.map(|m| Arc::new(StoredMetadata::new(m))),
+                        fetched_at: Instant::now(),
+                        as_of_ms,
+                    };
                     this.failures.invalidate(&fkey);
                     this.cache(kind).insert(fkey.1.clone(), entry);
                 }
@@ -344,6 +365,39 @@ impl MetadataCache {
         });
         self.failures.run_pending_tasks();
         self.cache(kind).remove_if(|k| k.1 == id && issuer.as_ref().is_none_or(|i| *i == k.0)) > 0
+    }
+
+    /// A pushed change (docs/operations.md, "Push invalidation"): holds `value` as
+    /// current as of `updated_at_ms` when nothing is held (it saves a read) or what is
+    /// held is older; otherwise drops what is held, since the push cannot be ordered
+    /// against it, and the next lookup reads the source. Either way the key's failure
+    /// backoff ends.
+    pub fn replace(&self, kind: Kind, issuer: &Arc<str>, id: &str, value: Metadata, updated_at_ms: u64) -> Replace {
+        let key: Key = (issuer.clone(), Arc::from(id));
+        let mut outcome = Replace::Evicted;
+        let fresh = Entry {
+            value: Some(Arc::new(StoredMetadata::new(value))),
+            fetched_at: Instant::now(),
+            as_of_ms: updated_at_ms,
+        };
+        self.cache(kind).update(key.clone(), |held| {
+            if held.is_some_and(|h| h.as_of_ms >= updated_at_ms) {
+                return None;
+            }
+            outcome = Replace::Replaced;
+            Some(fresh)
+        });
+        self.failures.invalidate(&(kind, key));
+        outcome
+    }
+
+    /// Remembers that `id` does not exist (it was deleted), for `negative_ttl`, as a
+    /// not-found answer from the source would be.
+    pub fn remember_absent(&self, kind: Kind, issuer: &Arc<str>, id: &str) {
+        let key: Key = (issuer.clone(), Arc::from(id));
+        let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: crate::clock::unix_now_ms() };
+        self.cache(kind).insert(key.clone(), entry);
+        self.failures.invalidate(&(kind, key));
     }
 
     /// Drops every entry of an issuer (its file source was reloaded); reads stop
@@ -413,7 +467,7 @@ mod tests {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
         for i in 0..200 {
             let key: Key = (Arc::from("https://issuer/"), Arc::from(format!("user|{i}").as_str()));
-            store.insert(key, Entry { value: None, fetched_at: Instant::now() });
+            store.insert(key, Entry { value: None, fetched_at: Instant::now(), as_of_ms: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
@@ -424,6 +478,42 @@ mod tests {
         assert!(store.get_aged(other).is_none());
         let swapped: &dyn KeyParts = &("user|1", "https://issuer/");
         assert!(store.get_aged(swapped).is_none());
+    }
+
+    fn held(c: &MetadataCache, issuer: &str, id: &str) -> Option<(Option<String>, u64)> {
+        let probe: &dyn KeyParts = &(issuer, id);
+        c.users.get_aged(probe).map(|(e, _)| (e.value.map(|v| v.json().to_string()), e.as_of_ms))
+    }
+
+    #[test]
+    fn a_pushed_value_replaces_only_an_older_one() {
+        let c = MetadataCache::new(&CacheConfig {
+            ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            max_entries: 1000,
+        });
+        let iss: Arc<str> = Arc::from("https://issuer/");
+        let md = |v: &str| serde_json::json!({ "plan": v }).as_object().cloned().unwrap_or_default();
+        // Nothing held: stored, as current as of its updated_at.
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("a"), 2000), Replace::Replaced);
+        assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"a"}"#.into()), 2000)));
+        // Newer: replaces.
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("b"), 3000), Replace::Replaced);
+        assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"b"}"#.into()), 3000)));
+        // Older or as old: evicts.
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("c"), 3000), Replace::Evicted);
+        assert_eq!(held(&c, "https://issuer/", "u"), None);
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("d"), 5000), Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("e"), 4000), Replace::Evicted);
+        assert_eq!(held(&c, "https://issuer/", "u"), None);
+        // Another issuer's entry is another key.
+        assert_eq!(c.replace(Kind::User, &Arc::from("https://other/"), "u", md("f"), 1), Replace::Replaced);
+        // Absent: a negative entry, as current as of now.
+        c.remember_absent(Kind::User, &iss, "u");
+        let (value, as_of) = held(&c, "https://issuer/", "u").expect("a negative entry");
+        assert!(value.is_none());
+        assert!(as_of > 1_600_000_000_000);
     }
 
     #[test]
