@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, SourceConfig};
 use crate::http_client::{self, Connector};
-use crate::metadata::cache::MetadataCache;
+use crate::metadata::cache::{Kind, MetadataCache};
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
 use crate::metadata::{BoxFuture, Lookup, MetadataSource, NamedSource, SourceError, StoredMetadata};
@@ -20,6 +20,12 @@ use crate::mint::Minter;
 use crate::proxy::Route;
 use crate::verify::Verifier;
 use crate::wire::hygiene;
+
+/// How long a pushed event's id is remembered: Auth0 retries a failed delivery within
+/// seconds, and replays are not expected after this.
+const SEEN_EVENTS_FOR: Duration = Duration::from_secs(600);
+/// Event ids remembered at most (about 100 bytes each).
+const SEEN_EVENTS_MAX: u64 = 100_000;
 
 /// Why the state could not be built from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,7 @@ impl App {
     pub fn rebuild(config: Config, old: &App) -> Result<App, BuildError> {
         let mut app = Self::build_with(config, old.metrics.clone())?;
         app.cache.stats = old.cache.stats.clone();
+        app.seen_events = old.seen_events.clone();
         if app.config.cache == old.config.cache {
             app.cache = old.cache.clone();
             for iss in &app.config.issuers {
@@ -133,6 +140,10 @@ impl App {
             token_header_canonical,
             empty: Arc::new(StoredMetadata::empty()),
             draining: AtomicBool::new(false),
+            seen_events: moka::sync::Cache::builder()
+                .max_capacity(SEEN_EVENTS_MAX)
+                .time_to_live(SEEN_EVENTS_FOR)
+                .build(),
         })
     }
 
@@ -176,6 +187,38 @@ impl App {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(source = %s.name, error = %e, "metadata file changed but cannot be used; keeping the old content")
+                }
+            }
+        }
+    }
+
+    /// The issuers whose metadata comes from source `name`, as the cache keys them.
+    pub fn issuers_of(&self, name: &str) -> Vec<Arc<str>> {
+        self.config
+            .issuers
+            .iter()
+            .filter(|i| i.metadata.as_deref() == Some(name))
+            .map(|i| Arc::from(i.issuer.as_str()))
+            .collect()
+    }
+
+    /// Evicts client `id`, first making the sources forget it, so the next lookup reads
+    /// that one client (the `auth0` source: `GET /api/v2/clients/{id}`) and not a bulk
+    /// copy older than the change (docs/configuration.md, "[cache]"). `source` names one
+    /// `[metadata.NAME]`, whose issuers' entries go; `None`: every source and issuer.
+    pub async fn evict_client(&self, source: Option<&str>, id: &str) {
+        // Forgotten before evicting: a lookup between the two must not refill the
+        // entry from the old bulk copy.
+        for s in self.named_sources.iter().filter(|s| source.is_none_or(|n| n == s.name)) {
+            s.source.forget_client(id);
+        }
+        match source {
+            None => {
+                self.cache.evict(Kind::Client, None, id).await;
+            }
+            Some(name) => {
+                for issuer in self.issuers_of(name) {
+                    self.cache.evict(Kind::Client, Some(&issuer), id).await;
                 }
             }
         }
