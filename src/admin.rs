@@ -70,13 +70,12 @@ fn discovery(app: &App, req: &Request<Incoming>) -> serde_json::Value {
 }
 
 async fn cache_delete(app: &App, req: &Request<Incoming>) -> Response<Body> {
-    if let Some(secret) = &app.config.admin.token {
-        if !bearer_matches(req.headers(), secret) {
-            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith-admin\""));
-            return r;
-        }
+    if let Some(secret) = &app.config.admin.token
+        && !bearer_matches(req.headers(), secret)
+    {
+        let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith-admin\""));
+        return r;
     }
     let path = req.uri().path();
     let (kind, raw) = match path.strip_prefix("/cache/users/") {
