@@ -177,12 +177,15 @@ async fn a_client_change_reaches_the_next_request_through_one_single_client_read
     assert_eq!(invalidations(&h, "logs", "evicted").await, 1);
 }
 
+/// Writes log entries in one of Log Streams' formats.
+type Encode = fn(&[Value]) -> String;
+
 #[tokio::test]
 async fn log_stream_deliveries_are_read_as_an_array_an_object_or_json_lines() {
     let (mock, h) = setup(true).await;
     let login = json!({"log_id": mock.next_id("9002"), "data": {"type": "s", "description": "Success Login",
                        "tenant_name": tenant_name(), "date": rfc3339(now_ms())}});
-    let forms: [(&str, fn(&[Value]) -> String); 3] = [
+    let forms: [(&str, Encode); 3] = [
         ("array", |e| Value::Array(e.to_vec()).to_string()),
         ("object", |e| e[0].to_string()),
         ("lines", |e| e.iter().map(|v| format!("{v}\n")).collect()),
