@@ -1,5 +1,8 @@
-//! The admin listener (README, "Admin listener"): JWKS, discovery, health, readiness, metrics, and the
-//! cache API. Kept on its own address so it can stay off the public network.
+//! The admin listener (README, "Admin listener"): JWKS, discovery, health, readiness, metrics, the
+//! cache API and the push-invalidation hooks (`hooks`). Kept on its own address so it
+//! can stay off the public network.
+
+mod hooks;
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -9,9 +12,10 @@ use percent_encoding::percent_decode_str;
 use serde_json::json;
 
 use crate::app::App;
+use crate::config::Secret;
 use crate::error::{Body, full};
 use crate::metadata::cache::Kind;
-use crate::metrics;
+use crate::metrics::{self, Hook};
 
 /// Answers one admin request.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
@@ -38,6 +42,8 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
             cache_delete(app, &req).await
         }
         _ if path.starts_with("/cache/") => text(StatusCode::METHOD_NOT_ALLOWED, "use DELETE\n"),
+        (_, "/hooks/auth0/events") => hooks::handle(app, req, Hook::Events).await,
+        (_, "/hooks/auth0/logs") => hooks::handle(app, req, Hook::Logs).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -64,20 +70,12 @@ fn discovery(app: &App, req: &Request<Incoming>) -> serde_json::Value {
 }
 
 async fn cache_delete(app: &App, req: &Request<Incoming>) -> Response<Body> {
-    if let Some(secret) = &app.config.admin.token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), secret.expose().as_bytes())) {
-            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith-admin\""));
-            return r;
-        }
+    if let Some(secret) = &app.config.admin.token
+        && !bearer_matches(req.headers(), secret)
+    {
+        let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"claimsmith-admin\""));
+        return r;
     }
     let path = req.uri().path();
     let (kind, raw) = match path.strip_prefix("/cache/users/") {
@@ -90,22 +88,34 @@ async fn cache_delete(app: &App, req: &Request<Incoming>) -> Response<Body> {
     if id.is_empty() {
         return text(StatusCode::BAD_REQUEST, "id missing\n");
     }
-    app.cache.evict(kind, None, &id).await;
-    if kind == Kind::Client {
-        for s in &app.named_sources {
-            s.source.forget_client(&id);
+    match kind {
+        Kind::User => {
+            app.cache.evict(kind, None, &id).await;
         }
+        Kind::Client => app.evict_client(None, &id).await,
     }
     let mut r = Response::new(full(""));
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
 
+/// Whether `Authorization: Bearer <token>` carries `secret`, compared in constant time.
+fn bearer_matches(headers: &http::HeaderMap, secret: &Secret) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    presented.is_some_and(|t| constant_time_eq(t.as_bytes(), secret.expose().as_bytes()))
+}
+
+/// Compares SHA-256 digests, so neither the content nor the length of the secret
+/// shows in how long a comparison takes.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn render_metrics(app: &App) -> String {
@@ -161,6 +171,7 @@ async fn render_metrics(app: &App) -> String {
     }
     let names: Vec<&str> = app.named_sources.iter().map(|n| n.name.as_str()).collect();
     app.metrics.render_sources(&mut out, &names);
+    app.metrics.render_invalidations(&mut out);
     let remaining: Vec<(String, u64)> = app
         .named_sources
         .iter()

@@ -22,6 +22,12 @@ use crate::proxy::Route;
 use crate::verify::Verifier;
 use crate::wire::hygiene;
 
+/// How long a pushed event's id is remembered: Auth0 retries a failed delivery within
+/// seconds, and replays are not expected after this.
+const SEEN_EVENTS_FOR: Duration = Duration::from_secs(600);
+/// Event ids remembered at most (about 100 bytes each).
+const SEEN_EVENTS_MAX: u64 = 100_000;
+
 /// Why the state could not be built from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -54,6 +60,7 @@ impl App {
         if let (Some(new), Some(old)) = (&app.cache.shared, &old.cache.shared) {
             new.keep_stats(old);
         }
+        app.seen_events = old.seen_events.clone();
         if app.config.cache == old.config.cache {
             // The entries are kept; this configuration's second level and scopes
             // come with them.
@@ -168,6 +175,10 @@ impl App {
             token_header_canonical,
             empty: Arc::new(StoredMetadata::empty()),
             draining: AtomicBool::new(false),
+            seen_events: moka::sync::Cache::builder()
+                .max_capacity(SEEN_EVENTS_MAX)
+                .time_to_live(SEEN_EVENTS_FOR)
+                .build(),
         })
     }
 
@@ -217,6 +228,38 @@ impl App {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(source = %s.name, error = %e, "metadata file changed but cannot be used; keeping the old content")
+                }
+            }
+        }
+    }
+
+    /// The issuers whose metadata comes from source `name`, as the cache keys them.
+    pub fn issuers_of(&self, name: &str) -> Vec<Arc<str>> {
+        self.config
+            .issuers
+            .iter()
+            .filter(|i| i.metadata.as_deref() == Some(name))
+            .map(|i| Arc::from(i.issuer.as_str()))
+            .collect()
+    }
+
+    /// Evicts client `id`, first making the sources forget it, so the next lookup reads
+    /// that one client (the `auth0` source: `GET /api/v2/clients/{id}`) and not a bulk
+    /// copy older than the change (docs/configuration.md, "[cache]"). `source` names one
+    /// `[metadata.NAME]`, whose issuers' entries go; `None`: every source and issuer.
+    pub async fn evict_client(&self, source: Option<&str>, id: &str) {
+        // Forgotten before evicting: a lookup between the two must not refill the
+        // entry from the old bulk copy.
+        for s in self.named_sources.iter().filter(|s| source.is_none_or(|n| n == s.name)) {
+            s.source.forget_client(id);
+        }
+        match source {
+            None => {
+                self.cache.evict(Kind::Client, None, id).await;
+            }
+            Some(name) => {
+                for issuer in self.issuers_of(name) {
+                    self.cache.evict(Kind::Client, Some(&issuer), id).await;
                 }
             }
         }

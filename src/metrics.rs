@@ -36,6 +36,53 @@ pub struct Metrics {
     sources: RwLock<BTreeMap<String, Arc<SourceCounters>>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// `claimsmith_invalidations_total`, by [`Hook`] then [`Invalidation`].
+    invalidations: [[AtomicU64; Invalidation::ALL.len()]; Hook::ALL.len()],
+}
+
+/// A push-invalidation hook (docs/operations.md, "Push invalidation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Auth0 Event Streams.
+    Events,
+    /// Auth0 Log Streams.
+    Logs,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Events, Hook::Logs];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Events => "events",
+            Hook::Logs => "logs",
+        }
+    }
+}
+
+/// What a hook did with one event or log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The cached value was replaced by the pushed one.
+    Replaced,
+    /// The cached value was dropped (or remembered as not existing).
+    Evicted,
+    /// Nothing to do: another event type, or a tenant no source has.
+    Ignored,
+    /// An event id applied in the last minutes, delivered again.
+    Duplicate,
+}
+
+impl Invalidation {
+    pub const ALL: [Invalidation; 4] =
+        [Invalidation::Replaced, Invalidation::Evicted, Invalidation::Ignored, Invalidation::Duplicate];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalidation::Replaced => "replaced",
+            Invalidation::Evicted => "evicted",
+            Invalidation::Ignored => "ignored",
+            Invalidation::Duplicate => "duplicate",
+        }
+    }
 }
 
 impl Metrics {
@@ -80,6 +127,26 @@ impl Metrics {
             samples.push((format!("source=\"{n}\",result=\"error\""), c.error.load(Relaxed)));
         }
         counter(out, "claimsmith_metadata_fetches_total", "Metadata source calls by source and result.", &samples);
+    }
+
+    /// Counts one event or log entry a hook handled.
+    pub fn invalidated(&self, hook: Hook, action: Invalidation) {
+        self.invalidations[hook as usize][action as usize].fetch_add(1, Relaxed);
+    }
+
+    /// `claimsmith_invalidations_total{hook,action}`, every pair (zeros included, so
+    /// a rate over it exists before the first event).
+    pub fn render_invalidations(&self, out: &mut String) {
+        let mut samples = Vec::new();
+        for hook in Hook::ALL {
+            for action in Invalidation::ALL {
+                samples.push((
+                    format!("hook=\"{}\",action=\"{}\"", hook.as_str(), action.as_str()),
+                    self.invalidations[hook as usize][action as usize].load(Relaxed),
+                ));
+            }
+        }
+        counter(out, "claimsmith_invalidations_total", "Pushed changes by hook and what was done.", &samples);
     }
 
     /// Writes the request metrics in Prometheus text format.

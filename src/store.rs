@@ -129,6 +129,26 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
         result
     }
 
+    /// Sets or removes `key` in one step under its shard's lock, from what is held
+    /// (`None` when absent or past its lifetime): `decide` returns the value to store,
+    /// or `None` to remove the key. A check-then-write in two steps could let a
+    /// concurrent writer's value be overwritten by one decided on what it replaced.
+    pub fn update(&self, key: K, decide: impl FnOnce(Option<&V>) -> Option<V>) {
+        let mut shard = self.shard(&key);
+        let held = shard.get(&key).map(|s| &s.value).filter(|v| v.created().elapsed() < (self.lifetime)(v));
+        match decide(held) {
+            Some(value) => {
+                if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+                    make_room(&mut shard, self.per_shard, &self.lifetime);
+                }
+                shard.insert(key, Slot { value, last_used: self.uses.fetch_add(1, Relaxed) });
+            }
+            None => {
+                shard.remove(&key);
+            }
+        }
+    }
+
     /// Removes the entries `drop` selects; returns how many.
     pub fn remove_if(&self, drop: impl Fn(&K) -> bool) -> usize {
         let mut removed = 0;
@@ -231,6 +251,29 @@ mod tests {
         let ok = s.try_get_with(7, async { Ok::<_, String>(v(7)) }).await.unwrap();
         assert_eq!(ok.0, 7);
         assert_eq!(s.get(&7).map(|v| v.0), Some(7));
+    }
+
+    #[test]
+    fn update_decides_on_the_live_value_only() {
+        let s: Store<u32, V, ()> = store(10);
+        s.update(1, |held| {
+            assert!(held.is_none());
+            Some(v(10))
+        });
+        s.update(1, |held| {
+            assert_eq!(held.map(|v| v.0), Some(10));
+            Some(v(11))
+        });
+        assert_eq!(s.get(&1).map(|v| v.0), Some(11));
+        s.update(1, |_| None);
+        assert_eq!(s.get(&1), None);
+        // An expired value counts as not held.
+        s.insert(2, V(2, Instant::now(), Duration::ZERO));
+        s.update(2, |held| {
+            assert!(held.is_none());
+            None
+        });
+        assert_eq!(s.len(), 0);
     }
 
     async fn futures_like_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use support::auth0::{Auth0Mock, Endpoint, Fault, TenantOpts};
+use support::auth0::{Auth0Mock, Endpoint, Fault, TenantOpts, WEBHOOK_TOKEN};
 use support::redis::{RedisOpts, RedisServer};
 use support::replicas::{Fleet, percentile};
 use support::*;
@@ -401,4 +401,47 @@ async fn the_bulk_client_load_runs_once_per_ttl_over_all_replicas() {
     // make three times that.
     assert!(loads as f64 <= (secs / 2.0).ceil() + 1.0, "{loads} bulk loads in {secs:.1} s with ttl 2 s");
     assert_eq!(mock.count(Endpoint::Client), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_pushed_to_one_replica_reaches_every_replica_without_a_read() {
+    let redis = RedisServer::start();
+    let mock = tenant(2).await;
+    let o = TenantOpts { webhooks: true, ..TenantOpts::default() };
+    let f = fleet(&mock, &o, 3, &redis).await;
+    let token = f.issuer.token(&user(0));
+    for r in 0..3 {
+        assert_eq!(f.get(r, "/api/x", &token).await.status, StatusCode::OK);
+    }
+    let reads = mock.count(Endpoint::User);
+    // Auth0 delivers to one replica (behind a Service, whichever it picks).
+    mock.set_hooks(&f.admin_url(1), WEBHOOK_TOKEN);
+    assert_eq!(mock.update_app_metadata(&user(0), json!({"plan": "enterprise-pushed"})).await, StatusCode::NO_CONTENT);
+    for r in [1, 0, 2] {
+        let give_up = Instant::now() + Duration::from_secs(1);
+        loop {
+            assert_eq!(f.get(r, "/api/x", &token).await.status, StatusCode::OK);
+            if f.last_app_metadata()["plan"] == "enterprise-pushed" {
+                break;
+            }
+            assert!(Instant::now() < give_up, "replica {r} never saw the pushed change");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(mock.count(Endpoint::User), reads, "the pushed value came through Redis, not the Management API");
+    // A deleted user is refused on every replica, again with no read.
+    let gone = f.issuer.token(&user(1));
+    for r in 0..3 {
+        assert_eq!(f.get(r, "/api/x", &gone).await.status, StatusCode::OK);
+    }
+    let reads = mock.count(Endpoint::User);
+    assert_eq!(mock.delete_user(&user(1)).await, StatusCode::NO_CONTENT);
+    for r in [0, 2, 1] {
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while f.get(r, "/api/x", &gone).await.status != StatusCode::UNAUTHORIZED {
+            assert!(Instant::now() < give_up, "replica {r} still admits a deleted user");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(mock.count(Endpoint::User), reads, "the delete came through Redis: {}", mock.summary());
 }

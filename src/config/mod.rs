@@ -152,6 +152,9 @@ pub struct AdminConfig {
     pub addr: SocketAddr,
     pub public_url: Option<String>,
     pub token: Option<Secret>,
+    /// The bearer token of the push-invalidation hooks (docs/operations.md, "Push
+    /// invalidation"); unset, the hooks answer 404.
+    pub webhook_token: Option<Secret>,
 }
 
 /// Where an issuer's signing keys come from.

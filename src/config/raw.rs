@@ -51,6 +51,8 @@ pub(super) struct RawAdmin {
     pub(super) public_url: Option<String>,
     pub(super) token_env: Option<String>,
     pub(super) token_file: Option<PathBuf>,
+    pub(super) webhook_token_env: Option<String>,
+    pub(super) webhook_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -103,3 +103,29 @@ fn routes_sorted_longest_first() {
     .unwrap();
     assert_eq!(c.routes[0].path_prefix, "/api/v1/");
 }
+
+#[test]
+fn the_webhook_token_is_read_like_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, empty) = (dir.path().join("good"), dir.path().join("empty"));
+    std::fs::write(&good, "hook-token-value\n").unwrap();
+    std::fs::write(&empty, "\n").unwrap();
+    let with = |admin: &str| {
+        format!("[admin]\n{admin}\n[[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"off\"\n")
+    };
+    let c = Config::parse(&with("")).unwrap();
+    assert!(c.admin.webhook_token.is_none(), "unset: the hooks are off");
+    let c = Config::parse(&with(&format!("webhook_token_file = {:?}", good.display().to_string()))).unwrap();
+    assert_eq!(c.admin.webhook_token.as_ref().map(Secret::expose), Some("hook-token-value"));
+    assert!(!format!("{c:?}").contains("hook-token-value"), "Debug must not show the token");
+    let e = Config::parse(&with(&format!("webhook_token_file = {:?}", empty.display().to_string()))).unwrap_err();
+    assert!(e.0.iter().any(|e| e.key == "admin.webhook_token_file"), "{e}");
+    let e = Config::parse(&with(&format!(
+        "webhook_token_file = {:?}\nwebhook_token_env = \"CLAIMSMITH_TEST_UNSET_HOOK_TOKEN\"",
+        good.display().to_string()
+    )))
+    .unwrap_err();
+    assert!(e.0.iter().any(|e| e.key == "admin.webhook_token_env"), "{e}");
+    let e = Config::parse(&with("webhook_token_env = \"CLAIMSMITH_TEST_UNSET_HOOK_TOKEN\"")).unwrap_err();
+    assert!(e.0.iter().any(|e| e.key == "admin.webhook_token_env"), "{e}");
+}

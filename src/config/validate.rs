@@ -218,7 +218,8 @@ pub(super) fn validate_admin(raw: RawAdmin, base: &PathBase, errs: &mut Errors) 
         }
     }
     let token = secret("admin.token", raw.token_env, raw.token_file, base, errs);
-    AdminConfig { addr, public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()), token }
+    let webhook_token = secret("admin.webhook_token", raw.webhook_token_env, raw.webhook_token_file, base, errs);
+    AdminConfig { addr, public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()), token, webhook_token }
 }
 
 pub(super) fn parse_algorithm(s: &str) -> Option<Algorithm> {

@@ -65,6 +65,11 @@ struct Entry {
     /// `None`: the source said this id does not exist.
     value: Option<Arc<StoredMetadata>>,
     fetched_at: Instant,
+    /// Wall-clock ms since the epoch the value is known current as of: when the
+    /// source read began, or the `updated_at` of the pushed change that wrote it
+    /// (docs/operations.md, "Push invalidation"). A pushed change replaces only a value
+    /// older than itself, whatever order changes arrive in.
+    as_of_ms: u64,
 }
 
 impl Timestamped for Entry {
@@ -94,6 +99,16 @@ impl CacheLookup {
             CacheLookup::Miss => "miss",
         }
     }
+}
+
+/// What [`MetadataCache::replace`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// The pushed value is held now.
+    Replaced,
+    /// What was held is at least as new as the pushed value: it was dropped instead,
+    /// so the next lookup reads the source.
+    Evicted,
 }
 
 /// The cache could not produce a value.
@@ -323,7 +338,12 @@ impl MetadataCache {
             match this.fetch_through(kind, source.as_ref(), &fkey.1, true).await {
                 Ok(entry) => {
                     this.failures.invalidate(&fkey);
-                    this.cache(kind).insert(fkey.1.clone(), entry);
+                    // A change pushed while this read ran is newer than its answer:
+                    // keep the pushed value.
+                    this.cache(kind).update(fkey.1.clone(), |held| match held {
+                        Some(h) if h.as_of_ms > entry.as_of_ms => Some(h.clone()),
+                        _ => Some(entry),
+                    });
                 }
                 Err(err) => {
                     this.note_failure(fkey.clone(), Arc::new(err));
@@ -374,6 +394,85 @@ impl MetadataCache {
             self.cache(kind).remove_if(|_| true);
         }
         self.failures.invalidate_all();
+    }
+
+    /// A pushed change (docs/operations.md, "Push invalidation"): holds `value` as
+    /// current as of `updated_at_ms` when nothing is held (it saves a read) or what is
+    /// held is older; otherwise drops what is held, since the push cannot be ordered
+    /// against it, and the next lookup reads the source. Either way the key's failure
+    /// backoff ends. With a shared cache the value is written through to it (unless it
+    /// holds a newer one) and every other replica drops its copy, so their next
+    /// lookup finds the new value there without a source read.
+    pub async fn replace(
+        &self,
+        kind: Kind,
+        issuer: &Arc<str>,
+        id: &str,
+        value: Metadata,
+        updated_at_ms: u64,
+    ) -> Replace {
+        let shared = self.shared_name(kind, issuer, id);
+        if let Some((sh, name)) = &shared
+            && sh.get_entry(name).await.is_some_and(|e| e.as_of_ms >= updated_at_ms)
+        {
+            // Another replica holds a newer value: this push is older than it.
+            self.evict(kind, Some(issuer), id).await;
+            return Replace::Evicted;
+        }
+        let key: Key = (issuer.clone(), Arc::from(id));
+        let mut outcome = Replace::Evicted;
+        let stored = Arc::new(StoredMetadata::new(value));
+        let fresh = Entry { value: Some(stored.clone()), fetched_at: Instant::now(), as_of_ms: updated_at_ms };
+        self.cache(kind).update(key.clone(), |held| {
+            if held.is_some_and(|h| h.as_of_ms >= updated_at_ms) {
+                return None;
+            }
+            outcome = Replace::Replaced;
+            Some(fresh)
+        });
+        self.failures.invalidate(&(kind, key));
+        if let Some((sh, name)) = &shared {
+            match outcome {
+                Replace::Replaced => {
+                    let entry = SharedEntry {
+                        fetched_ms: wall_ms(),
+                        as_of_ms: updated_at_ms,
+                        value: Some(stored.json().to_string()),
+                    };
+                    sh.put_entry(name, &entry, self.lifetimes.0).await;
+                    sh.publish(&Invalidation::Entry { kind, issuer: Some(issuer.to_string()), id: id.to_string() })
+                        .await;
+                }
+                Replace::Evicted => {
+                    self.evict(kind, Some(issuer), id).await;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Remembers that `id` does not exist (it was deleted), for `negative_ttl`, as a
+    /// not-found answer from the source would be; here, in the shared cache, and (by
+    /// dropping their copies) on every other replica.
+    pub async fn remember_absent(&self, kind: Kind, issuer: &Arc<str>, id: &str) {
+        let key: Key = (issuer.clone(), Arc::from(id));
+        let now_ms = crate::clock::unix_now_ms();
+        let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: now_ms };
+        if let Some((sh, name)) = self.shared_name(kind, issuer, id) {
+            let absent = SharedEntry { fetched_ms: now_ms, as_of_ms: now_ms, value: None };
+            sh.put_entry(&name, &absent, self.lifetimes.1).await;
+            sh.publish(&Invalidation::Entry { kind, issuer: Some(issuer.to_string()), id: id.to_string() }).await;
+        }
+        self.cache(kind).insert(key.clone(), entry);
+        self.failures.invalidate(&(kind, key));
+    }
+
+    /// The shared cache and the Redis key of `id`, when there is a shared cache and
+    /// the issuer's source is shared.
+    fn shared_name(&self, kind: Kind, issuer: &Arc<str>, id: &str) -> Option<(&Arc<Shared>, String)> {
+        let sh = self.shared.as_ref()?;
+        let (_, scope) = self.scopes.iter().find(|(i, _)| i == issuer)?;
+        Some((sh, sh.entry_name(kind, scope, issuer, id)))
     }
 
     /// Drops every entry of an issuer (its file source was reloaded); reads stop
@@ -434,6 +533,7 @@ impl MetadataCache {
                         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
                         let shared = SharedEntry {
                             fetched_ms: wall_ms().saturating_sub(e.fetched_at.elapsed().as_millis() as u64),
+                            as_of_ms: e.as_of_ms,
                             value: e.value.as_ref().map(|v| v.json().to_string()),
                         };
                         sh.put_entry(&name, &shared, life).await;
@@ -460,13 +560,17 @@ impl MetadataCache {
             None => None,
         };
         let now = Instant::now();
-        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now) })
+        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now), as_of_ms: e.as_of_ms })
     }
 
     async fn fetch_entry(&self, kind: Kind, source: &dyn MetadataSource, id: &str) -> Result<Entry, SourceError> {
-        fetch(kind, source, id, &self.stats)
-            .await
-            .map(|value| Entry { value: value.map(|m| Arc::new(StoredMetadata::new(m))), fetched_at: Instant::now() })
+        // Current as of when the read was sent: a change pushed after that is newer.
+        let as_of_ms = crate::clock::unix_now_ms();
+        fetch(kind, source, id, &self.stats).await.map(|value| Entry {
+            value: value.map(|m| Arc::new(StoredMetadata::new(m))),
+            fetched_at: Instant::now(),
+            as_of_ms,
+        })
     }
 
     /// Entries held (users, clients).
@@ -528,7 +632,7 @@ mod tests {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
         for i in 0..200 {
             let key: Key = (Arc::from("https://issuer/"), Arc::from(format!("user|{i}").as_str()));
-            store.insert(key, Entry { value: None, fetched_at: Instant::now() });
+            store.insert(key, Entry { value: None, fetched_at: Instant::now(), as_of_ms: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
@@ -539,6 +643,42 @@ mod tests {
         assert!(store.get_aged(other).is_none());
         let swapped: &dyn KeyParts = &("user|1", "https://issuer/");
         assert!(store.get_aged(swapped).is_none());
+    }
+
+    fn held(c: &MetadataCache, issuer: &str, id: &str) -> Option<(Option<String>, u64)> {
+        let probe: &dyn KeyParts = &(issuer, id);
+        c.users.get_aged(probe).map(|(e, _)| (e.value.map(|v| v.json().to_string()), e.as_of_ms))
+    }
+
+    #[tokio::test]
+    async fn a_pushed_value_replaces_only_an_older_one() {
+        let c = MetadataCache::new(&CacheConfig {
+            ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            max_entries: 1000,
+        });
+        let iss: Arc<str> = Arc::from("https://issuer/");
+        let md = |v: &str| serde_json::json!({ "plan": v }).as_object().cloned().unwrap_or_default();
+        // Nothing held: stored, as current as of its updated_at.
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("a"), 2000).await, Replace::Replaced);
+        assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"a"}"#.into()), 2000)));
+        // Newer: replaces.
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("b"), 3000).await, Replace::Replaced);
+        assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"b"}"#.into()), 3000)));
+        // Older or as old: evicts.
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("c"), 3000).await, Replace::Evicted);
+        assert_eq!(held(&c, "https://issuer/", "u"), None);
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("d"), 5000).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, &iss, "u", md("e"), 4000).await, Replace::Evicted);
+        assert_eq!(held(&c, "https://issuer/", "u"), None);
+        // Another issuer's entry is another key.
+        assert_eq!(c.replace(Kind::User, &Arc::from("https://other/"), "u", md("f"), 1).await, Replace::Replaced);
+        // Absent: a negative entry, as current as of now.
+        c.remember_absent(Kind::User, &iss, "u").await;
+        let (value, as_of) = held(&c, "https://issuer/", "u").expect("a negative entry");
+        assert!(value.is_none());
+        assert!(as_of > 1_600_000_000_000);
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct SharedEntry {
     /// When the source answered (ms since the UNIX epoch): `ttl`, `max_stale` and
     /// `negative_ttl` count from it on every replica.
     pub fetched_ms: u64,
+    /// The time the value is known current as of (the read's start, or a pushed
+    /// change's `updated_at`): a pushed change older than this loses.
+    pub as_of_ms: u64,
     /// The metadata's JSON text; `None`: the id does not exist.
     pub value: Option<String>,
 }
@@ -614,10 +617,12 @@ fn describe(e: &redis::RedisError) -> String {
     }
 }
 
-/// `fetched_ms` (8 bytes, big-endian), 1 when a value follows, the JSON text.
+/// `fetched_ms` and `as_of_ms` (8 bytes each, big-endian), 1 when a value follows,
+/// the JSON text.
 fn encode_entry(e: &SharedEntry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + e.value.as_ref().map_or(0, String::len));
+    let mut out = Vec::with_capacity(17 + e.value.as_ref().map_or(0, String::len));
     out.extend_from_slice(&e.fetched_ms.to_be_bytes());
+    out.extend_from_slice(&e.as_of_ms.to_be_bytes());
     match &e.value {
         Some(v) => {
             out.push(1);
@@ -630,12 +635,13 @@ fn encode_entry(e: &SharedEntry) -> Vec<u8> {
 
 fn decode_entry(b: &[u8]) -> Option<SharedEntry> {
     let fetched_ms = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-    let value = match b.get(8)? {
+    let as_of_ms = u64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+    let value = match b.get(16)? {
         0 => None,
-        1 => Some(String::from_utf8(b.get(9..)?.to_vec()).ok()?),
+        1 => Some(String::from_utf8(b.get(17..)?.to_vec()).ok()?),
         _ => return None,
     };
-    Some(SharedEntry { fetched_ms, value })
+    Some(SharedEntry { fetched_ms, as_of_ms, value })
 }
 
 fn encode_invalidation(replica: u64, inv: &Invalidation) -> Vec<u8> {
@@ -714,7 +720,11 @@ mod tests {
     fn seals_open_under_any_key_and_only_at_their_own_name() {
         let old = shared(&[[1; 32]]);
         let rotated = shared(&[[2; 32], [1; 32]]);
-        let e = SharedEntry { fetched_ms: 1_700_000_000_123, value: Some(r#"{"roles":["admin"]}"#.into()) };
+        let e = SharedEntry {
+            fetched_ms: 1_700_000_000_123,
+            as_of_ms: 1_700_000_000_100,
+            value: Some(r#"{"roles":["admin"]}"#.into()),
+        };
         let sealed = old.seal("p:user:abc", &encode_entry(&e)).expect("sealed");
         assert!(!String::from_utf8_lossy(&sealed).contains("admin"));
         let opened = rotated.open("p:user:abc", &sealed).expect("the second key opens");
@@ -726,7 +736,7 @@ mod tests {
         tampered[last] ^= 1;
         assert!(rotated.open("p:user:abc", &tampered).is_none());
         assert!(rotated.open("p:user:abc", &sealed[..5]).is_none());
-        let absent = SharedEntry { fetched_ms: 5, value: None };
+        let absent = SharedEntry { fetched_ms: 5, as_of_ms: 4, value: None };
         assert_eq!(decode_entry(&encode_entry(&absent)), Some(absent));
     }
 

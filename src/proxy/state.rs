@@ -33,4 +33,7 @@ pub struct App {
     pub empty: Arc<StoredMetadata>,
     /// Set when shutdown starts: readiness answers 503.
     pub draining: AtomicBool,
+    /// Event ids the push hooks applied lately (senders retry a delivery; docs/operations.md,
+    /// "Push invalidation"). Shared with the state a reload replaces.
+    pub seen_events: moka::sync::Cache<Box<str>, ()>,
 }

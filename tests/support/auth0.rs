@@ -9,6 +9,11 @@
 //! - `x-ratelimit-limit` / `-remaining` / `-reset` on every answer;
 //! - the bearer token is checked (401 when unknown or expired; tests can expire it).
 //!
+//! Like Auth0, it can push its changes: `update_app_metadata`, `delete_user` and
+//! `update_client_metadata` change its state as the Management API would and deliver
+//! the matching Event Streams event or Log Streams entry (shaped as Auth0 documents
+//! them; the builders are below) to claimsmith's hooks with the webhook token.
+//!
 //! Tests can make it answer 429 (with `Retry-After`), 5xx, slowly, or not at all, for
 //! one endpoint's next calls or for every call; it records every call with the time it
 //! arrived.
@@ -24,7 +29,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use percent_encoding::percent_decode_str;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
@@ -89,6 +97,12 @@ pub struct TenantState {
     /// A fault for every call (the tenant is down).
     pub down: Option<Fault>,
     pub calls: Vec<Call>,
+    /// Wall-clock ms of the last answer, so a later change's `updated_at` is after it.
+    pub last_answer_ms: u64,
+    /// Where changes are pushed: (events URL, logs URL, bearer token).
+    pub hooks: Option<(String, String, String)>,
+    /// Events and log entries made so far (for their ids).
+    pub pushed: u64,
 }
 
 /// The tenant on loopback.
@@ -96,6 +110,8 @@ pub struct Auth0Mock {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<TenantState>>,
     issued: Arc<AtomicU64>,
+    /// Delivers pushed changes (keep-alive, as Auth0's senders do).
+    sender: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Auth0Mock {
@@ -110,7 +126,7 @@ impl Auth0Mock {
             }
         })
         .await;
-        Auth0Mock { addr, state, issued }
+        Auth0Mock { addr, state, issued, sender: Client::builder(TokioExecutor::new()).build_http() }
     }
 
     /// The `base_url` to configure.
@@ -154,6 +170,100 @@ impl Auth0Mock {
         let mut st = self.st();
         let c = st.clients.iter_mut().find(|c| c["client_id"] == client_id).expect("no such client");
         c["client_metadata"] = client_metadata;
+    }
+
+    /// Pushes changes to claimsmith's hooks on `admin_url` with `token`.
+    pub fn set_hooks(&self, admin_url: &str, token: &str) {
+        self.st().hooks = Some((
+            format!("{admin_url}/hooks/auth0/events"),
+            format!("{admin_url}/hooks/auth0/logs"),
+            token.to_string(),
+        ));
+    }
+
+    /// A new event or log id.
+    pub fn next_id(&self, prefix: &str) -> String {
+        let mut st = self.st();
+        st.pushed += 1;
+        format!("{prefix}{:022}", st.pushed)
+    }
+
+    /// A new `updated_at`: now, and after every answer given so far (a read that
+    /// answered before the change is older than it, to the millisecond).
+    fn stamp(st: &mut TenantState) -> u64 {
+        let ms = now_ms().max(st.last_answer_ms + 1);
+        st.last_answer_ms = ms;
+        ms
+    }
+
+    /// Changes a user's app_metadata as `PATCH /api/v2/users/{id}` does (`updated_at`
+    /// moves) and returns the `user.updated` event Auth0 would emit, undelivered.
+    pub fn change_app_metadata(&self, user_id: &str, app_metadata: Value) -> Value {
+        let id = self.next_id("evt_");
+        let mut st = self.st();
+        let at = rfc3339(Self::stamp(&mut st));
+        let user = st.users.get_mut(user_id).expect("no such user");
+        user["app_metadata"] = app_metadata;
+        user["updated_at"] = json!(at);
+        user_updated_event(&id, user)
+    }
+
+    /// [`Self::change_app_metadata`], then delivers the event: the hook's status.
+    pub async fn update_app_metadata(&self, user_id: &str, app_metadata: Value) -> StatusCode {
+        let event = self.change_app_metadata(user_id, app_metadata);
+        self.deliver_events(&event).await
+    }
+
+    /// Deletes a user as `DELETE /api/v2/users/{id}` does and delivers `user.deleted`.
+    pub async fn delete_user(&self, user_id: &str) -> StatusCode {
+        let id = self.next_id("evt_");
+        let event = {
+            let mut st = self.st();
+            let at = rfc3339(Self::stamp(&mut st));
+            let mut user = st.users.remove(user_id).expect("no such user");
+            user["deleted_at"] = json!(at);
+            user_deleted_event(&id, &user)
+        };
+        self.deliver_events(&event).await
+    }
+
+    /// Changes a client's metadata as `PATCH /api/v2/clients/{id}` does and delivers
+    /// the `sapi` log entry (a one-entry JSON array, Log Streams' array format).
+    pub async fn update_client_metadata(&self, client_id: &str, client_metadata: Value) -> StatusCode {
+        let log_id = self.next_id("900202111040014302991");
+        self.set_client_metadata(client_id, client_metadata.clone());
+        let entry = client_update_log(&log_id, client_id, &json!({"client_metadata": client_metadata}));
+        self.deliver_logs(Bytes::from(json!([entry]).to_string())).await
+    }
+
+    /// POSTs `body` (one event or an array) to the events hook.
+    pub async fn deliver_events(&self, body: &Value) -> StatusCode {
+        let (url, _, token) = self.st().hooks.clone().expect("no hooks set");
+        self.post(&url, Some(&token), Bytes::from(body.to_string())).await.0
+    }
+
+    /// POSTs `body` as it is to the logs hook.
+    pub async fn deliver_logs(&self, body: Bytes) -> StatusCode {
+        let (_, url, token) = self.st().hooks.clone().expect("no hooks set");
+        self.post(&url, Some(&token), body).await.0
+    }
+
+    /// POSTs `body` to a hook (`events` or `logs`) with `Authorization: Bearer token`
+    /// when given: the status and the answer's body.
+    pub async fn post_to(&self, hook: &str, token: Option<&str>, body: Bytes) -> (StatusCode, String) {
+        let (events, logs, _) = self.st().hooks.clone().expect("no hooks set");
+        self.post(if hook == "events" { &events } else { &logs }, token, body).await
+    }
+
+    async fn post(&self, url: &str, token: Option<&str>, body: Bytes) -> (StatusCode, String) {
+        let mut req = Request::post(url).header("content-type", "application/json").header("user-agent", "Auth0");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = self.sender.request(req.body(Full::new(body)).unwrap()).await.expect("delivery failed");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// The next `n` calls to `endpoint` fail with `fault`.
@@ -203,6 +313,101 @@ impl Auth0Mock {
             n(Endpoint::Other)
         )
     }
+}
+
+// ---------------------------------------------------------------------------
+// What Auth0 pushes, shaped as its documentation shows it
+
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// `ms` as Auth0 writes times: `2025-02-01T12:34:56.789Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, min, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{milli:03}Z")
+}
+
+/// The tenant name Auth0 puts in `a0tenant` and `tenant_name`.
+pub fn tenant_name() -> &'static str {
+    DOMAIN.split('.').next().unwrap()
+}
+
+/// A CloudEvents 1.0 event of an Event Stream: `type`, `data.object` (`user`).
+pub fn cloud_event(id: &str, kind: &str, time: &str, object: Value) -> Value {
+    json!({
+        "specversion": "1.0",
+        "type": kind,
+        "source": format!("urn:auth0:{DOMAIN}"),
+        "id": id,
+        "time": time,
+        "data": {
+            "object": object,
+            "context": {"client": {"id": "QG4F6eABIgDzPvcKCMKUjo8c9iet2Skc", "name": "dashboard", "metadata": {}},
+                        "tenant": {"id": tenant_name()}}
+        },
+        "a0tenant": tenant_name(),
+        "a0stream": "est_vjFVP5pVdfvsfRKatshkVV"
+    })
+}
+
+/// `user.updated` for `user` (a full profile with `user_id`, `app_metadata`, `updated_at`).
+pub fn user_updated_event(id: &str, user: &Value) -> Value {
+    let time = user["updated_at"].as_str().map_or_else(|| rfc3339(now_ms()), str::to_string);
+    cloud_event(id, "user.updated", &time, user.clone())
+}
+
+/// `user.deleted` for `user` (with `deleted_at`).
+pub fn user_deleted_event(id: &str, user: &Value) -> Value {
+    let time = user["deleted_at"].as_str().map_or_else(|| rfc3339(now_ms()), str::to_string);
+    cloud_event(id, "user.deleted", &time, user.clone())
+}
+
+/// A Log Streams entry for a Management API call (`sapi`).
+pub fn sapi_log(log_id: &str, description: &str, method: &str, path: &str, body: &Value) -> Value {
+    json!({
+        "log_id": log_id,
+        "data": {
+            "date": rfc3339(now_ms()),
+            "type": "sapi",
+            "description": description,
+            "client_id": "360yuN1BXP4u3tBChK5VOgekgGJ7CwLL",
+            "client_name": "",
+            "ip": "203.0.113.7",
+            "user_agent": "Chrome 95.0.4638 / Mac OS X 10.15.7",
+            "details": {
+                "request": {"method": method, "path": path, "query": {}, "body": body,
+                            "channel": "https://manage.auth0.com/"},
+                "response": {"statusCode": 200, "body": {}}
+            },
+            "log_id": log_id,
+            "tenant_name": tenant_name()
+        }
+    })
+}
+
+/// "Update a client": `patch /api/v2/clients/{id}`.
+pub fn client_update_log(log_id: &str, client_id: &str, body: &Value) -> Value {
+    let path = format!("/api/v2/clients/{}", utf8_percent_encode(client_id, NON_ALPHANUMERIC));
+    sapi_log(log_id, "Update a client", "patch", &path, body)
+}
+
+/// "Update a user": `patch /api/v2/users/{id}` (the id percent-encoded).
+pub fn user_update_log(log_id: &str, user_id: &str, body: &Value) -> Value {
+    let path = format!("/api/v2/users/{}", utf8_percent_encode(user_id, NON_ALPHANUMERIC));
+    sapi_log(log_id, "Update a user", "patch", &path, body)
 }
 
 fn error_body(status: u16, error: &str, message: &str, code: Option<&str>) -> Response<Full<Bytes>> {
@@ -259,13 +464,9 @@ async fn handle(
         queued.or_else(|| st.down.clone())
     };
     let record = |status: u16| {
-        state.lock().unwrap().calls.push(Call {
-            endpoint,
-            method: parts.method.clone(),
-            target: target.clone(),
-            at,
-            status,
-        });
+        let mut st = state.lock().unwrap();
+        st.last_answer_ms = st.last_answer_ms.max(now_ms());
+        st.calls.push(Call { endpoint, method: parts.method.clone(), target: target.clone(), at, status });
     };
     let mut resp = match fault {
         Some(Fault::Hang) => {
@@ -438,6 +639,8 @@ fn token(
 
 /// The admin API's bearer token in these tests (`admin.token_file`).
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+/// The hooks' bearer token (`admin.webhook_token_file`) when `TenantOpts::webhooks`.
+pub const WEBHOOK_TOKEN: &str = "webhook-token-for-tests-9876543210";
 
 /// Knobs of the claimsmith configuration used against the tenant.
 pub struct TenantOpts {
@@ -447,6 +650,8 @@ pub struct TenantOpts {
     pub negative_ttl: &'static str,
     pub timeout: &'static str,
     pub audiences: Vec<String>,
+    /// Turn the push hooks on (and point the tenant's pushes at them).
+    pub webhooks: bool,
 }
 
 impl Default for TenantOpts {
@@ -458,6 +663,7 @@ impl Default for TenantOpts {
             negative_ttl: "30s",
             timeout: "5s",
             audiences: vec![super::CLIENT_1.to_string(), super::CLIENT_2.to_string()],
+            webhooks: false,
         }
     }
 }
@@ -473,6 +679,7 @@ addr = "127.0.0.1:0"
 [admin]
 addr = "127.0.0.1:0"
 token_file = "{{dir}}/admin-token"
+{hooks}
 
 [[issuer]]
 issuer = "{{issuer}}"
@@ -505,6 +712,7 @@ upstream = "{{upstream}}"
 audience = "orders-api"
 "#,
         base = mock.url(),
+        hooks = if o.webhooks { "webhook_token_file = \"{dir}/webhook-token\"" } else { "" },
         rps = o.rps,
         timeout = o.timeout,
         ttl = o.ttl,
@@ -521,12 +729,16 @@ pub async fn start_harness(mock: &Auth0Mock, o: &TenantOpts) -> super::Harness {
         super::Upstream::start().await,
         &template(mock, o),
         json!({}),
-        &[("auth0-secret", M2M_CLIENT_SECRET), ("admin-token", ADMIN_TOKEN)],
+        &[("auth0-secret", M2M_CLIENT_SECRET), ("admin-token", ADMIN_TOKEN), ("webhook-token", WEBHOOK_TOKEN)],
     )
     .await;
     h.add_secret(M2M_CLIENT_SECRET);
     h.add_secret("mgmt-token-");
     h.add_secret(ADMIN_TOKEN);
+    h.add_secret(WEBHOOK_TOKEN);
+    if o.webhooks {
+        mock.set_hooks(&h.admin_url(""), WEBHOOK_TOKEN);
+    }
     let st = mock.st();
     let mut leaves = Vec::new();
     for u in st.users.values() {

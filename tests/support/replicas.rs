@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use super::auth0::{ADMIN_TOKEN, Auth0Mock, M2M_CLIENT_SECRET, TenantOpts, template};
+use super::auth0::{ADMIN_TOKEN, Auth0Mock, M2M_CLIENT_SECRET, TenantOpts, WEBHOOK_TOKEN, template};
 use super::{Issuer, Upstream};
 
 /// A 32-byte shared-cache key, base64 (as `claimsmith keygen --shared` writes).
@@ -76,6 +76,7 @@ impl Fleet {
         let write = |name: &str, content: &str| std::fs::write(dir.path().join(name), content).expect("write");
         write("auth0-secret", M2M_CLIENT_SECRET);
         write("admin-token", ADMIN_TOKEN);
+        write("webhook-token", WEBHOOK_TOKEN);
         write("shared.key", &format!("{SHARED_KEY}\n"));
         if let Some(u) = redis_url {
             write("redis-url", u);
@@ -163,6 +164,11 @@ impl Fleet {
             .body(Full::new(Bytes::new()))
             .expect("request");
         self.send(req).await.unwrap_or_else(|| panic!("replica {i} did not answer:\n{}", self.log(i)))
+    }
+
+    /// Replica `i`'s admin listener, as `http://ADDR`.
+    pub fn admin_url(&self, i: usize) -> String {
+        format!("http://{}", self.replicas[i].admin)
     }
 
     pub async fn admin_get(&self, i: usize, path: &str) -> Option<Answer> {
