@@ -100,7 +100,13 @@ impl App {
             Ok(c)
         };
         let shared = match &config.shared {
-            Some(sc) => Some(Arc::new(Shared::new(sc).map_err(|e| invalid("shared.url", e))?)),
+            Some(sc) => {
+                let ca = match &sc.ca_file {
+                    Some(p) => Some(std::fs::read(p).map_err(|e| invalid("shared.ca_file", e))?),
+                    None => None,
+                };
+                Some(Arc::new(Shared::new(sc, ca).map_err(|e| invalid("shared.url", e))?))
+            }
             None => None,
         };
         let mut named_sources = Vec::new();

@@ -445,3 +445,74 @@ async fn a_change_pushed_to_one_replica_reaches_every_replica_without_a_read() {
     }
     assert_eq!(mock.count(Endpoint::User), reads, "the delete came through Redis: {}", mock.summary());
 }
+
+/// A `redis-server` serving TLS only, with a certificate for 127.0.0.1 from a CA of
+/// its own: the CA's PEM path, the server's `rediss://` URL, and the process.
+fn tls_redis(dir: &std::path::Path) -> (std::path::PathBuf, String, std::process::Child) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "claimsmith test Redis CA");
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let cert = params.signed_by(&key, &ca).expect("cert");
+    let (ca_path, cert_path, key_path) = (dir.join("redis-ca.pem"), dir.join("redis.crt"), dir.join("redis.key"));
+    std::fs::write(&ca_path, ca.pem()).expect("write");
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-auth-clients", "no", "--dir"])
+        .arg(dir)
+        .arg("--tls-cert-file")
+        .arg(&cert_path)
+        .arg("--tls-key-file")
+        .arg(&key_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < give_up, "the TLS redis-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (ca_path, format!("rediss://127.0.0.1:{port}"), child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_is_shared_and_an_untrusted_one_is_not_used() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, url, mut child) = tls_redis(dir.path());
+    let mock = tenant(2).await;
+    let trusting =
+        Fleet::start(&mock, &TenantOpts::default(), 2, Some(&url), &format!("ca_file = \"{}\"", ca.display())).await;
+    for r in 0..2 {
+        trusting.wait_shared(r, true, Duration::from_secs(10)).await;
+    }
+    for r in 0..2 {
+        assert_eq!(trusting.get(r, "/api/x", &trusting.issuer.token(&user(0))).await.status, StatusCode::OK);
+    }
+    assert_eq!(mock.count(Endpoint::User), 1, "the two replicas shared one read over TLS: {}", mock.summary());
+    drop(trusting);
+    // Without the CA the certificate is not trusted: Redis is never used, nothing fails.
+    let untrusting = Fleet::start(&mock, &TenantOpts::default(), 1, Some(&url), "").await;
+    assert_eq!(untrusting.get(0, "/api/x", &untrusting.issuer.token(&user(1))).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(untrusting.metric(0, "claimsmith_shared_up").await, Some(0.0));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -103,6 +103,9 @@ pub struct SharedConfig {
     pub prefix: String,
     /// Longest wait for one Redis call; a slower one counts as Redis unavailable.
     pub timeout: Duration,
+    /// The roots a `rediss://` server's certificate must chain to (PEM), instead of
+    /// the webpki roots: a private CA, as in-cluster Redis usually has.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Claims claimsmith sets itself; `copy_claims` may not name them.

@@ -140,4 +140,5 @@ pub(super) struct RawShared {
     pub(super) key_files: Vec<PathBuf>,
     pub(super) prefix: Option<String>,
     pub(super) timeout: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
 }

@@ -694,7 +694,11 @@ pub(super) fn validate_shared(raw: RawShared, base: &PathBase, errs: &mut Errors
     if timeout.is_zero() || timeout > Duration::from_secs(10) {
         errs.push("shared.timeout", "must be more than 0 and at most 10s");
     }
-    SharedConfig { url, keys, key_files, prefix, timeout }
+    let ca_file = readable_file("shared.ca_file", raw.ca_file, base, errs);
+    if ca_file.is_some() && !url.expose().starts_with("rediss://") {
+        errs.push("shared.ca_file", "only a rediss:// (TLS) URL uses a CA file");
+    }
+    SharedConfig { url, keys, key_files, prefix, timeout, ca_file }
 }
 
 /// 32 bytes as they are, or base64 (standard alphabet) of 32 bytes on one line.

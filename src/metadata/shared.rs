@@ -225,11 +225,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Reads the configuration; connects later, in [`Shared::maintain`].
-    pub fn new(cfg: &SharedConfig) -> Result<Shared, String> {
-        let client = redis::Client::open(cfg.url.expose())
-            // The error may quote the URL, which may hold a password.
-            .map_err(|_| "shared.url: not a usable Redis URL".to_string())?;
+    /// Reads the configuration (`ca_pem`: the content of `ca_file`); connects later,
+    /// in [`Shared::maintain`].
+    pub fn new(cfg: &SharedConfig, ca_pem: Option<Vec<u8>>) -> Result<Shared, String> {
+        let client = match ca_pem {
+            None => redis::Client::open(cfg.url.expose()),
+            Some(pem) => redis::Client::build_with_tls(
+                cfg.url.expose(),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
+            ),
+        }
+        // The error may quote the URL, which may hold a password.
+        .map_err(|_| "not a usable Redis URL, or an unusable CA file".to_string())?;
         Ok(Shared {
             client,
             conn: ArcSwapOption::empty(),
@@ -690,13 +697,17 @@ mod tests {
     use crate::config::SharedKey;
 
     fn shared(keys: &[[u8; 32]]) -> Shared {
-        Shared::new(&SharedConfig {
-            url: Secret::new("redis://127.0.0.1:1/"),
-            keys: keys.iter().map(|k| SharedKey(*k)).collect(),
-            key_files: vec![],
-            prefix: "p".into(),
-            timeout: Duration::from_millis(100),
-        })
+        Shared::new(
+            &SharedConfig {
+                url: Secret::new("redis://127.0.0.1:1/"),
+                keys: keys.iter().map(|k| SharedKey(*k)).collect(),
+                key_files: vec![],
+                prefix: "p".into(),
+                timeout: Duration::from_millis(100),
+                ca_file: None,
+            },
+            None,
+        )
         .expect("a valid config")
     }
 
