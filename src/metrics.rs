@@ -36,6 +36,9 @@ pub struct Metrics {
     sources: RwLock<BTreeMap<String, Arc<SourceCounters>>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Refusals by an authorization rule, by (route, rule). A refusal is no hot path,
+    /// so a lock is fine here.
+    denied: std::sync::Mutex<BTreeMap<(Arc<str>, Arc<str>), u64>>,
 }
 
 impl Metrics {
@@ -61,6 +64,12 @@ impl Metrics {
         }
         self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one refusal by `rule` on `route` (`claimsmith_authz_denied_total`).
+    pub fn denied(&self, route: &Arc<str>, rule: &Arc<str>) {
+        let mut map = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((route.clone(), rule.clone())).or_default() += 1;
     }
 
     /// The call counters of the metadata source named `name` (created on first use).
@@ -104,6 +113,18 @@ impl Metrics {
         let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "claimsmith_request_duration_seconds_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "claimsmith_request_duration_seconds_count {count}");
+        let denied: Vec<(String, u64)> = {
+            let map = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .map(|((route, rule), n)| (format!("route=\"{}\",rule=\"{}\"", escape(route), escape(rule)), *n))
+                .collect()
+        };
+        counter(
+            out,
+            "claimsmith_authz_denied_total",
+            "Requests refused by an authorization rule, by route and rule.",
+            &denied,
+        );
     }
 }
 
