@@ -13,6 +13,9 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 /// One counter per (route, status), looked up by `&str` so the hot path clones nothing.
 type RequestCounters = HashMap<Arc<str>, HashMap<u16, Arc<AtomicU64>>>;
 
+/// Refusals by an authorization rule, by (route, rule).
+type DeniedCounters = BTreeMap<(Arc<str>, Arc<str>), u64>;
+
 /// Calls to one metadata source, by result.
 #[derive(Default)]
 pub struct SourceCounters {
@@ -38,7 +41,7 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Refusals by an authorization rule, by (route, rule). A refusal is no hot path,
     /// so a lock is fine here.
-    denied: std::sync::Mutex<BTreeMap<(Arc<str>, Arc<str>), u64>>,
+    denied: std::sync::Mutex<DeniedCounters>,
 }
 
 impl Metrics {
