@@ -5,6 +5,9 @@
 //! - `mint/*`: a fresh internal token (not a reuse) with EdDSA, ES256 and RS256
 //!   keys, and a reuse;
 //! - `metadata_cache/hit`: one user lookup answered by the metadata cache;
+//! - `rules/*`: a route's two authorization rules evaluated over already-parsed
+//!   metadata (printing the allocations one evaluation makes: none), and with the
+//!   parse of the cached metadata text a request pays when a rule reads it;
 //! - `pipeline/*`: one whole request through an in-process claimsmith to a loopback
 //!   upstream over a keep-alive hyper client (auth required with every cache warm,
 //!   and auth = "off").
@@ -184,7 +187,71 @@ audience = "bench-api"
     Minter::new(&config.token).unwrap()
 }
 
+/// Counts allocations, so the rules bench can show that evaluation makes none.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Two rules as a route might have them: a plan in a set, and no `blocked` flag.
+fn bench_rules(c: &mut Criterion) {
+    use claimsmith::rules::{Facts, RawRule, Rule, Rules};
+    let rule = |op: &str, pointer: &str, value: Option<Value>, label: &str| {
+        let raw = RawRule {
+            source: Some("app_metadata".into()),
+            pointer: Some(pointer.into()),
+            op: Some(op.into()),
+            value,
+            ..RawRule::default()
+        };
+        Rule::parse(raw, label).unwrap()
+    };
+    let rules = Rules {
+        require: vec![rule("in", "/plan", Some(json!(["pro", "enterprise"])), "require[0]")],
+        deny: vec![rule("eq", "/blocked", Some(json!(true)), "deny[0]")],
+    };
+    let text = StoredMetadata::new(
+        json!({"roles": ["reader"], "plan": "pro", "blocked": false, "note": "x".repeat(64)})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let parsed: Value = serde_json::from_str(text.json()).unwrap();
+    let facts = Facts { app_metadata: Some(&parsed), ..Facts::default() };
+    let method = http::Method::GET;
+    let before = ALLOCATIONS.load(Relaxed);
+    for _ in 0..1000 {
+        assert!(rules.refusal(&method, &facts).is_none());
+    }
+    let per_call = (ALLOCATIONS.load(Relaxed) - before) as f64 / 1000.0;
+    println!("rules/evaluate_two: {per_call} allocations per evaluation");
+    let mut g = c.benchmark_group("rules");
+    g.bench_function("evaluate_two", |b| b.iter(|| rules.refusal(&method, std::hint::black_box(&facts)).is_none()));
+    g.bench_function("parse_and_evaluate_two", |b| {
+        b.iter(|| {
+            let v: Value = serde_json::from_str(std::hint::black_box(text.json())).unwrap();
+            rules.refusal(&method, &Facts { app_metadata: Some(&v), ..Facts::default() }).is_none()
+        })
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    bench_rules(c);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let s = rt.block_on(setup());
     let app = s.running.app();

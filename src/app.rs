@@ -160,6 +160,7 @@ impl App {
         }
         let verifier = Verifier::new(&config.issuers, &issuer_clients)
             .keep_only_claims(&config.token.copy_claims)
+            .keep_claims_for_rules(config.routes.iter().flat_map(|r| r.rules.all()))
             .token_cache_capacity(config.cache.max_entries);
         let mut routes = Vec::new();
         for r in &config.routes {

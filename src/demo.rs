@@ -156,6 +156,19 @@ path_prefix = "/api/"
 upstream = "http://{backend_addr}"
 audience = "{BACKEND_AUDIENCE}"
 
+# Only callers on the enterprise plan may read reports: bob (free) gets 403.
+[[route]]
+path_prefix = "/reports/"
+upstream = "http://{backend_addr}"
+audience = "{BACKEND_AUDIENCE}"
+
+[[route.require]]
+name = "enterprise plan"
+source = "app_metadata"
+pointer = "/plan"
+op = "eq"
+value = "enterprise"
+
 [[route]]
 path_prefix = "/public/"
 upstream = "http://{backend_addr}"
@@ -200,7 +213,9 @@ auth = "off"
         let a = self.running.admin_addr;
         let mut s = String::new();
         s.push_str("claimsmith demo: everything runs on loopback. Ctrl-C stops it.\n\n");
-        s.push_str(&format!("  proxy    http://{p}   /api/ needs a token, /public/ does not\n"));
+        s.push_str(&format!(
+            "  proxy    http://{p}   /api/ needs a token, /reports/ the enterprise plan, /public/ nothing\n"
+        ));
         s.push_str(&format!("  admin    http://{a}   JWKS, discovery, health, metrics\n"));
         s.push_str(&format!("  issuer   {}   a development OpenID issuer with its own key\n", self.issuer_url));
         s.push_str(&format!(
@@ -219,6 +234,11 @@ auth = "off"
                 "  # as {id}: the backend sees the user's app_metadata and the client's secret (masked in its reply)\n"
             ));
             s.push_str(&format!("  curl -s http://{p}/api/whoami -H 'Authorization: Bearer {token}'\n"));
+        }
+        s.push_str("  # /reports/ requires app_metadata.plan = \"enterprise\": one user gets through, the other 403\n");
+        for (id, token) in &self.tokens {
+            s.push_str(&format!("  # as {id}\n"));
+            s.push_str(&format!("  curl -si http://{p}/reports/summary -H 'Authorization: Bearer {token}'\n"));
         }
         s.push_str("  # no token: 401 with a problem+json body\n");
         s.push_str(&format!("  curl -si http://{p}/api/whoami\n"));

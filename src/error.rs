@@ -39,6 +39,10 @@ pub enum ProxyError {
     InvalidToken(VerifyError),
     #[error("the user or client does not exist")]
     UnknownSubject,
+    /// A route's authorization rule refused the caller; holds the rule's name (or
+    /// `require[i]` / `deny[i]`), never a value it looked at.
+    #[error("refused by the route's rule `{rule}`")]
+    Forbidden { rule: std::sync::Arc<str> },
     #[error("the identity provider's signing keys are not available yet")]
     KeysUnavailable,
     #[error("the metadata source is unavailable")]
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::MissingToken | ProxyError::InvalidToken(_) | ProxyError::UnknownSubject => {
                 StatusCode::UNAUTHORIZED
             }
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::KeysUnavailable | ProxyError::MetadataUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -110,7 +115,8 @@ impl ProxyError {
             | ProxyError::PayloadTooLarge
             | ProxyError::MissingToken
             | ProxyError::InvalidToken(_)
-            | ProxyError::UnknownSubject => Blame::Client,
+            | ProxyError::UnknownSubject
+            | ProxyError::Forbidden { .. } => Blame::Client,
             ProxyError::KeysUnavailable | ProxyError::MetadataUnavailable { .. } => Blame::IdentityProvider,
             ProxyError::UpstreamUnreachable | ProxyError::UpstreamTimeout => Blame::Upstream,
             ProxyError::Internal => Blame::Internal,
@@ -128,6 +134,7 @@ impl ProxyError {
             ProxyError::MissingToken => "missing_token",
             ProxyError::InvalidToken(e) => e.label(),
             ProxyError::UnknownSubject => "unknown_subject",
+            ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::KeysUnavailable => "keys_unavailable",
             ProxyError::MetadataUnavailable { .. } => "metadata_unavailable",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
@@ -144,6 +151,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge => "urn:claimsmith:problem:payload-too-large",
             ProxyError::MissingToken => "urn:claimsmith:problem:missing-token",
             ProxyError::InvalidToken(_) | ProxyError::UnknownSubject => "urn:claimsmith:problem:invalid-token",
+            ProxyError::Forbidden { .. } => "urn:claimsmith:problem:forbidden",
             ProxyError::KeysUnavailable => "urn:claimsmith:problem:keys-unavailable",
             ProxyError::MetadataUnavailable { .. } => "urn:claimsmith:problem:metadata-unavailable",
             ProxyError::UpstreamUnreachable => "urn:claimsmith:problem:upstream-unreachable",
@@ -186,6 +194,13 @@ impl ProxyError {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
             }
+            ProxyError::Forbidden { .. } => {
+                // RFC 6750 §3.1: the token is fine, the caller lacks what the route asks.
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"claimsmith\", error=\"insufficient_scope\""),
+                );
+            }
             ProxyError::MetadataUnavailable { retry_after_secs } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
@@ -213,6 +228,7 @@ mod tests {
             ProxyError::MissingToken,
             ProxyError::InvalidToken(VerifyError::Malformed),
             ProxyError::UnknownSubject,
+            ProxyError::Forbidden { rule: "require[0]".into() },
             ProxyError::KeysUnavailable,
             ProxyError::MetadataUnavailable { retry_after_secs: 7 },
             ProxyError::UpstreamUnreachable,
@@ -223,7 +239,7 @@ mod tests {
             let (status, label, blame) = (e.status(), e.label(), e.blame());
             // Only the client's own mistakes are 4xx; everyone else's are 5xx.
             assert_eq!(status.is_client_error(), blame == Blame::Client, "{label}");
-            let unauthorized = status == StatusCode::UNAUTHORIZED;
+            let unauthorized = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
             let (headers, body) = e.into_parts();
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["status"], status.as_u16(), "{label}");
@@ -231,6 +247,11 @@ mod tests {
             assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
             assert_eq!(headers.contains_key(header::WWW_AUTHENTICATE), unauthorized, "{label}");
         }
+        let (headers, body) = ProxyError::Forbidden { rule: "paying plan".into() }.into_parts();
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer realm=\"claimsmith\", error=\"insufficient_scope\"");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "urn:claimsmith:problem:forbidden");
+        assert!(v["detail"].as_str().unwrap().contains("paying plan"));
         let (headers, _) = ProxyError::MetadataUnavailable { retry_after_secs: 7 }.into_parts();
         assert_eq!(headers[header::RETRY_AFTER], "7");
     }

@@ -26,6 +26,7 @@ pub mod metadata;
 pub(crate) mod metrics;
 pub mod mint;
 pub(crate) mod proxy;
+pub mod rules;
 pub mod server;
 pub(crate) mod store;
 pub mod verify;

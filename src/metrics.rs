@@ -13,6 +13,9 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 /// One counter per (route, status), looked up by `&str` so the hot path clones nothing.
 type RequestCounters = HashMap<Arc<str>, HashMap<u16, Arc<AtomicU64>>>;
 
+/// Refusals by an authorization rule, by (route, rule).
+type DeniedCounters = BTreeMap<(Arc<str>, Arc<str>), u64>;
+
 /// Calls to one metadata source, by result.
 #[derive(Default)]
 pub struct SourceCounters {
@@ -38,6 +41,9 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// `claimsmith_invalidations_total`, by [`Hook`] then [`Invalidation`].
     invalidations: [[AtomicU64; Invalidation::ALL.len()]; Hook::ALL.len()],
+    /// Refusals by an authorization rule, by (route, rule). A refusal is no hot path,
+    /// so a lock is fine here.
+    denied: std::sync::Mutex<DeniedCounters>,
 }
 
 /// A push-invalidation hook (docs/operations.md, "Push invalidation").
@@ -110,6 +116,12 @@ impl Metrics {
         self.count.fetch_add(1, Relaxed);
     }
 
+    /// Counts one refusal by `rule` on `route` (`claimsmith_authz_denied_total`).
+    pub fn denied(&self, route: &Arc<str>, rule: &Arc<str>) {
+        let mut map = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((route.clone(), rule.clone())).or_default() += 1;
+    }
+
     /// The call counters of the metadata source named `name` (created on first use).
     pub fn source(&self, name: &str) -> Arc<SourceCounters> {
         let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
@@ -171,6 +183,18 @@ impl Metrics {
         let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "claimsmith_request_duration_seconds_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "claimsmith_request_duration_seconds_count {count}");
+        let denied: Vec<(String, u64)> = {
+            let map = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .map(|((route, rule), n)| (format!("route=\"{}\",rule=\"{}\"", escape(route), escape(rule)), *n))
+                .collect()
+        };
+        counter(
+            out,
+            "claimsmith_authz_denied_total",
+            "Requests refused by an authorization rule, by route and rule.",
+            &denied,
+        );
     }
 }
 

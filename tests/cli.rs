@@ -182,7 +182,7 @@ fn demo_curl_lines_work_as_printed() {
     }
     let banner = lines.concat();
     let curls: Vec<&str> = banner.lines().map(str::trim).filter(|l| l.starts_with("curl ")).collect();
-    assert!(curls.len() >= 5, "banner has no curl lines:\n{banner}");
+    assert!(curls.len() >= 7, "banner has no curl lines:\n{banner}");
 
     // Every ID token payload shown is free of metadata.
     assert!(!banner.contains(claimsmith::demo::TENANT_KEY));
@@ -202,13 +202,20 @@ fn demo_curl_lines_work_as_printed() {
     assert!(!alice.contains(claimsmith::demo::TENANT_KEY), "the client got the secret");
     let bob: serde_json::Value = serde_json::from_str(&sh(curls[1])).unwrap();
     assert_eq!(bob["app_metadata"]["roles"][0], "viewer");
+    // The enterprise-only route: alice's plan passes its rule, bob's does not.
+    let alice_reports = sh(curls[2]);
+    assert!(alice_reports.starts_with("HTTP/1.1 200"), "{alice_reports}");
+    let bob_reports = sh(curls[3]);
+    assert!(bob_reports.starts_with("HTTP/1.1 403"), "{bob_reports}");
+    assert!(bob_reports.contains("urn:claimsmith:problem:forbidden") && bob_reports.contains("enterprise plan"));
+    assert!(!bob_reports.contains("\"free\""), "the refusal shows a metadata value");
     // No token: 401 problem.
-    let anon = sh(curls[2]);
+    let anon = sh(curls[4]);
     assert!(anon.starts_with("HTTP/1.1 401"), "{anon}");
     assert!(anon.contains("application/problem+json"));
     // Public route and JWKS.
-    assert!(sh(curls[3]).contains("\"internal_token\":null"));
-    let jwks: serde_json::Value = serde_json::from_str(&sh(curls[4])).unwrap();
+    assert!(sh(curls[5]).contains("\"internal_token\":null"));
+    let jwks: serde_json::Value = serde_json::from_str(&sh(curls[6])).unwrap();
     assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
 
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();

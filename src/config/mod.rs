@@ -289,6 +289,8 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// Largest request body forwarded; a larger one is refused with 413.
     pub max_body_bytes: u64,
+    /// `[[route.require]]` and `[[route.deny]]`, validated (docs/configuration.md).
+    pub rules: crate::rules::Rules,
 }
 
 impl Config {

@@ -129,6 +129,22 @@ pub(super) struct RawRoute {
     pub(super) client_metadata: Option<Vec<String>>,
     pub(super) websocket: Option<bool>,
     pub(super) max_body_bytes: Option<i64>,
+    #[serde(default)]
+    pub(super) require: Vec<RawRouteRule>,
+    #[serde(default)]
+    pub(super) deny: Vec<RawRouteRule>,
+}
+
+/// `[[route.require]]` / `[[route.deny]]`; `crate::rules::Rule::parse` checks it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRouteRule {
+    pub(super) name: Option<String>,
+    pub(super) source: Option<String>,
+    pub(super) pointer: Option<String>,
+    pub(super) op: Option<String>,
+    pub(super) value: Option<serde_json::Value>,
+    pub(super) methods: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -129,3 +129,125 @@ fn the_webhook_token_is_read_like_the_admin_token() {
     let e = Config::parse(&with("webhook_token_env = \"CLAIMSMITH_TEST_UNSET_HOOK_TOKEN\"")).unwrap_err();
     assert!(e.0.iter().any(|e| e.key == "admin.webhook_token_env"), "{e}");
 }
+
+/// A valid config with one `/billing/` route; `rules` is appended to it.
+fn with_rules(auth: &str, rules: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(&format!(
+        r#"
+        [[issuer]]
+        issuer = "https://t.example/"
+        audiences = ["a"]
+        jwks_uri = "https://t.example/jwks.json"
+        [[route]]
+        path_prefix = "/other/"
+        upstream = "http://127.0.0.1:1"
+        audience = "x"
+        [[route]]
+        path_prefix = "/billing/"
+        upstream = "http://127.0.0.1:1"
+        audience = "billing-api"
+        auth = "{auth}"
+        {rules}
+        "#
+    ))
+}
+
+fn rule_error_keys(auth: &str, rules: &str) -> Vec<String> {
+    with_rules(auth, rules).unwrap_err().0.into_iter().map(|e| e.key).collect()
+}
+
+#[test]
+fn rules_are_validated_at_load() {
+    let c = with_rules(
+        "required",
+        r#"
+        [[route.require]]
+        name = "paying plan"
+        source = "app_metadata"
+        pointer = "/plan"
+        op = "in"
+        value = ["pro", "enterprise"]
+        [[route.require]]
+        source = "claims"
+        pointer = "/https:~1~1example.com~1roles"
+        op = "contains"
+        value = "billing-admin"
+        methods = ["post", "PUT"]
+        [[route.deny]]
+        source = "app_metadata"
+        pointer = "/blocked"
+        op = "eq"
+        value = true
+        "#,
+    )
+    .unwrap();
+    let route = c.routes.iter().find(|r| r.path_prefix == "/billing/").unwrap();
+    let labels: Vec<&str> = route.rules.all().map(|r| &*r.label).collect();
+    assert_eq!(labels, ["paying plan", "require[1]", "deny[0]"]);
+    assert_eq!(route.rules.require[1].methods, [http::Method::POST, http::Method::PUT]);
+}
+
+#[test]
+fn each_rule_error_names_its_key() {
+    let rule = |field: &str| {
+        let mut lines = vec![
+            ("source", r#"source = "app_metadata""#),
+            ("pointer", r#"pointer = "/plan""#),
+            ("op", r#"op = "starts_with""#),
+            ("value", r#"value = "pro""#),
+        ];
+        let bad = match field {
+            "source" => r#"source = "headers""#,
+            "pointer" => r#"pointer = "plan""#,
+            "pointer~" => r#"pointer = "/a~2""#,
+            "op" => r#"op = "like""#,
+            "value" => r#"value = ["pro"]"#,
+            "methods" => r#"methods = ["FETCH"]"#,
+            _ => unreachable!(),
+        };
+        let key = field.trim_end_matches('~');
+        lines.retain(|(k, _)| *k != key);
+        lines.push((key, bad));
+        format!("[[route.require]]\n[[route.deny]]\n{}", lines.iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n"))
+    };
+    for field in ["source", "pointer", "pointer~", "op", "value", "methods"] {
+        let keys = rule_error_keys("required", &rule(field));
+        let want = format!("route[1].deny[0].{}", field.trim_end_matches('~'));
+        assert!(keys.contains(&want), "{field}: {keys:?}");
+        // The empty require rule before it lacks everything it needs.
+        for missing in ["source", "pointer", "op"] {
+            assert!(keys.contains(&format!("route[1].require[0].{missing}")), "{keys:?}");
+        }
+    }
+    let keys = rule_error_keys("required", "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"in\"\n");
+    assert_eq!(keys, ["route[1].require[0].value"]);
+    let keys = rule_error_keys(
+        "required",
+        "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"matches\"\nvalue = \"(unclosed\"\n",
+    );
+    assert_eq!(keys, ["route[1].require[0].value"]);
+    let keys = rule_error_keys(
+        "required",
+        "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"exists\"\nvalue = 1\n",
+    );
+    assert_eq!(keys, ["route[1].require[0].value"]);
+    let keys = rule_error_keys(
+        "required",
+        "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"gt\"\nvalue = \"1\"\n",
+    );
+    assert_eq!(keys, ["route[1].require[0].value"]);
+    let keys = rule_error_keys(
+        "required",
+        "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"exists\"\nflavour = 1\n",
+    );
+    assert!(keys.iter().any(|k| k.contains("flavour")), "{keys:?}");
+}
+
+#[test]
+fn rules_on_an_auth_off_route_are_an_error() {
+    let keys = rule_error_keys("off", "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"exists\"\n");
+    assert_eq!(keys, ["route[1].auth"]);
+    assert!(
+        with_rules("optional", "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"exists\"\n").is_ok()
+    );
+}

@@ -628,7 +628,12 @@ pub(super) fn validate_routes(
                 DEFAULT_MAX_BODY_BYTES
             }
         };
+        let rules = route_rules(i, r.require, r.deny, errs);
+        if auth == AuthMode::Off && !rules.is_empty() {
+            errs.push(k("auth"), "a route with require or deny rules needs a caller: auth cannot be \"off\"");
+        }
         out.push(RouteConfig {
+            rules,
             name: Arc::from(path_prefix.as_str()),
             path_prefix,
             upstream,
@@ -644,6 +649,42 @@ pub(super) fn validate_routes(
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     out
+}
+
+/// `[[route.require]]` and `[[route.deny]]` of route `i`: every problem named by its
+/// key (`route[2].require[0].op`).
+fn route_rules(
+    i: usize,
+    require: Vec<RawRouteRule>,
+    deny: Vec<RawRouteRule>,
+    errs: &mut Errors,
+) -> crate::rules::Rules {
+    let mut parse = |kind: &str, raw: Vec<RawRouteRule>| -> Vec<crate::rules::Rule> {
+        let mut out = Vec::with_capacity(raw.len());
+        for (j, r) in raw.into_iter().enumerate() {
+            let label = format!("{kind}[{j}]");
+            let raw = crate::rules::RawRule {
+                name: r.name,
+                source: r.source,
+                pointer: r.pointer,
+                op: r.op,
+                value: r.value,
+                methods: r.methods,
+            };
+            match crate::rules::Rule::parse(raw, &label) {
+                Ok(rule) => out.push(rule),
+                Err(problems) => {
+                    for (field, reason) in problems {
+                        errs.push(format!("route[{i}].{label}.{field}"), reason);
+                    }
+                }
+            }
+        }
+        out
+    };
+    let require = parse("require", require);
+    let deny = parse("deny", deny);
+    crate::rules::Rules { require, deny }
 }
 
 /// `[shared]`: a Redis URL (a secret, since it may carry a password) and the keys that

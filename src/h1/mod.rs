@@ -205,6 +205,7 @@ async fn exchange(
     let kept_apart = head.kept_apart_len();
     let RequestHead { method, target, mut headers, content_length, close: client_close, raw, authorization } = head;
     let arrived = proxy::Arrived {
+        method: &method,
         version: http::Version::HTTP_11,
         head_len: target.len() + kept_apart,
         path: target.path(),

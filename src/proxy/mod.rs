@@ -2,10 +2,10 @@
 //! the same for both transports (the fast path in `h1` and hyper):
 //!
 //! ```text
-//!  route_request ─► admit ──────────────────────────────────────────────► forward ─► respond ─► record
-//!  head, path,      body limit ─► token ─► verify ─► metadata ─► mint ─► headers
+//!  route_request ─► admit ────────────────────────────────────────────────────────► forward ─► respond ─► record
+//!  head, path,      body limit ─► token ─► verify ─► metadata ─► authorize ─► mint ─► headers
 //!  route
-//!  431 400 404      413           401      401/503   401/503                      502/504
+//!  431 400 404      413           401      401/503   401/503     403                           502/504
 //! ```
 //!
 //! Any phase may end the request with a [`ProxyError`], which becomes the answer in
@@ -15,6 +15,7 @@
 
 mod forward;
 pub mod pool;
+mod rules;
 mod state;
 pub mod upstream;
 
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 use crate::config::{AuthMode, RouteConfig};
 use crate::error::{Body, ProxyError};
 use crate::http_client::Connector;
+use crate::metadata::StoredMetadata;
 use crate::metadata::cache::{CacheLookup, Kind};
 use crate::mint::MintRequest;
 use crate::verify::VerifiedIdentity;
@@ -119,6 +121,8 @@ pub struct Outcome {
     pub blame: Option<crate::error::Blame>,
     /// Metadata cache: "hit", "stale" or "miss" (a miss if either lookup missed).
     pub cache: Option<&'static str>,
+    /// The authorization rule that refused the request (its name, never a value).
+    pub rule: Option<Arc<str>>,
 }
 
 impl Outcome {
@@ -167,6 +171,7 @@ pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status
         cache = outcome.cache,
         error = outcome.error,
         blame = outcome.blame.map(crate::error::Blame::as_str),
+        rule = outcome.rule.as_deref(),
         "request"
     );
 }
@@ -181,6 +186,7 @@ async fn pipeline(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let arrived = Arrived {
+        method: &parts.method,
         version: parts.version,
         head_len: parts.uri.path_and_query().map_or(0, |p| p.as_str().len()),
         path: parts.uri.path(),
@@ -244,6 +250,7 @@ async fn pipeline(
 /// A request as it arrived, whichever transport read it: what the phases need besides
 /// its header fields.
 pub(crate) struct Arrived<'a> {
+    pub method: &'a http::Method,
     pub version: http::Version,
     /// The request target's length plus the size of any field kept out of the header
     /// map (the fast path's `Authorization` and `Content-Length`), for the head limit.
@@ -277,8 +284,8 @@ pub(crate) fn route_request<'a, 'p>(
 }
 
 /// The phases between routing and forwarding, in order, for both transports:
-/// **body limit** (413), **token** and **verify** (401/503), **metadata** and
-/// **mint** (401/503), then **headers**: `headers` becomes what the upstream gets.
+/// **body limit** (413), **token** and **verify** (401/503), **metadata** (401/503),
+/// **authorize** (the route's rules, 403), **mint**, then **headers**: `headers` becomes what the upstream gets.
 /// Returns the `Upgrade` value when a WebSocket upgrade is to be forwarded.
 /// Nothing has been sent upstream when this returns an error.
 pub(crate) async fn admit(
@@ -292,10 +299,10 @@ pub(crate) async fn admit(
     outcome.route = Some(route.name.clone());
     check_body(route, req.content_length)?;
     let token = match req.authorization {
-        Some(values) => authorize(app, route, values.values(), headers, &mut outcome.cache).await?,
+        Some(values) => authorize(app, route, req.method, values.values(), headers, outcome).await?,
         None => {
             let values = headers.get_all(header::AUTHORIZATION);
-            authorize(app, route, values.iter().map(HeaderValue::as_bytes), headers, &mut outcome.cache).await?
+            authorize(app, route, req.method, values.iter().map(HeaderValue::as_bytes), headers, outcome).await?
         }
     };
     let upgrade = match req.may_upgrade && route.config.websocket {
@@ -307,19 +314,28 @@ pub(crate) async fn admit(
     Ok(upgrade)
 }
 
-/// Authentication and enrichment, as the route asks: the internal token to forward,
-/// if the route authenticated a caller.
+/// Authentication, metadata, the route's rules and the internal token, as the route
+/// asks: the internal token to forward, if the route authenticated a caller.
 async fn authorize<'a>(
     app: &App,
     route: &Route,
+    method: &http::Method,
     authorization: impl Iterator<Item = &'a [u8]>,
     headers: &'a HeaderMap,
-    cache_outcome: &mut Option<&'static str>,
+    outcome: &mut Outcome,
 ) -> Result<Option<HeaderValue>, ProxyError> {
-    match authenticate(app, route, authorization, headers).await? {
-        Some(id) => Ok(Some(enrich(app, route, &id, cache_outcome).await?)),
-        None => Ok(None),
-    }
+    let id = match authenticate(app, route, authorization, headers).await? {
+        Some(id) => id,
+        // Rules are about a caller: an `optional` route with rules lets no one in
+        // anonymously (config refuses rules on an `off` route).
+        None if !route.config.rules.is_empty() && route.config.auth != AuthMode::Off => {
+            return Err(ProxyError::MissingToken);
+        }
+        None => return Ok(None),
+    };
+    let (app_md, client_md) = metadata(app, &id, &mut outcome.cache).await?;
+    rules::check_rules(app, route, method, &id, (&app_md, &client_md), &mut outcome.rule)?;
+    mint(app, route, &id, (&app_md, &client_md)).map(Some)
 }
 
 /// Whether forwarding failed because of the client's own body: malformed chunked
@@ -457,14 +473,14 @@ pub fn extract_token<'a>(
     Ok(cookie.and_then(|name| hygiene::cookie(headers, name)).filter(|t| !t.is_empty()))
 }
 
-/// Looks up the caller's metadata through the cache and mints the internal token.
-async fn enrich(
+/// Phase **metadata**: the caller's app_metadata and client_metadata through the
+/// cache, both lookups at once.
+async fn metadata(
     app: &App,
-    route: &Route,
     id: &VerifiedIdentity,
     cache_outcome: &mut Option<&'static str>,
-) -> Result<HeaderValue, ProxyError> {
-    let (app_md, client_md) = match &app.sources[id.issuer_index()] {
+) -> Result<(Arc<StoredMetadata>, Arc<StoredMetadata>), ProxyError> {
+    Ok(match &app.sources[id.issuer_index()] {
         None => (app.empty.clone(), app.empty.clone()),
         Some(source) => {
             let issuer = id.issuer();
@@ -484,15 +500,24 @@ async fn enrich(
             let client = client.map_err(unavailable)?.ok_or(ProxyError::UnknownSubject)?;
             (user, client)
         }
-    };
+    })
+}
+
+/// Phase **mint**: the internal token, reused while it has more than half its life.
+fn mint(
+    app: &App,
+    route: &Route,
+    id: &VerifiedIdentity,
+    (app_md, client_md): rules::CallerMetadata<'_>,
+) -> Result<HeaderValue, ProxyError> {
     let audience = route.audience.as_deref().ok_or(ProxyError::Internal)?;
     app.minter
         .mint(&MintRequest {
             identity: id,
             audience,
             route: &route.name,
-            app_metadata: &app_md,
-            client_metadata: &client_md,
+            app_metadata: app_md,
+            client_metadata: client_md,
             app_keys: route.config.app_metadata.as_deref(),
             client_keys: route.config.client_metadata.as_deref(),
         })

@@ -114,6 +114,10 @@ pub(crate) struct IdentityCore {
     leeway_secs: u32,
     exp: u64,
     nbf: Option<u64>,
+    /// The claims the routes' rules read (docs/configuration.md, "Authorization
+    /// rules"), parsed once at verification; `None` when no rule reads claims, so
+    /// a configuration without such rules keeps nothing more per token.
+    rule_claims: Option<Arc<Value>>,
 }
 
 impl IdentityCore {
@@ -140,6 +144,7 @@ impl IdentityCore {
             leeway_secs: u32::try_from(leeway.as_secs()).unwrap_or(u32::MAX),
             exp,
             nbf,
+            rule_claims: None,
         })
     }
     pub(crate) fn subject(&self) -> &str {
@@ -190,6 +195,11 @@ impl VerifiedIdentity {
     pub fn kept_claims_json(&self) -> &str {
         &self.core.text[self.core.kept_at as usize..]
     }
+    /// The token's claims that the routes' rules read, as a JSON object (only the
+    /// top-level members some rule points into); `None` when no rule reads claims.
+    pub fn rule_claims(&self) -> Option<&Value> {
+        self.core.rule_claims.as_deref()
+    }
     /// SHA-256 of the token, used as a cache key instead of the token itself.
     pub fn token_hash(&self) -> [u8; 32] {
         self.token_hash
@@ -228,6 +238,31 @@ pub struct Verifier {
     /// fields (none by default). Each cached token holds only these, so a large ID
     /// token costs no more memory than the claims the internal token copies.
     keep_claims: Vec<String>,
+    /// Claims kept for the routes' rules.
+    rule_claims: RuleClaims,
+}
+
+/// Which claims the routes' rules read: none, some top-level members, or all (a rule
+/// whose pointer is `""`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum RuleClaims {
+    #[default]
+    None,
+    Members(Vec<String>),
+    All,
+}
+
+impl RuleClaims {
+    /// What of `claims` to keep for the rules.
+    fn select(&self, claims: Map<String, Value>) -> Option<Arc<Value>> {
+        match self {
+            RuleClaims::None => None,
+            RuleClaims::All => Some(Arc::new(Value::Object(claims))),
+            RuleClaims::Members(names) => {
+                Some(Arc::new(Value::Object(claims.into_iter().filter(|(k, _)| names.contains(k)).collect())))
+            }
+        }
+    }
 }
 
 impl Verifier {
@@ -242,13 +277,38 @@ impl Verifier {
                 hmac: cfg.hmac_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             })
             .collect();
-        Verifier { issuers, tokens: cache::TokenCache::default(), keep_claims: Vec::new() }
+        Verifier {
+            issuers,
+            tokens: cache::TokenCache::default(),
+            keep_claims: Vec::new(),
+            rule_claims: RuleClaims::None,
+        }
     }
 
     /// Keeps these claims of each verified token (for the internal token's
     /// `copy_claims`), see [`VerifiedIdentity::kept_claims_json`].
     pub fn keep_only_claims(mut self, names: &[String]) -> Verifier {
         self.keep_claims = names.to_vec();
+        self
+    }
+
+    /// Keeps, with each verified token, the claims these rules read (those whose
+    /// source is `claims`), see [`VerifiedIdentity::rule_claims`].
+    pub fn keep_claims_for_rules<'r>(mut self, rules: impl Iterator<Item = &'r crate::rules::Rule>) -> Verifier {
+        let mut members = Vec::new();
+        for r in rules.filter(|r| r.source == crate::rules::Source::Claims) {
+            match r.pointer.first() {
+                None => {
+                    self.rule_claims = RuleClaims::All;
+                    return self;
+                }
+                Some(m) if !members.iter().any(|k: &String| k == m) => members.push(m.to_string()),
+                Some(_) => {}
+            }
+        }
+        if !members.is_empty() {
+            self.rule_claims = RuleClaims::Members(members);
+        }
         self
     }
 
@@ -356,8 +416,9 @@ impl Verifier {
         // validate_claims accepted it, so it is a valid NumericDate or absent.
         let nbf = numeric_date(claims.get("nbf"))?;
         let kept = kept_members(&claims, &self.keep_claims);
-        let core = IdentityCore::new(issuer_index, &subject, &client_id, &kept, exp, nbf, issuer.config.leeway)
+        let mut core = IdentityCore::new(issuer_index, &subject, &client_id, &kept, exp, nbf, issuer.config.leeway)
             .ok_or(VerifyError::TooLarge)?;
+        core.rule_claims = self.rule_claims.select(claims);
         let identity = VerifiedIdentity { core, issuer: issuer.issuer.clone(), token_hash };
         Ok((identity, keys))
     }
