@@ -65,6 +65,9 @@ struct Entry {
     /// `None`: the source said this id does not exist.
     value: Option<Arc<StoredMetadata>>,
     fetched_at: Instant,
+    /// The source's origin when it was read ([`MetadataSource::origin`]): served
+    /// only while the source still answers from that content.
+    origin: u64,
 }
 
 impl Timestamped for Entry {
@@ -243,7 +246,11 @@ impl MetadataCache {
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
         let probe: &dyn KeyParts = &(&**issuer, id);
-        if let Some((e, age)) = cache.get_aged(probe) {
+        // An entry read from other content than the source's now (a file re-read, a
+        // source a reload replaced) is a miss, however it got here.
+        if let Some((e, age)) = cache.get_aged(probe)
+            && e.origin == source.origin()
+        {
             if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
@@ -277,8 +284,11 @@ impl MetadataCache {
             // The source failed for this key a moment ago: do not ask it again yet.
             return Err(Unavailable(SourceError { reason: f.err.reason.clone(), retry_after: Some(round_up(left)) }));
         }
+        let origin = source.origin();
         let entry = match cache
-            .try_get_with(key.clone(), async move { self.fetch_through(kind, source.as_ref(), &key, false).await })
+            .try_get_with(key.clone(), |e| e.origin == origin, async move {
+                self.fetch_through(kind, source.as_ref(), &key, false).await
+            })
             .await
         {
             Ok(entry) => entry,
@@ -376,12 +386,16 @@ impl MetadataCache {
         self.failures.invalidate_all();
     }
 
-    /// Drops every entry of an issuer (its file source was reloaded); reads stop
-    /// returning them at once.
+    /// Drops every entry of an issuer (its source was re-read or replaced), and the
+    /// backoff of its failed calls: the source now asked is not the one that failed.
+    /// Frees the memory; that none is served any more is the entries' origin's doing.
     pub fn forget_issuer(&self, issuer: &Arc<str>) {
         for kind in [Kind::User, Kind::Client] {
             self.cache(kind).remove_if(|k| k.0 == *issuer);
         }
+        let issuer = issuer.clone();
+        let _ = self.failures.invalidate_entries_if(move |k, _| k.1.0 == issuer);
+        self.failures.run_pending_tasks();
     }
 
     // -- the second level -----------------------------------------------------------
@@ -397,15 +411,18 @@ impl MetadataCache {
         key: &Key,
         want_fresh: bool,
     ) -> Result<Entry, SourceError> {
+        // Taken before the read: content replaced during it leaves the entry marked
+        // with the older origin, to be read again, never the reverse.
+        let origin = source.origin();
         let (Some(sh), Some(scope)) = (self.shared.as_ref().filter(|s| s.up()), source.shared_scope()) else {
-            return self.fetch_entry(kind, source, &key.1).await;
+            return self.fetch_entry(kind, source, &key.1, origin).await;
         };
         let name = sh.entry_name(kind, scope, &key.0, &key.1);
         let give_up = Instant::now() + LEASE_WAIT;
         let mut waited = false;
         loop {
             if let Some(e) = sh.get_entry(&name).await
-                && let Some(entry) = self.adopt_shared(e, want_fresh)
+                && let Some(entry) = self.adopt_shared(e, want_fresh, origin)
             {
                 sh.stats.hits.fetch_add(1, Relaxed);
                 return Ok(entry);
@@ -423,13 +440,13 @@ impl MetadataCache {
                     // lease go between our look and our lease: look once more.
                     if matches!(lease, Lease::Held { .. })
                         && let Some(e) = sh.get_entry(&name).await
-                        && let Some(entry) = self.adopt_shared(e, want_fresh)
+                        && let Some(entry) = self.adopt_shared(e, want_fresh, origin)
                     {
                         sh.release(lease).await;
                         sh.stats.hits.fetch_add(1, Relaxed);
                         return Ok(entry);
                     }
-                    let r = self.fetch_entry(kind, source, &key.1).await;
+                    let r = self.fetch_entry(kind, source, &key.1, origin).await;
                     if let Ok(e) = &r {
                         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
                         let shared = SharedEntry {
@@ -447,7 +464,7 @@ impl MetadataCache {
 
     /// A second-level entry as an in-process one, unless it has outlived its
     /// lifetime (or, when `want_fresh`, its `ttl`).
-    fn adopt_shared(&self, e: SharedEntry, want_fresh: bool) -> Option<Entry> {
+    fn adopt_shared(&self, e: SharedEntry, want_fresh: bool, origin: u64) -> Option<Entry> {
         let age = Duration::from_millis(wall_ms().saturating_sub(e.fetched_ms));
         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
         if age >= life || (want_fresh && e.value.is_some() && age >= self.ttl) {
@@ -460,13 +477,21 @@ impl MetadataCache {
             None => None,
         };
         let now = Instant::now();
-        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now) })
+        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now), origin })
     }
 
-    async fn fetch_entry(&self, kind: Kind, source: &dyn MetadataSource, id: &str) -> Result<Entry, SourceError> {
-        fetch(kind, source, id, &self.stats)
-            .await
-            .map(|value| Entry { value: value.map(|m| Arc::new(StoredMetadata::new(m))), fetched_at: Instant::now() })
+    async fn fetch_entry(
+        &self,
+        kind: Kind,
+        source: &dyn MetadataSource,
+        id: &str,
+        origin: u64,
+    ) -> Result<Entry, SourceError> {
+        fetch(kind, source, id, &self.stats).await.map(|value| Entry {
+            value: value.map(|m| Arc::new(StoredMetadata::new(m))),
+            fetched_at: Instant::now(),
+            origin,
+        })
     }
 
     /// Entries held (users, clients).
@@ -528,7 +553,7 @@ mod tests {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
         for i in 0..200 {
             let key: Key = (Arc::from("https://issuer/"), Arc::from(format!("user|{i}").as_str()));
-            store.insert(key, Entry { value: None, fetched_at: Instant::now() });
+            store.insert(key, Entry { value: None, fetched_at: Instant::now(), origin: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
