@@ -240,18 +240,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-enum Signal {
+pub(crate) enum Signal {
     Stop,
     Reload,
 }
 
-struct Signals {
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from creation on: the
+/// default action of each would end the process at once, without draining.
+pub(crate) struct Signals {
     #[cfg(unix)]
     unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    pub(crate) fn new() -> Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -272,7 +274,7 @@ impl Signals {
         Signals {}
     }
 
-    async fn next(&mut self) -> Signal {
+    pub(crate) async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         if let Some((term, int, hup)) = &mut self.unix {
             return tokio::select! {
