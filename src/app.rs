@@ -52,10 +52,16 @@ impl App {
     /// cache counters, new sources and keys. Cached metadata is kept for issuers whose
     /// remote source (auth0, http) is configured exactly as before, so a reload does
     /// not send a burst of reads to a rate-limited tenant; entries of file sources,
-    /// changed sources and new issuers are dropped (docs/operations.md: a reloaded file source's
-    /// entries are replaced at once).
+    /// changed sources and new issuers are dropped (docs/operations.md, "Reload").
+    ///
+    /// The kept cache is shared with `old`, which goes on serving until the swap
+    /// and finishes the requests it started after it: what `old` reads from its
+    /// sources meanwhile lands in this cache too. Only the origin of the entries
+    /// keeps that apart: a kept source has `old`'s origin, every other one a new one,
+    /// so an entry `old` reads from its file is never served by this state, however
+    /// late it is stored. Dropping entries here only frees memory.
     pub fn rebuild(config: Config, old: &App) -> Result<App, BuildError> {
-        let mut app = Self::build_with(config, old.metrics.clone())?;
+        let mut app = Self::build_from(config, old.metrics.clone(), Some(old))?;
         app.cache.stats = old.cache.stats.clone();
         if let (Some(new), Some(old)) = (&app.cache.shared, &old.cache.shared) {
             new.keep_stats(old);
@@ -87,6 +93,12 @@ impl App {
 
     /// [`Self::build`] with a given metrics registry.
     pub fn build_with(config: Config, metrics: Arc<Metrics>) -> Result<App, BuildError> {
+        Self::build_from(config, metrics, None)
+    }
+
+    /// [`Self::build_with`], taking over the origin of each remote source `old` runs
+    /// with exactly this configuration (see [`Self::rebuild`]).
+    fn build_from(config: Config, metrics: Arc<Metrics>, old: Option<&App>) -> Result<App, BuildError> {
         // One connector per (CA file, HTTP/1-only); routes get HTTP/1-only ones (see
         // `http_client::http1_connector`), the JSON clients may negotiate h2.
         let mut connectors: BTreeMap<(Option<PathBuf>, bool), Connector> = BTreeMap::new();
@@ -132,8 +144,9 @@ impl App {
                     (Arc::new(source), None)
                 }
             };
+            let origin = old.and_then(|o| o.kept_origin(name, sc)).unwrap_or_else(crate::metadata::new_origin);
             let source: Arc<dyn MetadataSource> =
-                Arc::new(CountedSource { inner: source, counters: metrics.source(name) });
+                Arc::new(CountedSource { inner: source, counters: metrics.source(name), origin });
             named_sources.push(NamedSource { name: name.clone(), source, file });
         }
         let sources: Vec<Option<Arc<dyn MetadataSource>>> = config
@@ -189,6 +202,16 @@ impl App {
         })
     }
 
+    /// The origin of source `name` here, when a state with `sc` for it answers from
+    /// the same data: a remote source configured the same way. Never a file's: the
+    /// new state has read the file again.
+    fn kept_origin(&self, name: &str, sc: &SourceConfig) -> Option<u64> {
+        if matches!(sc, SourceConfig::File(_)) || self.config.sources.get(name) != Some(sc) {
+            return None;
+        }
+        self.named_sources.iter().find(|s| s.name == name).map(|s| s.source.origin())
+    }
+
     /// Whether the proxy can verify tokens: every issuer's JWKS is held.
     pub fn ready(&self) -> bool {
         !self.draining.load(std::sync::atomic::Ordering::Relaxed) && self.verifier.ready()
@@ -222,8 +245,9 @@ impl App {
         tasks
     }
 
-    /// Re-reads metadata files whose modification time changed and drops the cached
-    /// entries that came from them.
+    /// Re-reads metadata files that changed (the file watch, every 2 s) and drops the
+    /// cached entries that came from them. The new content's origin already keeps
+    /// them from being served; dropping them frees the memory.
     pub async fn reload_changed_files(&self) {
         for s in &self.named_sources {
             let Some(f) = &s.file else { continue };
@@ -319,6 +343,8 @@ impl Coherence for Coherent {
 struct CountedSource {
     inner: Arc<dyn MetadataSource>,
     counters: Arc<SourceCounters>,
+    /// The origin of a source without one of its own (`MetadataSource::origin`).
+    origin: u64,
 }
 
 impl CountedSource {
@@ -361,6 +387,12 @@ impl MetadataSource for CountedSource {
     }
     fn shared_scope(&self) -> Option<&str> {
         self.inner.shared_scope()
+    }
+    fn origin(&self) -> u64 {
+        match self.inner.origin() {
+            0 => self.origin,
+            own => own,
+        }
     }
 }
 

@@ -250,11 +250,16 @@ auth = "off"
     }
 }
 
-/// Runs the demo until Ctrl-C or SIGTERM.
+/// Runs the demo until Ctrl-C or SIGTERM (which `docker stop`, `kill` and process
+/// supervisors send); either stops it cleanly, exit status 0.
 pub async fn run(addr: SocketAddr, admin_addr: SocketAddr) -> Result<(), DemoError> {
+    // Caught before anything starts, as `server::run` does: a signal that comes
+    // early must stop the demo the same way, not kill it.
+    let mut signals = crate::server::Signals::new();
     let demo = Demo::start(addr, admin_addr).await?;
     println!("{}", demo.banner());
-    let _ = tokio::signal::ctrl_c().await;
+    // SIGHUP: the demo's configuration is its own, written at start; nothing to re-read.
+    while let crate::server::Signal::Reload = signals.next().await {}
     demo.running.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_dir_all(&demo.dir);
     Ok(())

@@ -43,7 +43,9 @@ fn build_connector(ca_file: Option<&Path>, http2: bool) -> Result<Connector, Cli
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| ClientBuildError::CaRead(path.display().to_string(), e))?;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
             if roots.add(cert).is_ok() {
                 added += 1;
             }

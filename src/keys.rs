@@ -50,10 +50,13 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Parses a PEM private key: PKCS#8 (Ed25519, P-256 or RSA), PKCS#1 RSA, or SEC1 P-256.
     pub fn from_pem(pem: &[u8]) -> Result<SigningKey, KeyError> {
-        let mut reader = pem;
-        let item = rustls_pemfile::read_one(&mut reader).map_err(|_| KeyError::NoPem)?;
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        // The first private key in the text (certificates and other sections around
+        // it are skipped).
+        let item = PrivateKeyDer::from_pem_slice(pem).map_err(|_| KeyError::NoPem)?;
         let pair = match item {
-            Some(rustls_pemfile::Item::Pkcs8Key(der)) => {
+            PrivateKeyDer::Pkcs8(der) => {
                 let der = der.secret_pkcs8_der();
                 if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
                     KeyPairKind::Ed25519(k)
@@ -65,10 +68,10 @@ impl SigningKey {
                     return Err(KeyError::Unsupported);
                 }
             }
-            Some(rustls_pemfile::Item::Pkcs1Key(der)) => {
+            PrivateKeyDer::Pkcs1(der) => {
                 KeyPairKind::Rs256(RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(|_| KeyError::Unsupported)?)
             }
-            Some(rustls_pemfile::Item::Sec1Key(der)) => KeyPairKind::Es256(
+            PrivateKeyDer::Sec1(der) => KeyPairKind::Es256(
                 EcdsaKeyPair::from_private_key_der(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_sec1_der())
                     .map_err(|_| KeyError::Unsupported)?,
             ),

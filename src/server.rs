@@ -240,18 +240,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-enum Signal {
+pub(crate) enum Signal {
     Stop,
     Reload,
 }
 
-struct Signals {
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from creation on: the
+/// default action of each would end the process at once, without draining.
+pub(crate) struct Signals {
     #[cfg(unix)]
     unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    pub(crate) fn new() -> Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -272,7 +274,7 @@ impl Signals {
         Signals {}
     }
 
-    async fn next(&mut self) -> Signal {
+    pub(crate) async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         if let Some((term, int, hup)) = &mut self.unix {
             return tokio::select! {
@@ -292,13 +294,14 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
     })?;
     let key_pem = std::fs::read(&files.key_file)
         .map_err(|e| StartError::Tls(format!("listen.tls_key_file: cannot read {}: {e}", files.key_file.display())))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).flatten().collect();
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem).flatten().collect();
     if certs.is_empty() {
         return Err(StartError::Tls("listen.tls_cert_file: no certificate found".into()));
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .ok()
-        .flatten()
         .ok_or_else(|| StartError::Tls("listen.tls_key_file: no private key found".into()))?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()

@@ -102,19 +102,29 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
         shard.insert(key, Slot { value, last_used: self.uses.fetch_add(1, Relaxed) });
     }
 
-    /// The value of `key`, or the one `init` produces, stored. Callers that miss the
-    /// same key while a call is running wait for that call and share its result,
-    /// errors included (the same `Arc`, so a failure is counted once). If the caller
-    /// running the call goes away, a waiting one runs its own `init` instead.
-    pub async fn try_get_with(&self, key: K, init: impl Future<Output = Result<V, E>>) -> Result<V, Arc<E>> {
+    /// The value of `key` if `accept` takes it, or the one `init` produces, stored.
+    /// Callers that miss the same key while a call is running wait for that call and
+    /// share its result, errors included (the same `Arc`, so a failure is counted
+    /// once). If the caller running the call goes away, a waiting one runs its own
+    /// `init` instead; so does one whose `accept` refuses the value the call it
+    /// waited for produced (a caller with another idea of what is current).
+    pub async fn try_get_with(
+        &self,
+        key: K,
+        accept: impl Fn(&V) -> bool,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>> {
+        let mut init = std::pin::pin!(init);
+        let mut ran = false;
         let flight = lock(&self.flights).entry(key.clone()).or_default().clone();
         let result = flight
             .get_or_init(|| async {
+                ran = true;
                 // A call that ended just before we joined may have stored the value.
-                if let Some(v) = self.get(&key) {
+                if let Some(v) = self.get(&key).filter(|v| accept(v)) {
                     return Ok(v);
                 }
-                let r = init.await.map_err(Arc::new);
+                let r = init.as_mut().await.map_err(Arc::new);
                 if let Ok(v) = &r {
                     self.insert(key.clone(), v.clone());
                 }
@@ -122,11 +132,22 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
             })
             .await
             .clone();
-        let mut flights = lock(&self.flights);
-        if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            flights.remove(&key);
+        {
+            let mut flights = lock(&self.flights);
+            if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(&key);
+            }
         }
-        result
+        match result {
+            Ok(v) if !ran && !accept(&v) => {
+                let r = init.as_mut().await.map_err(Arc::new);
+                if let Ok(v) = &r {
+                    self.insert(key, v.clone());
+                }
+                r
+            }
+            r => r,
+        }
     }
 
     /// Sets or removes `key` in one step under its shard's lock, from what is held
@@ -234,7 +255,7 @@ mod tests {
         for _ in 0..10 {
             let (s, calls, gate) = (s.clone(), calls.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
-                s.try_get_with(7, async {
+                s.try_get_with(7, |_| true, async {
                     calls.fetch_add(1, Relaxed);
                     gate.notified().await;
                     Err::<V, _>("down".to_string())
@@ -248,7 +269,7 @@ mod tests {
         assert_eq!(calls.load(Relaxed), 1);
         assert!(errs.iter().all(|e| Arc::ptr_eq(e, &errs[0])));
         // Nothing stored after a failure; the next call runs again and stores.
-        let ok = s.try_get_with(7, async { Ok::<_, String>(v(7)) }).await.unwrap();
+        let ok = s.try_get_with(7, |_| true, async { Ok::<_, String>(v(7)) }).await.unwrap();
         assert_eq!(ok.0, 7);
         assert_eq!(s.get(&7).map(|v| v.0), Some(7));
     }
@@ -274,6 +295,38 @@ mod tests {
             None
         });
         assert_eq!(s.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_caller_refusing_the_shared_result_makes_its_own_call() {
+        let s: Arc<Store<u32, V, String>> = Arc::new(store(10));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        // A call for key 7 is running, about to produce 1 (as a state a reload
+        // replaced, still reading its old source).
+        let first = tokio::spawn({
+            let (s, gate) = (s.clone(), gate.clone());
+            async move {
+                s.try_get_with(7, |_| true, async {
+                    gate.notified().await;
+                    Ok::<_, String>(v(1))
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // This caller wants only 2: it joins the call, refuses its 1, and makes its own.
+        let second = tokio::spawn({
+            let s = s.clone();
+            async move { s.try_get_with(7, |x: &V| x.0 == 2, async { Ok::<_, String>(v(2)) }).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.notify_one();
+        assert_eq!(first.await.unwrap().unwrap().0, 1);
+        assert_eq!(second.await.unwrap().unwrap().0, 2);
+        // A value held but refused is not returned either.
+        let third = s.try_get_with(7, |x: &V| x.0 == 3, async { Ok::<_, String>(v(3)) }).await.unwrap();
+        assert_eq!(third.0, 3);
+        assert_eq!(s.get(&7).map(|v| v.0), Some(3));
     }
 
     async fn futures_like_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {

@@ -160,27 +160,7 @@ fn bad_usage_exits_2() {
 /// curl, and checks what the browser side gets back.
 #[test]
 fn demo_curl_lines_work_as_printed() {
-    let mut child = Command::new(BIN)
-        .args(["demo", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let mut l = String::new();
-        if reader.read_line(&mut l).unwrap() == 0 {
-            break;
-        }
-        let done = l.contains("/.well-known/jwks.json") && l.trim_start().starts_with("curl");
-        lines.push(l);
-        if done {
-            break;
-        }
-    }
-    let banner = lines.concat();
+    let (mut child, banner, _stdout) = start_demo();
     let curls: Vec<&str> = banner.lines().map(str::trim).filter(|l| l.starts_with("curl ")).collect();
     assert!(curls.len() >= 7, "banner has no curl lines:\n{banner}");
 
@@ -188,11 +168,6 @@ fn demo_curl_lines_work_as_printed() {
     assert!(!banner.contains(claimsmith::demo::TENANT_KEY));
     assert!(!banner.contains("app_metadata\":"), "an ID token carries metadata");
 
-    let sh = |line: &str| {
-        let out = Command::new("sh").arg("-c").arg(line).output().unwrap();
-        assert!(out.status.success(), "{line}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     // alice: the backend saw her app_metadata and the client's secret (masked in its reply).
     let alice = sh(curls[0]);
     let v: serde_json::Value = serde_json::from_str(&alice).unwrap_or_else(|_| panic!("not JSON: {alice}"));
@@ -221,4 +196,63 @@ fn demo_curl_lines_work_as_printed() {
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert!(status.success(), "demo did not exit cleanly on SIGINT: {status}");
+}
+
+/// Starts `claimsmith demo` on free ports; returns it with its banner, once printed
+/// (the proxy is ready by then), and its standard output, to be held open while it
+/// runs (it writes there).
+fn start_demo() -> (std::process::Child, String, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        let done = l.contains("/.well-known/jwks.json") && l.trim_start().starts_with("curl");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    (child, lines.concat(), reader)
+}
+
+fn sh(line: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(line).output().unwrap();
+    assert!(out.status.success(), "{line}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `docker stop`, `kill` and supervisors send SIGTERM: the demo stops as on Ctrl-C.
+#[test]
+fn demo_stops_cleanly_on_sigterm() {
+    let (mut child, banner, _stdout) = start_demo();
+    let jwks = banner.lines().map(str::trim).find(|l| l.starts_with("curl ") && l.contains("jwks.json"));
+    let jwks = jwks.unwrap_or_else(|| panic!("no JWKS line in the banner:\n{banner}"));
+    // It answers.
+    let keys: serde_json::Value = serde_json::from_str(&sh(jwks)).unwrap();
+    assert!(keys["keys"].as_array().is_some_and(|k| !k.is_empty()), "{keys}");
+
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    // A generous bound on the wait, not a timing assertion.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "the demo did not exit cleanly on SIGTERM: {status}");
 }

@@ -460,3 +460,131 @@ fn collect(v: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Waits until the file at `path` holds `needle`; returns the whole text.
+async fn wait_in_file(path: &Path, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no {needle:?} in {}:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `text` without terminal escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `name=` in a text log line, or of `name` in a JSON one.
+fn log_field(line: &str, name: &str) -> Option<String> {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        return v[name].as_str().map(str::to_string);
+    }
+    let line = strip_ansi(line);
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    // Strings are written quoted (Debug), addresses as they are (Display).
+    line[at..].split_whitespace().next().map(|v| v.trim_matches('"').to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_file_have_no_colours_and_give_each_request_its_id() {
+    init();
+    let issuer = Issuer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("metadata.json");
+    std::fs::write(&md, default_metadata().to_string()).unwrap();
+    let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md, |t| t);
+    let token = issuer.token(USER_1);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for format in ["text", "json"] {
+        let log = dir.path().join(format!("stderr-{format}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_claimsmith"))
+            .args(["run", "--config", cfg.to_str().unwrap(), "--log-format", format])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env_remove("RUST_LOG")
+            .env_remove("CLAIMSMITH_LOG_FORMAT")
+            .env_remove("CLAIMSMITH_CONFIG")
+            .spawn()
+            .unwrap();
+        let text = wait_in_file(&log, "claimsmith listening").await;
+        let listening = text.lines().find(|l| l.contains("claimsmith listening")).unwrap();
+        let proxy: SocketAddr = log_field(listening, "proxy_addr").expect(listening).parse().unwrap();
+        let admin: SocketAddr = log_field(listening, "admin_addr").expect(listening).parse().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let req = Request::get(format!("http://{admin}/readyz")).body(Full::new(Bytes::new())).unwrap();
+            if client.request(req).await.is_ok_and(|r| r.status() == StatusCode::OK) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // One request with the client's own id, one with an id claimsmith makes.
+        let given = format!("ops-request-{format}-0042");
+        let mut ids = Vec::new();
+        for id in [Some(given.as_str()), None] {
+            let mut req =
+                Request::get(format!("http://{proxy}/api/id")).header("authorization", format!("Bearer {token}"));
+            if let Some(id) = id {
+                req = req.header("x-request-id", id);
+            }
+            let (parts, body) = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap().into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let mut secrets = default_secrets();
+            secrets.push(token.clone());
+            assert_no_leak(parts.status, &parts.headers, &body, &secrets);
+            assert_eq!(parts.status, StatusCode::OK);
+            let answered = parts.headers["x-request-id"].to_str().unwrap().to_string();
+            if let Some(id) = id {
+                assert_eq!(answered, id);
+            }
+            ids.push(answered);
+        }
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let bytes = std::fs::read(&log).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !bytes.windows(2).any(|w| w == b"\x1b["),
+            "colour codes in a log written to a file ({format}):\n{text}"
+        );
+        let access: Vec<&str> = text
+            .lines()
+            .filter(|l| match format {
+                "json" => serde_json::from_str::<Value>(l).is_ok_and(|v| v["target"] == "claimsmith::access"),
+                _ => l.contains("claimsmith::access"),
+            })
+            .collect();
+        assert_eq!(access.len(), 2, "{text}");
+        for (line, id) in access.iter().zip(&ids) {
+            assert_eq!(log_field(line, "request_id").as_deref(), Some(id.as_str()), "{line}");
+        }
+    }
+}

@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use support::*;
@@ -52,9 +53,8 @@ fn pki(dir: &Path) -> TestPki {
 
 fn server_tls(pki: &TestPki, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut std::fs::read(&pki.cert).unwrap().as_slice()).map(Result::unwrap).collect();
-    let key: PrivateKeyDer<'static> =
-        rustls_pemfile::private_key(&mut std::fs::read(&pki.key).unwrap().as_slice()).unwrap().unwrap();
+        CertificateDer::pem_file_iter(&pki.cert).unwrap().map(Result::unwrap).collect();
+    let key: PrivateKeyDer<'static> = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
     let mut cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
@@ -62,7 +62,7 @@ fn server_tls(pki: &TestPki, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
 
 fn client_tls(ca: &Path, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
     let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();

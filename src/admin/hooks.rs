@@ -132,8 +132,9 @@ async fn apply_change(app: &App, item: &Item) -> Invalidation {
     match &item.change {
         Change::User { user_id, app_metadata: Some(md), updated_at_ms: Some(at) } => {
             let mut action = Invalidation::Replaced;
-            for (_, issuer) in &issuers {
-                if app.cache.replace(Kind::User, issuer, user_id, md.clone(), *at).await == Replace::Evicted {
+            for (source, issuer) in &issuers {
+                let origin = origin_of(app, source);
+                if app.cache.replace(Kind::User, (issuer, origin), user_id, md.clone(), *at).await == Replace::Evicted {
                     action = Invalidation::Evicted;
                 }
             }
@@ -146,8 +147,8 @@ async fn apply_change(app: &App, item: &Item) -> Invalidation {
             Invalidation::Evicted
         }
         Change::UserDeleted { user_id } => {
-            for (_, issuer) in &issuers {
-                app.cache.remember_absent(Kind::User, issuer, user_id).await;
+            for (source, issuer) in &issuers {
+                app.cache.remember_absent(Kind::User, (issuer, origin_of(app, source)), user_id).await;
             }
             Invalidation::Evicted
         }
@@ -159,4 +160,10 @@ async fn apply_change(app: &App, item: &Item) -> Invalidation {
         }
         Change::Ignored => Invalidation::Ignored,
     }
+}
+
+/// What source `name` answers from now ([`crate::metadata::MetadataSource::origin`]):
+/// a pushed entry is marked with it, so it is served while that source is in use.
+fn origin_of(app: &App, name: &str) -> u64 {
+    app.named_sources.iter().find(|s| s.name == name).map_or(0, |s| s.source.origin())
 }

@@ -161,6 +161,7 @@ async fn refuse(app: &App, io: &mut ClientIo, method: &Method, why: &'static str
     outcome.failed(&e);
     let (headers, body) = e.into_parts();
     let request_id = proxy::request_id(&http::HeaderMap::new());
+    outcome.request_id = Some(request_id.clone());
     out.clear();
     let ends = wire::Ends { request_id: &request_id, close: true, head_request: *method == Method::HEAD };
     wire::write_own_response(out, status, &headers, &body, ends);
@@ -224,6 +225,7 @@ async fn exchange(
     let timed = tracing::enabled!(target: "claimsmith::access", tracing::Level::INFO);
     let mut outcome = Outcome::default();
     let request_id = proxy::request_id(&headers);
+    outcome.request_id = Some(request_id.clone());
     let mut body_left = content_length.unwrap_or(0);
     let mut close = client_close || stopping;
     let forwarded = async {

@@ -70,6 +70,9 @@ struct Entry {
     /// (docs/operations.md, "Push invalidation"). A pushed change replaces only a value
     /// older than itself, whatever order changes arrive in.
     as_of_ms: u64,
+    /// The source's origin when it was read ([`MetadataSource::origin`]): served
+    /// only while the source still answers from that content.
+    origin: u64,
 }
 
 impl Timestamped for Entry {
@@ -258,7 +261,11 @@ impl MetadataCache {
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
         let probe: &dyn KeyParts = &(&**issuer, id);
-        if let Some((e, age)) = cache.get_aged(probe) {
+        // An entry read from other content than the source's now (a file re-read, a
+        // source a reload replaced) is a miss, however it got here.
+        if let Some((e, age)) = cache.get_aged(probe)
+            && e.origin == source.origin()
+        {
             if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
@@ -292,8 +299,11 @@ impl MetadataCache {
             // The source failed for this key a moment ago: do not ask it again yet.
             return Err(Unavailable(SourceError { reason: f.err.reason.clone(), retry_after: Some(round_up(left)) }));
         }
+        let origin = source.origin();
         let entry = match cache
-            .try_get_with(key.clone(), async move { self.fetch_through(kind, source.as_ref(), &key, false).await })
+            .try_get_with(key.clone(), |e| e.origin == origin, async move {
+                self.fetch_through(kind, source.as_ref(), &key, false).await
+            })
             .await
         {
             Ok(entry) => entry,
@@ -403,10 +413,12 @@ impl MetadataCache {
     /// backoff ends. With a shared cache the value is written through to it (unless it
     /// holds a newer one) and every other replica drops its copy, so their next
     /// lookup finds the new value there without a source read.
+    /// `origin` is the issuer's source's ([`MetadataSource::origin`]): the entry is
+    /// served while the source answers from it.
     pub async fn replace(
         &self,
         kind: Kind,
-        issuer: &Arc<str>,
+        (issuer, origin): (&Arc<str>, u64),
         id: &str,
         value: Metadata,
         updated_at_ms: u64,
@@ -422,7 +434,7 @@ impl MetadataCache {
         let key: Key = (issuer.clone(), Arc::from(id));
         let mut outcome = Replace::Evicted;
         let stored = Arc::new(StoredMetadata::new(value));
-        let fresh = Entry { value: Some(stored.clone()), fetched_at: Instant::now(), as_of_ms: updated_at_ms };
+        let fresh = Entry { value: Some(stored.clone()), fetched_at: Instant::now(), as_of_ms: updated_at_ms, origin };
         self.cache(kind).update(key.clone(), |held| {
             if held.is_some_and(|h| h.as_of_ms >= updated_at_ms) {
                 return None;
@@ -454,10 +466,10 @@ impl MetadataCache {
     /// Remembers that `id` does not exist (it was deleted), for `negative_ttl`, as a
     /// not-found answer from the source would be; here, in the shared cache, and (by
     /// dropping their copies) on every other replica.
-    pub async fn remember_absent(&self, kind: Kind, issuer: &Arc<str>, id: &str) {
+    pub async fn remember_absent(&self, kind: Kind, (issuer, origin): (&Arc<str>, u64), id: &str) {
         let key: Key = (issuer.clone(), Arc::from(id));
         let now_ms = crate::clock::unix_now_ms();
-        let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: now_ms };
+        let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: now_ms, origin };
         if let Some((sh, name)) = self.shared_name(kind, issuer, id) {
             let absent = SharedEntry { fetched_ms: now_ms, as_of_ms: now_ms, value: None };
             sh.put_entry(&name, &absent, self.lifetimes.1).await;
@@ -475,12 +487,16 @@ impl MetadataCache {
         Some((sh, sh.entry_name(kind, scope, issuer, id)))
     }
 
-    /// Drops every entry of an issuer (its file source was reloaded); reads stop
-    /// returning them at once.
+    /// Drops every entry of an issuer (its source was re-read or replaced), and the
+    /// backoff of its failed calls: the source now asked is not the one that failed.
+    /// Frees the memory; that none is served any more is the entries' origin's doing.
     pub fn forget_issuer(&self, issuer: &Arc<str>) {
         for kind in [Kind::User, Kind::Client] {
             self.cache(kind).remove_if(|k| k.0 == *issuer);
         }
+        let issuer = issuer.clone();
+        let _ = self.failures.invalidate_entries_if(move |k, _| k.1.0 == issuer);
+        self.failures.run_pending_tasks();
     }
 
     // -- the second level -----------------------------------------------------------
@@ -496,15 +512,18 @@ impl MetadataCache {
         key: &Key,
         want_fresh: bool,
     ) -> Result<Entry, SourceError> {
+        // Taken before the read: content replaced during it leaves the entry marked
+        // with the older origin, to be read again, never the reverse.
+        let origin = source.origin();
         let (Some(sh), Some(scope)) = (self.shared.as_ref().filter(|s| s.up()), source.shared_scope()) else {
-            return self.fetch_entry(kind, source, &key.1).await;
+            return self.fetch_entry(kind, source, &key.1, origin).await;
         };
         let name = sh.entry_name(kind, scope, &key.0, &key.1);
         let give_up = Instant::now() + LEASE_WAIT;
         let mut waited = false;
         loop {
             if let Some(e) = sh.get_entry(&name).await
-                && let Some(entry) = self.adopt_shared(e, want_fresh)
+                && let Some(entry) = self.adopt_shared(e, want_fresh, origin)
             {
                 sh.stats.hits.fetch_add(1, Relaxed);
                 return Ok(entry);
@@ -522,13 +541,13 @@ impl MetadataCache {
                     // lease go between our look and our lease: look once more.
                     if matches!(lease, Lease::Held { .. })
                         && let Some(e) = sh.get_entry(&name).await
-                        && let Some(entry) = self.adopt_shared(e, want_fresh)
+                        && let Some(entry) = self.adopt_shared(e, want_fresh, origin)
                     {
                         sh.release(lease).await;
                         sh.stats.hits.fetch_add(1, Relaxed);
                         return Ok(entry);
                     }
-                    let r = self.fetch_entry(kind, source, &key.1).await;
+                    let r = self.fetch_entry(kind, source, &key.1, origin).await;
                     if let Ok(e) = &r {
                         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
                         let shared = SharedEntry {
@@ -547,7 +566,7 @@ impl MetadataCache {
 
     /// A second-level entry as an in-process one, unless it has outlived its
     /// lifetime (or, when `want_fresh`, its `ttl`).
-    fn adopt_shared(&self, e: SharedEntry, want_fresh: bool) -> Option<Entry> {
+    fn adopt_shared(&self, e: SharedEntry, want_fresh: bool, origin: u64) -> Option<Entry> {
         let age = Duration::from_millis(wall_ms().saturating_sub(e.fetched_ms));
         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
         if age >= life || (want_fresh && e.value.is_some() && age >= self.ttl) {
@@ -560,16 +579,23 @@ impl MetadataCache {
             None => None,
         };
         let now = Instant::now();
-        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now), as_of_ms: e.as_of_ms })
+        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now), as_of_ms: e.as_of_ms, origin })
     }
 
-    async fn fetch_entry(&self, kind: Kind, source: &dyn MetadataSource, id: &str) -> Result<Entry, SourceError> {
+    async fn fetch_entry(
+        &self,
+        kind: Kind,
+        source: &dyn MetadataSource,
+        id: &str,
+        origin: u64,
+    ) -> Result<Entry, SourceError> {
         // Current as of when the read was sent: a change pushed after that is newer.
         let as_of_ms = crate::clock::unix_now_ms();
         fetch(kind, source, id, &self.stats).await.map(|value| Entry {
             value: value.map(|m| Arc::new(StoredMetadata::new(m))),
             fetched_at: Instant::now(),
             as_of_ms,
+            origin,
         })
     }
 
@@ -632,7 +658,7 @@ mod tests {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
         for i in 0..200 {
             let key: Key = (Arc::from("https://issuer/"), Arc::from(format!("user|{i}").as_str()));
-            store.insert(key, Entry { value: None, fetched_at: Instant::now(), as_of_ms: 0 });
+            store.insert(key, Entry { value: None, fetched_at: Instant::now(), as_of_ms: 0, origin: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
@@ -661,21 +687,21 @@ mod tests {
         let iss: Arc<str> = Arc::from("https://issuer/");
         let md = |v: &str| serde_json::json!({ "plan": v }).as_object().cloned().unwrap_or_default();
         // Nothing held: stored, as current as of its updated_at.
-        assert_eq!(c.replace(Kind::User, &iss, "u", md("a"), 2000).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("a"), 2000).await, Replace::Replaced);
         assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"a"}"#.into()), 2000)));
         // Newer: replaces.
-        assert_eq!(c.replace(Kind::User, &iss, "u", md("b"), 3000).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("b"), 3000).await, Replace::Replaced);
         assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"b"}"#.into()), 3000)));
         // Older or as old: evicts.
-        assert_eq!(c.replace(Kind::User, &iss, "u", md("c"), 3000).await, Replace::Evicted);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("c"), 3000).await, Replace::Evicted);
         assert_eq!(held(&c, "https://issuer/", "u"), None);
-        assert_eq!(c.replace(Kind::User, &iss, "u", md("d"), 5000).await, Replace::Replaced);
-        assert_eq!(c.replace(Kind::User, &iss, "u", md("e"), 4000).await, Replace::Evicted);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("d"), 5000).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("e"), 4000).await, Replace::Evicted);
         assert_eq!(held(&c, "https://issuer/", "u"), None);
         // Another issuer's entry is another key.
-        assert_eq!(c.replace(Kind::User, &Arc::from("https://other/"), "u", md("f"), 1).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, (&Arc::from("https://other/"), 0), "u", md("f"), 1).await, Replace::Replaced);
         // Absent: a negative entry, as current as of now.
-        c.remember_absent(Kind::User, &iss, "u").await;
+        c.remember_absent(Kind::User, (&iss, 0), "u").await;
         let (value, as_of) = held(&c, "https://issuer/", "u").expect("a negative entry");
         assert!(value.is_none());
         assert!(as_of > 1_600_000_000_000);

@@ -1,10 +1,17 @@
-//! The `file` source: one JSON document (docs/configuration.md, "[metadata.NAME]"), re-read on SIGHUP and when its
-//! modification time changes.
+//! The `file` source: one JSON document (docs/configuration.md, "[metadata.NAME]"), re-read on SIGHUP and when the
+//! file changes.
+//!
+//! A change is seen by the file's status (modification and change times, size,
+//! inode), and by its content while that status cannot be trusted: an edit made
+//! within the same clock tick as the write before it (file times advance by a tick,
+//! a few milliseconds on Linux, a second or two on some file systems) leaves every
+//! field as it was, so for a while after the last write the content itself is compared.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -35,7 +42,66 @@ struct ClientEntry {
 struct Loaded {
     users: HashMap<String, Metadata>,
     clients: HashMap<String, Metadata>,
+    /// This content's version, unique in the process: cached entries read from it
+    /// carry it, so none read from older content is served once it is replaced.
+    origin: u64,
+}
+
+/// What the file looked like when it was last read.
+#[derive(Clone, PartialEq, Eq)]
+struct Stamp {
     modified: Option<SystemTime>,
+    /// Changed by every write and by setting the modification time, which a copy
+    /// that keeps times (`cp -p`, `rsync -t`) does.
+    changed: Option<(i64, i64)>,
+    len: u64,
+    inode: Option<(u64, u64)>,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let (changed, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (Some((m.ctime(), m.ctime_nsec())), Some((m.dev(), m.ino())))
+        };
+        #[cfg(not(unix))]
+        let (changed, inode) = (None, None);
+        Stamp { modified: m.modified().ok(), changed, len: m.len(), inode }
+    }
+
+    /// The later of the file's two times (the change time as wall-clock time).
+    fn latest(&self) -> Option<SystemTime> {
+        let changed = self.changed.and_then(|(s, ns)| {
+            let secs = u64::try_from(s).ok()?;
+            let nanos = u32::try_from(ns).ok()?;
+            SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+        });
+        self.modified.max(changed)
+    }
+}
+
+/// How long after a write a file's status may still look the same after another
+/// one: longer than the coarsest clock tick of common file systems, with room for
+/// a little clock skew (network file systems).
+const RACY: Duration = Duration::from_secs(3);
+
+/// The file as last read: its status, when the read began, and a hash of its bytes.
+struct Seen {
+    stamp: Option<Stamp>,
+    read_at: SystemTime,
+    hash: u64,
+}
+
+impl Seen {
+    /// Whether an edit since the read could have left the status unchanged: the
+    /// file had been written less than [`RACY`] before the read began.
+    fn racy(&self) -> bool {
+        match self.stamp.as_ref().and_then(Stamp::latest) {
+            Some(t) => t + RACY > self.read_at,
+            None => true,
+        }
+    }
 }
 
 /// Why a metadata file could not be used. Never quotes the file's content.
@@ -53,40 +119,48 @@ pub enum FileSourceError {
 pub struct FileSource {
     path: PathBuf,
     doc: ArcSwap<Loaded>,
+    /// Also serialises re-reads, so two never race to store their content.
+    seen: Mutex<Seen>,
 }
 
 impl FileSource {
     /// Reads and parses the file.
     pub fn load(path: &Path) -> Result<FileSource, FileSourceError> {
-        let doc = read(path)?;
-        Ok(FileSource { path: path.to_path_buf(), doc: ArcSwap::from_pointee(doc) })
+        let (seen, bytes) = read(path)?;
+        let doc = parse(path, &bytes)?;
+        Ok(FileSource { path: path.to_path_buf(), doc: ArcSwap::from_pointee(doc), seen: Mutex::new(seen) })
     }
 
     /// Parses a document given as text (the demo embeds its own).
     pub fn from_json(path: &Path, text: &str) -> Result<FileSource, FileSourceError> {
-        let doc = parse(path, text.as_bytes(), None)?;
-        Ok(FileSource { path: path.to_path_buf(), doc: ArcSwap::from_pointee(doc) })
+        let doc = parse(path, text.as_bytes())?;
+        let seen = Seen { stamp: None, read_at: SystemTime::now(), hash: hash(text.as_bytes()) };
+        Ok(FileSource { path: path.to_path_buf(), doc: ArcSwap::from_pointee(doc), seen: Mutex::new(seen) })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Re-reads the file. On error the old content stays in use.
-    pub fn reload(&self) -> Result<(), FileSourceError> {
-        let doc = read(&self.path)?;
-        self.doc.store(Arc::new(doc));
-        Ok(())
-    }
-
-    /// Re-reads the file when its modification time changed; true when it did.
+    /// Re-reads the file when it changed; true when its content did (and is now in
+    /// use). On error the old content stays in use.
     pub fn reload_if_changed(&self) -> Result<bool, FileSourceError> {
-        let now = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        if now.is_some() && now != self.doc.load().modified {
-            self.reload()?;
-            return Ok(true);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Gone for a moment (replaced by a rename): keep what we have.
+        let Ok(now) = std::fs::metadata(&self.path) else { return Ok(false) };
+        if seen.stamp.as_ref() == Some(&Stamp::of(&now)) && !seen.racy() {
+            return Ok(false);
         }
-        Ok(false)
+        let (fresh, bytes) = read(&self.path)?;
+        if fresh.hash == seen.hash {
+            // Touched, or read again while racy: same content, nothing to drop.
+            *seen = fresh;
+            return Ok(false);
+        }
+        let doc = parse(&self.path, &bytes)?;
+        self.doc.store(Arc::new(doc));
+        *seen = fresh;
+        Ok(true)
     }
 
     pub fn counts(&self) -> (usize, usize) {
@@ -95,19 +169,29 @@ impl FileSource {
     }
 }
 
-fn read(path: &Path) -> Result<Loaded, FileSourceError> {
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+/// The file's bytes and how it looked. The time and status are taken before the
+/// bytes are read, so a write racing the read at worst makes the next look read again.
+fn read(path: &Path) -> Result<(Seen, Vec<u8>), FileSourceError> {
+    let read_at = SystemTime::now();
+    let stamp = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
     let bytes = std::fs::read(path).map_err(|e| FileSourceError::Read(path.display().to_string(), e))?;
-    parse(path, &bytes, modified)
+    Ok((Seen { stamp, read_at, hash: hash(&bytes) }, bytes))
 }
 
-fn parse(path: &Path, bytes: &[u8], modified: Option<SystemTime>) -> Result<Loaded, FileSourceError> {
+/// Tells contents apart (not a defence against anyone: the file is the operator's).
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Loaded, FileSourceError> {
     let doc: Doc = serde_json::from_slice(bytes)
         .map_err(|e| FileSourceError::Parse(path.display().to_string(), e.line(), e.column()))?;
     Ok(Loaded {
         users: doc.users.into_iter().map(|(k, v)| (k, v.app_metadata)).collect(),
         clients: doc.clients.into_iter().map(|(k, v)| (k, v.client_metadata)).collect(),
-        modified,
+        origin: super::new_origin(),
     })
 }
 
@@ -124,6 +208,10 @@ impl MetadataSource for FileSource {
     fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>> {
         let found = self.doc.load().clients.get(client_id).cloned();
         Box::pin(async move { Ok(found) })
+    }
+
+    fn origin(&self) -> u64 {
+        self.doc.load().origin
     }
 }
 
@@ -143,6 +231,49 @@ mod tests {
         assert!(s.user("auth0|nobody").await.unwrap().is_none());
         let c = s.client("CLIENT_ID_1").await.unwrap().unwrap();
         assert_eq!(c["tenant_key"], "k-123");
+    }
+
+    fn doc(note: &str) -> String {
+        format!(r#"{{"users": {{"u1": {{"app_metadata": {{"note": "{note}"}}}}}}}}"#)
+    }
+
+    async fn note(s: &FileSource) -> String {
+        let u = s.user("u1").await.unwrap().unwrap();
+        u["note"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn an_edit_that_keeps_size_and_times_is_still_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        std::fs::write(&path, doc("aaa")).unwrap();
+        let s = FileSource::load(&path).unwrap();
+        let first = s.origin();
+        assert!(!s.reload_if_changed().unwrap(), "nothing changed");
+        assert_eq!(s.origin(), first, "re-reading the same content is no new origin");
+        // Same size, modification time set back: as an edit within one clock tick.
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, doc("bbb")).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(before).unwrap();
+        assert!(s.reload_if_changed().unwrap());
+        assert_eq!(note(&s).await, "bbb");
+        assert_ne!(s.origin(), first);
+        assert!(!s.reload_if_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_broken_edit_keeps_the_old_content_and_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        std::fs::write(&path, doc("aaa")).unwrap();
+        let s = FileSource::load(&path).unwrap();
+        let first = s.origin();
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(s.reload_if_changed().is_err());
+        assert_eq!((note(&s).await, s.origin()), ("aaa".to_string(), first));
+        std::fs::write(&path, doc("ccc")).unwrap();
+        assert!(s.reload_if_changed().unwrap());
+        assert_eq!(note(&s).await, "ccc");
     }
 
     #[test]

@@ -100,6 +100,22 @@ pub trait MetadataSource: Send + Sync {
     fn shared_scope(&self) -> Option<&str> {
         None
     }
+    /// Which content the source answers from now. The cache keeps this beside every
+    /// entry and serves an entry only while it is still the source's origin, so an
+    /// answer read from content since replaced is never served, whenever it was
+    /// stored (an in-flight read, a refresh, a request still on the state a reload
+    /// replaced). A source whose content changes while it runs (a re-read file)
+    /// returns its own version; `0`: the state running it decides
+    /// (`app::CountedSource`).
+    fn origin(&self) -> u64 {
+        0
+    }
+}
+
+/// A new origin ([`MetadataSource::origin`]), never returned before in this process.
+pub(crate) fn new_origin() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A named metadata source and, for file sources, the handle to reload it.

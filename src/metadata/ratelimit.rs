@@ -38,16 +38,21 @@ impl RateLimiter {
     }
 }
 
-/// How long the server asked us to wait: `Retry-After` (seconds), else
-/// `x-ratelimit-reset` (Unix seconds).
+/// How long the server asked us to wait: `Retry-After`, else `x-ratelimit-reset`
+/// (Unix seconds).
 pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     retry_after_header(h).or_else(|| ratelimit_reset(h))
 }
 
-/// `Retry-After` in seconds (the form Auth0 sends).
+/// `Retry-After` in either of its forms (RFC 9110 §10.2.3): delay-seconds (what
+/// Auth0 sends) or an HTTP-date, the wait until then (none when it has passed).
 pub fn retry_after_header(h: &HeaderMap) -> Option<Duration> {
-    let s = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok()?;
-    Some(Duration::from_secs(s))
+    let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
 /// The time until `x-ratelimit-reset` (Unix seconds), at least one second.
@@ -60,6 +65,35 @@ pub fn ratelimit_reset(h: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn retry_after_of(v: &str) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_str(v).unwrap());
+        retry_after_header(&h)
+    }
+
+    #[test]
+    fn retry_after_in_seconds() {
+        assert_eq!(retry_after_of("120"), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after_of(" 0 "), Some(Duration::ZERO));
+        assert_eq!(retry_after_of("-1"), None);
+        assert_eq!(retry_after_of("1.5"), None);
+        assert_eq!(retry_after_of("soon"), None);
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date() {
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        // The preferred form (IMF-fixdate), and the two obsolete ones RFC 9110 says
+        // a recipient must accept.
+        let fixdate = httpdate::fmt_http_date(in_a_minute);
+        let wait = retry_after_of(&fixdate).unwrap();
+        assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60), "{fixdate}: {wait:?}");
+        assert_eq!(retry_after_of("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO), "a past date: no wait");
+        assert_eq!(retry_after_of("Sunday, 06-Nov-94 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(retry_after_of("Sun Nov  6 08:49:37 1994"), Some(Duration::ZERO));
+        assert_eq!(retry_after_of("Sun, 06 Nov 1994 25:49:37 GMT"), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bucket_never_exceeds_rate_plus_burst() {

@@ -123,6 +123,9 @@ pub struct Outcome {
     pub cache: Option<&'static str>,
     /// The authorization rule that refused the request (its name, never a value).
     pub rule: Option<Arc<str>>,
+    /// The request's `X-Request-Id` ([`request_id`]), so its log line can be found
+    /// from what the client, the upstream and the log each saw.
+    pub request_id: Option<HeaderValue>,
 }
 
 impl Outcome {
@@ -138,6 +141,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     let start = Instant::now();
     let mut outcome = Outcome::default();
     let request_id = request_id(req.headers());
+    outcome.request_id = Some(request_id.clone());
     let mut resp = match pipeline(app, req, conn, start, &request_id, &mut outcome).await {
         Ok(r) => r,
         Err(e) => {
@@ -160,9 +164,11 @@ pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status
         }
     };
     app.metrics.record(route, status, elapsed);
-    // The access log names the route, never the path's query or any header value.
+    // The access log names the route, never the path's query or any header value
+    // but the request id (visible ASCII only, at most 128 bytes: `request_id`).
     tracing::info!(
         target: "claimsmith::access",
+        request_id = outcome.request_id.as_ref().and_then(|v| v.to_str().ok()),
         method = %method,
         route = %route,
         status,

@@ -588,41 +588,17 @@ mod date {
         });
     }
 
-    /// `Sun, 06 Nov 1994 08:49:37 GMT` for seconds since the epoch.
+    /// `Sun, 06 Nov 1994 08:49:37 GMT` (IMF-fixdate) for seconds since the epoch.
     pub fn format(secs: u64) -> [u8; 29] {
-        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-        let days = secs / 86400;
-        let rem = secs % 86400;
-        let (y, m, d) = civil_from_days(days as i64);
-        let s = format!(
-            "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-            DAYS[(days % 7) as usize],
-            d,
-            MONTHS[(m - 1) as usize],
-            y,
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        );
+        // httpdate writes four-digit years only (it panics past 9999): a clock that
+        // far off gets the last second it can write.
+        const LAST: u64 = 253_402_300_799;
+        let text = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs.min(LAST)));
+        // IMF-fixdate is always 29 bytes.
         let mut out = [b' '; 29];
-        let n = s.len().min(29);
-        out[..n].copy_from_slice(&s.as_bytes()[..n]);
+        let n = text.len().min(29);
+        out[..n].copy_from_slice(&text.as_bytes()[..n]);
         out
-    }
-
-    /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-    fn civil_from_days(z: i64) -> (i64, u32, u32) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        (y, m, d)
     }
 
     #[cfg(test)]
@@ -632,6 +608,7 @@ mod date {
             assert_eq!(&super::format(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
             assert_eq!(&super::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
             assert_eq!(&super::format(1_709_208_000), b"Thu, 29 Feb 2024 12:00:00 GMT");
+            assert_eq!(&super::format(u64::MAX), b"Fri, 31 Dec 9999 23:59:59 GMT");
         }
     }
 }

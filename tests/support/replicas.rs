@@ -85,49 +85,67 @@ impl Fleet {
             .replace("{issuer}", &issuer.url)
             .replace("{upstream}", &upstream.url())
             .replace("{dir}", &dir.path().display().to_string());
-        let mut replicas = Vec::new();
-        for i in 0..n {
-            let (proxy, admin) = (free_port(), free_port());
-            let mut toml = base.replacen("addr = \"127.0.0.1:0\"", &format!("addr = \"{proxy}\""), 1).replacen(
-                "addr = \"127.0.0.1:0\"",
-                &format!("addr = \"{admin}\""),
-                1,
-            );
-            if redis_url.is_some() {
-                toml.push_str(&format!(
-                    "\n[shared]\nurl_file = \"{d}/redis-url\"\nkey_files = [\"{d}/shared.key\"]\n{shared_extra}\n",
-                    d = dir.path().display()
-                ));
-            }
-            let config = dir.path().join(format!("replica-{i}.toml"));
-            std::fs::write(&config, toml).expect("write config");
-            let log = dir.path().join(format!("replica-{i}.log"));
-            let child = Command::new(env!("CARGO_BIN_EXE_claimsmith"))
-                .args(["--log-format", "text", "run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file"))
-                .spawn()
-                .expect("start claimsmith");
-            replicas.push(Replica { child, proxy, admin, log });
-        }
         let client = Client::builder(TokioExecutor::new()).build_http();
-        let fleet = Fleet { issuer, upstream, replicas, dir, client };
+        let mut fleet = Fleet { issuer, upstream, replicas: Vec::new(), dir, client };
         for i in 0..n {
-            fleet.wait_ready(i).await;
+            // A free port can be taken by another test between our look and the
+            // replica's bind: then the replica exits at once, and gets new ports.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let replica = fleet.spawn(i, &base, redis_url.is_some(), shared_extra);
+                fleet.replicas.push(replica);
+                if fleet.wait_ready(i).await {
+                    break;
+                }
+                let log = fleet.log(i);
+                let lost_port = log.contains("Address already in use");
+                fleet.replicas.pop();
+                assert!(lost_port && attempt < 5, "replica {i} not ready:\n{log}");
+            }
         }
         fleet
     }
 
-    async fn wait_ready(&self, i: usize) {
+    fn spawn(&self, i: usize, base: &str, shared: bool, shared_extra: &str) -> Replica {
+        let dir = self.dir.path();
+        let (proxy, admin) = (free_port(), free_port());
+        let mut toml = base.replacen("addr = \"127.0.0.1:0\"", &format!("addr = \"{proxy}\""), 1).replacen(
+            "addr = \"127.0.0.1:0\"",
+            &format!("addr = \"{admin}\""),
+            1,
+        );
+        if shared {
+            toml.push_str(&format!(
+                "\n[shared]\nurl_file = \"{d}/redis-url\"\nkey_files = [\"{d}/shared.key\"]\n{shared_extra}\n",
+                d = dir.display()
+            ));
+        }
+        let config = dir.join(format!("replica-{i}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        let log = dir.join(format!("replica-{i}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_claimsmith"))
+            .args(["--log-format", "text", "run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start claimsmith");
+        Replica { child, proxy, admin, log }
+    }
+
+    /// Whether replica `i` became ready (false: it exited, or 15 s passed).
+    async fn wait_ready(&mut self, i: usize) -> bool {
         let give_up = Instant::now() + Duration::from_secs(15);
         loop {
             if self.admin_get(i, "/readyz").await.is_some_and(|a| a.status == StatusCode::OK) {
-                return;
+                return true;
             }
-            assert!(Instant::now() < give_up, "replica {i} not ready:\n{}", self.log(i));
+            if Instant::now() >= give_up || self.replicas[i].child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
