@@ -407,11 +407,16 @@ impl Shared {
 
     /// Asks for the right to call the source for `key`.
     pub async fn lease(&self, key: &str) -> Lease {
-        let lease_key = format!("{key}:lease");
+        self.take_lease(format!("{key}:lease"), LEASE_LIFE).await
+    }
+
+    /// `SET lease_key <random token> NX PX life`: held when set, busy when another
+    /// holder has it. The token lets only its holder release it.
+    async fn take_lease(&self, lease_key: String, life: Duration) -> Lease {
         let mut raw = [0u8; 16];
         fill_random(&mut raw);
         let token = URL_SAFE_NO_PAD.encode(raw);
-        let ms = LEASE_LIFE.as_millis() as u64;
+        let ms = life.as_millis().max(1) as u64;
         let got: Option<Option<String>> = self
             .call(|mut c| {
                 let (k, t) = (lease_key.clone(), token.clone());
@@ -490,22 +495,7 @@ impl Shared {
 
     /// A lease on the value of `tag` for `scope`, lasting `life` unless released.
     pub async fn lease_blob(&self, tag: &str, scope: &str, life: Duration) -> Lease {
-        let lease_key = format!("{}:lease", self.name(tag, &[scope]));
-        let mut raw = [0u8; 16];
-        fill_random(&mut raw);
-        let token = URL_SAFE_NO_PAD.encode(raw);
-        let ms = life.as_millis().max(1) as u64;
-        let got: Option<Option<String>> = self
-            .call(|mut c| {
-                let (k, t) = (lease_key.clone(), token.clone());
-                async move { redis::cmd("SET").arg(k).arg(t).arg("NX").arg("PX").arg(ms).query_async(&mut c).await }
-            })
-            .await;
-        match got {
-            None => Lease::Unavailable,
-            Some(Some(_)) => Lease::Held { key: lease_key, token },
-            Some(None) => Lease::Busy,
-        }
+        self.take_lease(format!("{}:lease", self.name(tag, &[scope])), life).await
     }
 
     // -- coherence ------------------------------------------------------------------
