@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Copy-on-write: a request only loads it (no lock, no shared write); a new
     /// (route, status) pair copies the map once.
     requests: arc_swap::ArcSwap<RequestCounters>,
+    /// The same for forward-auth checks (docs/forward-auth.md), rendered with
+    /// `mode="forward_auth"`.
+    checks: arc_swap::ArcSwap<RequestCounters>,
     /// Per bucket, not cumulative: one increment per request; `render` sums them.
     buckets: [AtomicU64; BUCKETS.len()],
     sum_micros: AtomicU64,
@@ -94,20 +97,34 @@ impl Invalidation {
 impl Metrics {
     /// Counts one finished request.
     pub fn record(&self, route: &Arc<str>, status: u16, elapsed: Duration) {
+        Self::count(&self.requests, route, status);
+        self.observe(elapsed);
+    }
+
+    /// Counts one finished forward-auth check.
+    pub fn record_check(&self, route: &Arc<str>, status: u16, elapsed: Duration) {
+        Self::count(&self.checks, route, status);
+        self.observe(elapsed);
+    }
+
+    fn count(counters: &arc_swap::ArcSwap<RequestCounters>, route: &Arc<str>, status: u16) {
         let counted = {
-            let map = self.requests.load();
+            let map = counters.load();
             map.get(&**route).and_then(|m| m.get(&status)).map(|c| c.fetch_add(1, Relaxed)).is_some()
         };
         if !counted {
-            self.requests.rcu(|m| {
+            counters.rcu(|m| {
                 let mut m = RequestCounters::clone(m);
                 m.entry(route.clone()).or_default().entry(status).or_default();
                 m
             });
-            if let Some(c) = self.requests.load().get(&**route).and_then(|m| m.get(&status)) {
+            if let Some(c) = counters.load().get(&**route).and_then(|m| m.get(&status)) {
                 c.fetch_add(1, Relaxed);
             }
         }
+    }
+
+    fn observe(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Relaxed);
@@ -163,14 +180,19 @@ impl Metrics {
 
     /// Writes the request metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP claimsmith_requests_total Proxied requests by route and status.\n");
+        out.push_str(
+            "# HELP claimsmith_requests_total Requests by route and status (proxied; forward-auth checks with mode=\"forward_auth\").\n",
+        );
         out.push_str("# TYPE claimsmith_requests_total counter\n");
-        let map = self.requests.load();
-        let mut rows: Vec<_> =
-            map.iter().flat_map(|(r, m)| m.iter().map(|(s, c)| (r.clone(), *s, c.load(Relaxed)))).collect();
-        rows.sort();
-        for (route, status, n) in rows {
-            let _ = writeln!(out, "claimsmith_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(&route));
+        for (counters, mode) in [(&self.requests, ""), (&self.checks, ",mode=\"forward_auth\"")] {
+            let map = counters.load();
+            let mut rows: Vec<_> =
+                map.iter().flat_map(|(r, m)| m.iter().map(|(s, c)| (r.clone(), *s, c.load(Relaxed)))).collect();
+            rows.sort();
+            for (route, status, n) in rows {
+                let route = escape(&route);
+                let _ = writeln!(out, "claimsmith_requests_total{{route=\"{route}\",status=\"{status}\"{mode}}} {n}");
+            }
         }
         out.push_str("# HELP claimsmith_request_duration_seconds Time from request to response head.\n");
         out.push_str("# TYPE claimsmith_request_duration_seconds histogram\n");

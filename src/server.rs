@@ -71,11 +71,15 @@ struct Shared {
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The forward-auth listener's address, with `[forward_auth]`.
+    pub forward_auth_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    /// Stops with the proxy listener (the same signal).
+    forward_auth_task: Option<JoinHandle<()>>,
     /// The background tasks of the state now served.
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// One reload at a time.
@@ -129,6 +133,9 @@ impl Running {
         if config.admin.addr != old.config.admin.addr {
             return Err(ReloadError::Fixed("admin.addr"));
         }
+        if config.forward_auth.as_ref().map(|f| f.addr) != old.config.forward_auth.as_ref().map(|f| f.addr) {
+            return Err(ReloadError::Fixed("forward_auth.addr"));
+        }
         if config.listen.tls.is_some() != old.config.listen.tls.is_some() {
             return Err(ReloadError::Fixed("TLS on or off (listen.tls_cert_file, listen.tls_key_file)"));
         }
@@ -163,7 +170,12 @@ impl Running {
         self.app().draining.store(true, Relaxed);
         let _ = self.stop_proxy.send(true);
         // The admin listener stays up while the proxy drains, so probes see 503.
-        if tokio::time::timeout(grace, self.proxy_task).await.is_err() {
+        let forward_auth = async {
+            if let Some(t) = self.forward_auth_task {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace, async { tokio::join!(self.proxy_task, forward_auth) }).await.is_err() {
             tracing::warn!("grace time over; closing the remaining connections");
         }
         let _ = self.stop_admin.send(true);
@@ -200,6 +212,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.admin.addr,
         err,
     })?;
+    let forward_auth_listener = match &config.forward_auth {
+        Some(f) => {
+            let bind_error = |err| StartError::Bind { what: "forward_auth.addr", addr: f.addr, err };
+            let l = TcpListener::bind(f.addr).await.map_err(bind_error)?;
+            let addr = l.local_addr().map_err(bind_error)?;
+            Some((l, addr))
+        }
+        None => None,
+    };
+    let forward_auth_addr = forward_auth_listener.as_ref().map(|(_, a)| *a);
     let app = Arc::new(App::build(config)?);
     let background = app.spawn_background();
     let routes = app.routes.len();
@@ -207,17 +229,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::new(Shared { app: ArcSwap::new(app), tls: ArcSwapOption::new(tls), stopping: AtomicBool::new(false) });
     let (stop_proxy, rx_proxy) = watch::channel(false);
     let (stop_admin, rx_admin) = watch::channel(false);
+    let forward_auth_task =
+        forward_auth_listener.map(|(l, _)| tokio::spawn(serve_forward_auth(l, shared.clone(), rx_proxy.clone())));
     let proxy_task = tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx_proxy));
     let admin_task = tokio::spawn(serve_admin(admin_listener, shared.clone(), rx_admin));
-    tracing::info!(%proxy_addr, %admin_addr, routes, "claimsmith listening");
+    tracing::info!(%proxy_addr, %admin_addr, forward_auth_addr = forward_auth_addr.map(tracing::field::display), routes, "claimsmith listening");
     Ok(Running {
         proxy_addr,
         admin_addr,
+        forward_auth_addr,
         shared,
         stop_proxy,
         stop_admin,
         proxy_task,
         admin_task,
+        forward_auth_task,
         background: std::sync::Mutex::new(background),
         reloading: tokio::sync::Mutex::new(()),
     })
@@ -434,6 +460,47 @@ async fn serve_one(app: &App, req: hyper::Request<Incoming>, conn: Conn) -> hype
     let (resp, outcome) = proxy::handle(app, req, conn).await;
     proxy::record(app, &method, &outcome, resp.status().as_u16(), start.elapsed());
     resp
+}
+
+/// The forward-auth listener (docs/forward-auth.md): plain HTTP/1.1 or h2c from the
+/// ingress, every request a check, nothing forwarded. It drains with the proxy
+/// listener.
+async fn serve_forward_auth(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the forward-auth listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = shared.app.load();
+        let builder = builder(&app);
+        let head_timeout = app.config.listen.header_read_timeout;
+        let state = shared.clone();
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = first_request.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            seen.store(true, Relaxed);
+            let app = state.app.load_full();
+            async move {
+                let start = tokio::time::Instant::now();
+                let (resp, outcome, method) = proxy::check::check(&app, req).await;
+                proxy::record(&app, &method, &outcome, resp.status().as_u16(), start.elapsed());
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let fut = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(drop_if_no_request(fut, first_request, head_timeout));
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {

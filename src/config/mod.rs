@@ -125,6 +125,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The cache shared by replicas (docs/scaling.md); `None`: this process alone.
     pub shared: Option<SharedConfig>,
+    /// `[forward_auth]`: the listener ingresses ask (docs/forward-auth.md); none
+    /// without the table.
+    pub forward_auth: Option<ForwardAuthConfig>,
     /// Where the configuration was read from, for reloads and messages.
     pub path: Option<PathBuf>,
 }
@@ -148,6 +151,28 @@ pub struct ListenConfig {
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+}
+
+/// Which headers name the request a forward-auth check is about
+/// (docs/forward-auth.md, "Which request is checked").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckedHeaders {
+    /// Whichever style is present; every description present must agree.
+    Auto,
+    /// `X-Original-Method` with `X-Original-URI` or `X-Original-URL` (nginx,
+    /// ingress-nginx).
+    Nginx,
+    /// `X-Forwarded-Method` with `X-Forwarded-Uri` (Traefik).
+    Traefik,
+    /// The check's own method and path (Envoy `ext_authz`); any of the other
+    /// headers is refused.
+    Envoy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    pub addr: SocketAddr,
+    pub headers: CheckedHeaders,
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +352,7 @@ impl Config {
         let token = validate_token(raw.token, &base, &mut errs);
         let routes = validate_routes(raw.routes, &issuers, &base, &mut errs);
         let shared = raw.shared.map(|s| validate_shared(s, &base, &mut errs));
+        let forward_auth = raw.forward_auth.map(|f| validate_forward_auth(f, &listen, &admin, &mut errs));
         // RFC 8725 §3.12: our own tokens must never pass as ID tokens.
         if issuers.iter().any(|i| i.issuer == token.issuer) {
             errs.push(
@@ -337,13 +363,17 @@ impl Config {
         if !errs.0.is_empty() {
             return Err(ConfigErrors(errs.0));
         }
-        Ok(Config { listen, admin, issuers, sources, cache, token, routes, shared, path: None })
+        Ok(Config { listen, admin, issuers, sources, cache, token, routes, shared, forward_auth, path: None })
     }
 
     /// One line for `claimsmith check`.
     pub fn summary(&self) -> String {
+        let forward_auth = match &self.forward_auth {
+            Some(f) => format!(", forward-auth on {}", f.addr),
+            None => String::new(),
+        };
         format!(
-            "config ok: {} route(s), {} issuer(s), {} metadata source(s), {} signing key(s) ({:?}), proxy on {}, admin on {}",
+            "config ok: {} route(s), {} issuer(s), {} metadata source(s), {} signing key(s) ({:?}), proxy on {}, admin on {}{forward_auth}",
             self.routes.len(),
             self.issuers.len(),
             self.sources.len(),

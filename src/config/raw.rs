@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RawRoute>,
     pub(super) shared: Option<RawShared>,
+    pub(super) forward_auth: Option<RawForwardAuth>,
 }
 
 #[derive(Deserialize, Default)]
@@ -157,4 +158,11 @@ pub(super) struct RawShared {
     pub(super) prefix: Option<String>,
     pub(super) timeout: Option<String>,
     pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawForwardAuth {
+    pub(super) addr: Option<String>,
+    pub(super) headers: Option<String>,
 }

@@ -251,3 +251,45 @@ fn rules_on_an_auth_off_route_are_an_error() {
         with_rules("optional", "[[route.require]]\nsource = \"claims\"\npointer = \"/a\"\nop = \"exists\"\n").is_ok()
     );
 }
+
+fn with_forward_auth(table: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(&format!(
+        r#"
+        [listen]
+        addr = "127.0.0.1:8080"
+        [admin]
+        addr = "127.0.0.1:9090"
+        [[issuer]]
+        issuer = "https://t.example/"
+        audiences = ["a"]
+        jwks_uri = "https://t.example/jwks.json"
+        [[route]]
+        path_prefix = "/"
+        upstream = "http://127.0.0.1:1"
+        audience = "x"
+        {table}
+        "#
+    ))
+}
+
+#[test]
+fn forward_auth_is_a_listener_of_its_own() {
+    let c = with_forward_auth("[forward_auth]\naddr = \"127.0.0.1:8081\"").unwrap();
+    let f = c.forward_auth.clone().expect("the table makes the listener");
+    assert_eq!((f.addr.port(), f.headers), (8081, CheckedHeaders::Auto));
+    assert!(c.summary().contains("forward-auth on 127.0.0.1:8081"));
+    assert!(with_forward_auth("").unwrap().forward_auth.is_none());
+    let c = with_forward_auth("[forward_auth]\naddr = \"127.0.0.1:8081\"\nheaders = \"traefik\"").unwrap();
+    assert_eq!(c.forward_auth.map(|f| f.headers), Some(CheckedHeaders::Traefik));
+    for (table, key) in [
+        ("[forward_auth]", "forward_auth.addr"),
+        ("[forward_auth]\naddr = \"8081\"", "forward_auth.addr"),
+        ("[forward_auth]\naddr = \"127.0.0.1:8080\"", "forward_auth.addr"),
+        ("[forward_auth]\naddr = \"127.0.0.1:9090\"", "forward_auth.addr"),
+        ("[forward_auth]\naddr = \"127.0.0.1:8081\"\nheaders = \"haproxy\"", "forward_auth.headers"),
+        ("[forward_auth]\naddr = \"127.0.0.1:8081\"\npath = \"/auth\"", "path"),
+    ] {
+        let e = with_forward_auth(table).unwrap_err();
+        assert_eq!(e.0[0].key, key, "{table}");
+    }
+}

@@ -754,3 +754,34 @@ pub(crate) fn parse_shared_key(bytes: &[u8]) -> Option<SharedKey> {
     }
     <[u8; 32]>::try_from(bytes).ok().map(SharedKey)
 }
+
+/// `[forward_auth]`: its own address (never the proxy's or the admin listener's: its
+/// answers carry internal tokens) and which headers name the checked request.
+pub(super) fn validate_forward_auth(
+    raw: RawForwardAuth,
+    listen: &ListenConfig,
+    admin: &AdminConfig,
+    errs: &mut Errors,
+) -> ForwardAuthConfig {
+    let addr = match raw.addr {
+        Some(a) => socket_addr("forward_auth.addr", Some(a), "127.0.0.1:0", errs),
+        None => {
+            errs.push("forward_auth.addr", "set the address the forward-auth listener binds, like \"0.0.0.0:8081\"");
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    };
+    if addr.port() != 0 && (addr == listen.addr || addr == admin.addr) {
+        errs.push("forward_auth.addr", "must differ from listen.addr and admin.addr: it is a listener of its own");
+    }
+    let headers = match raw.headers.as_deref() {
+        None | Some("auto") => CheckedHeaders::Auto,
+        Some("nginx") => CheckedHeaders::Nginx,
+        Some("traefik") => CheckedHeaders::Traefik,
+        Some("envoy") => CheckedHeaders::Envoy,
+        Some(other) => {
+            errs.push("forward_auth.headers", format!("`{other}` is not one of auto, nginx, traefik, envoy"));
+            CheckedHeaders::Auto
+        }
+    };
+    ForwardAuthConfig { addr, headers }
+}

@@ -13,6 +13,7 @@
 //! responding are the transports' own (hyper's client here in [`pipeline`], the fast
 //! path's raw connections in `h1`).
 
+pub mod check;
 mod forward;
 pub mod pool;
 mod rules;
@@ -126,6 +127,27 @@ pub struct Outcome {
     /// The request's `X-Request-Id` ([`request_id`]), so its log line can be found
     /// from what the client, the upstream and the log each saw.
     pub request_id: Option<HeaderValue>,
+    /// Proxied, or a forward-auth check.
+    pub mode: Mode,
+}
+
+/// How a request reached the pipeline, for metrics and the access log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// On the proxy listener: forwarded once admitted.
+    #[default]
+    Proxy,
+    /// On the forward-auth listener: a check, never forwarded (docs/forward-auth.md).
+    ForwardAuth,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Proxy => "proxy",
+            Mode::ForwardAuth => "forward_auth",
+        }
+    }
 }
 
 impl Outcome {
@@ -163,12 +185,16 @@ pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status
             &none
         }
     };
-    app.metrics.record(route, status, elapsed);
+    match outcome.mode {
+        Mode::Proxy => app.metrics.record(route, status, elapsed),
+        Mode::ForwardAuth => app.metrics.record_check(route, status, elapsed),
+    }
     // The access log names the route, never the path's query or any header value
     // but the request id (visible ASCII only, at most 128 bytes: `request_id`).
     tracing::info!(
         target: "claimsmith::access",
         request_id = outcome.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        mode = outcome.mode.as_str(),
         method = %method,
         route = %route,
         status,
@@ -310,7 +336,8 @@ pub(crate) async fn admit(
             let values = headers.get_all(header::AUTHORIZATION);
             authorize(app, route, req.method, values.iter().map(HeaderValue::as_bytes), headers, outcome).await?
         }
-    };
+    }
+    .map(|admitted| admitted.token);
     let upgrade = match req.may_upgrade && route.config.websocket {
         true => hygiene::websocket_requested(headers),
         false => None,
@@ -320,16 +347,22 @@ pub(crate) async fn admit(
     Ok(upgrade)
 }
 
+/// A caller the route let in: who, and the internal token minted for them.
+pub(crate) struct Admitted {
+    pub id: VerifiedIdentity,
+    pub token: HeaderValue,
+}
+
 /// Authentication, metadata, the route's rules and the internal token, as the route
-/// asks: the internal token to forward, if the route authenticated a caller.
-async fn authorize<'a>(
+/// asks: the caller and their internal token, if the route authenticated one.
+pub(crate) async fn authorize<'a>(
     app: &App,
     route: &Route,
     method: &http::Method,
     authorization: impl Iterator<Item = &'a [u8]>,
     headers: &'a HeaderMap,
     outcome: &mut Outcome,
-) -> Result<Option<HeaderValue>, ProxyError> {
+) -> Result<Option<Admitted>, ProxyError> {
     let id = match authenticate(app, route, authorization, headers).await? {
         Some(id) => id,
         // Rules are about a caller: an `optional` route with rules lets no one in
@@ -341,7 +374,8 @@ async fn authorize<'a>(
     };
     let (app_md, client_md) = metadata(app, &id, &mut outcome.cache).await?;
     rules::check_rules(app, route, method, &id, (&app_md, &client_md), &mut outcome.rule)?;
-    mint(app, route, &id, (&app_md, &client_md)).map(Some)
+    let token = mint(app, route, &id, (&app_md, &client_md))?;
+    Ok(Some(Admitted { id, token }))
 }
 
 /// Whether forwarding failed because of the client's own body: malformed chunked
