@@ -9,6 +9,8 @@
 //!   byte and a raw client that reads answers with their framing.
 //! - `redis.rs`: a real `redis-server` on a free port, with faults (kill, restart,
 //!   pause, a changed password) and a small RESP client to read everything it holds.
+//! - `nginx.rs`: a real nginx from a config the test writes (forward-auth behind
+//!   `auth_request`).
 //! - `replicas.rs`: several `claimsmith run` processes sharing one tenant and Redis.
 //! - `audit.rs`: the leak audit (no token, secret or metadata value may come back).
 //! - here: [`Harness`], issuer + upstream + a metadata file + claimsmith itself, and an
@@ -19,6 +21,7 @@
 mod audit;
 pub mod auth0;
 mod issuer;
+pub mod nginx;
 pub mod redis;
 pub mod replicas;
 pub mod scripted;
