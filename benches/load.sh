@@ -15,6 +15,12 @@
 #   claimsmith    wrk -> claimsmith, route auth = "required": token verified (token
 #                 cache), metadata cache hit, minted token reused -> upstream
 #   cs-auth-off   wrk -> claimsmith, route auth = "off": header hygiene + forward only
+#   cs-forward-auth  wrk -> claimsmith's forward-auth listener: the same checks as
+#                 `claimsmith` (X-Original-Method/-URI naming /api/orders), answered
+#                 200 with the internal token, nothing forwarded (docs/forward-auth.md)
+#
+# The /api/ route carries two authorization rules (a require and a deny), as a real
+# deployment would, so their cost is in the claimsmith figures.
 #
 # Placement (the same for both proxies): the proxy under test runs alone on CPU 0 with
 # ONE worker (nginx worker_processes 1; claimsmith TOKIO_WORKER_THREADS=1); wrk (1
@@ -41,7 +47,7 @@ PERF=${PERF:-0}              # 1: perf-record claimsmith during its round-1 runs
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${OUT:-$TARGET/load}
-P_UP=18080 P_JWKS=18081 P_NGINX=18090 P_CS=18100 P_CS_ADMIN=18101 P_REDIS=18102
+P_UP=18080 P_JWKS=18081 P_NGINX=18090 P_CS=18100 P_CS_ADMIN=18101 P_REDIS=18102 P_CS_FA=18103
 
 log() { printf '[load] %s\n' "$*" >&2; }
 
@@ -73,7 +79,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for p in $P_UP $P_JWKS $P_NGINX $P_CS $P_CS_ADMIN $P_REDIS; do
+for p in $P_UP $P_JWKS $P_NGINX $P_CS $P_CS_ADMIN $P_REDIS $P_CS_FA; do
   if (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
     log "port $p on 127.0.0.1 is already in use; stop whatever holds it"; exit 1
   fi
@@ -164,6 +170,9 @@ addr = "127.0.0.1:$P_CS"
 [admin]
 addr = "127.0.0.1:$P_CS_ADMIN"
 
+[forward_auth]
+addr = "127.0.0.1:$P_CS_FA"
+
 [[issuer]]
 issuer = "https://bench-issuer.test/"
 audiences = ["bench-client"]
@@ -207,6 +216,20 @@ path_prefix = "/api/"
 upstream = "http://127.0.0.1:$P_UP"
 audience = "bench-api"
 
+[[route.require]]
+name = "paying plan"
+source = "app_metadata"
+pointer = "/plan"
+op = "in"
+value = ["pro", "enterprise"]
+
+[[route.deny]]
+name = "blocked"
+source = "app_metadata"
+pointer = "/blocked"
+op = "eq"
+value = true
+
 [[route]]
 path_prefix = "/off/"
 upstream = "http://127.0.0.1:$P_UP"
@@ -243,6 +266,9 @@ for p in $P_UP $P_NGINX; do curl -fsS -o /dev/null "http://127.0.0.1:$p/api/x" |
 TOKEN1=$(head -1 "$OUT/tokens.txt")
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN1" "http://127.0.0.1:$P_CS/api/x")
 [[ $code == 200 ]] || { log "claimsmith answered $code to a valid token"; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN1" -H "X-Original-Method: GET" \
+  -H "X-Original-URI: /api/orders" "http://127.0.0.1:$P_CS_FA/check")
+[[ $code == 200 ]] || { log "the forward-auth listener answered $code to a valid token"; exit 1; }
 
 # --- load ----------------------------------------------------------------------------
 export TOKENS_FILE=$OUT/tokens.txt
@@ -252,12 +278,15 @@ declare -A URL=(
   [nginx]="http://127.0.0.1:$P_NGINX/api/orders"
   [claimsmith]="http://127.0.0.1:$P_CS/api/orders"
   [cs-auth-off]="http://127.0.0.1:$P_CS/off/orders"
+  [cs-forward-auth]="http://127.0.0.1:$P_CS_FA/check"
 )
-TARGETS=(upstream nginx claimsmith cs-auth-off)
+TARGETS=(upstream nginx claimsmith cs-auth-off cs-forward-auth)
 run_wrk() { # target seconds
-  local url=${URL[$1]} path
+  local url=${URL[$1]} path check=()
   path=/${url#http://*/}
-  taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${2}s" --timeout 5s -s "$LUA" "$url" -- "$path"
+  # A forward-auth check describes the request it is about, as nginx's auth_request does.
+  [[ $1 == cs-forward-auth ]] && check=(GET /api/orders)
+  taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${2}s" --timeout 5s -s "$LUA" "$url" -- "$path" "${check[@]}"
 }
 # CPU time of the server under test (utime + stime, clock ticks), to show where the
 # difference goes: user space (our code, hyper, tokio) or kernel (sockets).
@@ -313,9 +342,10 @@ python3 - "$OUT" <<'PY'
 import json, sys, statistics
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/results.jsonl")]
-order = ["upstream", "nginx", "claimsmith", "cs-auth-off"]
+order = ["upstream", "nginx", "claimsmith", "cs-auth-off", "cs-forward-auth"]
 label = {"upstream": "upstream direct", "nginx": "nginx proxy_pass (keepalive)",
-         "claimsmith": "claimsmith, token verified + metadata hit", "cs-auth-off": 'claimsmith, auth = "off"'}
+         "claimsmith": "claimsmith, token verified + metadata hit + 2 rules", "cs-auth-off": 'claimsmith, auth = "off"',
+         "cs-forward-auth": "claimsmith forward-auth check (same work, nothing forwarded)"}
 best = {}
 for r in rows:
     r["result"]["cpu"] = r["cpu"]
@@ -364,10 +394,11 @@ set key top left
 plot "$OUT/curve-upstream.dat" using 1:2 with lines lw 2 title "upstream direct", \
      "$OUT/curve-nginx.dat" using 1:2 with lines lw 2 title "nginx proxy", \
      "$OUT/curve-claimsmith.dat" using 1:2 with lines lw 2 title "claimsmith (verified, cache hit)", \
-     "$OUT/curve-cs-auth-off.dat" using 1:2 with lines lw 2 dt 2 title "claimsmith auth=off"
+     "$OUT/curve-cs-auth-off.dat" using 1:2 with lines lw 2 dt 2 title "claimsmith auth=off", \
+     "$OUT/curve-cs-forward-auth.dat" using 1:2 with lines lw 2 dt 3 title "claimsmith forward-auth check"
 unset logscale x
 set title "Throughput"
-set xtics ("upstream" 0, "nginx" 1, "claimsmith" 2, "cs auth=off" 3)
+set xtics ("upstream" 0, "nginx" 1, "claimsmith" 2, "cs auth=off" 3, "cs check" 4)
 set xlabel ""
 set ylabel "requests per second"
 set yrange [0:*]

@@ -5,6 +5,9 @@
 --
 -- done() prints one line "RESULT {json}" with throughput, errors and the latency
 -- distribution (milliseconds) for load.sh to collect.
+--
+-- Arguments: the path (default /api/orders); for a forward-auth check also the
+-- checked method and URI, sent as X-Original-Method / X-Original-URI.
 
 local reqs = {}
 local n = 0
@@ -12,12 +15,19 @@ local i = 0
 
 function init(args)
   local path = args[1] or "/api/orders"
+  -- A forward-auth check (args: path, method, uri) names the request it is about.
+  local checked_method, checked_uri = args[2], args[3]
   local file = os.getenv("TOKENS_FILE")
   local f = assert(io.open(file, "r"), "cannot open TOKENS_FILE")
   for line in f:lines() do
     if #line > 0 then
       n = n + 1
-      reqs[n] = wrk.format("GET", path, { ["Authorization"] = "Bearer " .. line })
+      local headers = { ["Authorization"] = "Bearer " .. line }
+      if checked_uri then
+        headers["X-Original-Method"] = checked_method
+        headers["X-Original-URI"] = checked_uri
+      end
+      reqs[n] = wrk.format("GET", path, headers)
     end
   end
   f:close()
