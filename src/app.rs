@@ -251,7 +251,13 @@ impl App {
     pub async fn reload_changed_files(&self) {
         for s in &self.named_sources {
             let Some(f) = &s.file else { continue };
-            match f.reload_if_changed() {
+            // Looking (and re-reading a large file) is blocking I/O: never on a thread
+            // that serves requests, which on the single-threaded runtime would stall
+            // every one of them.
+            let file = f.clone();
+            let looked = tokio::task::spawn_blocking(move || file.reload_if_changed()).await;
+            let Ok(looked) = looked else { continue };
+            match looked {
                 Ok(true) => {
                     tracing::info!(source = %s.name, "metadata file changed; reloaded");
                     self.evict_source(&s.name).await;

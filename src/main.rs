@@ -27,6 +27,10 @@ enum Command {
     Run {
         #[arg(long, env = "CLAIMSMITH_CONFIG")]
         config: PathBuf,
+        /// Reload on SIGHUP only; by default a change to the config file or a file it
+        /// names (keys, secrets, certificates) reloads too.
+        #[arg(long, env = "CLAIMSMITH_NO_WATCH")]
+        no_watch: bool,
     },
     /// Load and validate a config; print a summary or every error.
     Check {
@@ -86,7 +90,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, no_watch } => {
             let cfg = match claimsmith::Config::load(&config) {
                 Ok(c) => c,
                 Err(errs) => {
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
                 }
             };
             runtime_then(|rt| {
-                rt.block_on(claimsmith::server::run(cfg)).map_err(|e| {
+                rt.block_on(claimsmith::server::run(cfg, !no_watch)).map_err(|e| {
                     let code = if matches!(
                         e,
                         claimsmith::server::StartError::Build(_) | claimsmith::server::StartError::Tls(_)

@@ -126,7 +126,12 @@ impl Running {
         }
         let old = self.app();
         let path = old.config.path.clone().ok_or(ReloadError::NoFile)?;
-        let config = Config::load(&path).map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        // Reading the file and every file it names is blocking I/O: not on a thread
+        // that serves requests.
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|_| ReloadError::Invalid("reading the configuration failed".into()))?
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         if config.listen.addr != old.config.listen.addr {
             return Err(ReloadError::Fixed("listen.addr"));
         }
@@ -249,13 +254,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Serves until SIGTERM or SIGINT, then drains; SIGHUP, or (with `watch`) a change to
+/// a file the configuration was read from, reloads.
+pub async fn run(config: Config, watch_files: bool) -> Result<(), StartError> {
     // Handlers go in before anything listens, so an early SIGHUP cannot kill us.
     let mut signals = Signals::new();
     let running = start(config).await?;
-    while let Signal::Reload = signals.next().await {
-        tracing::info!("SIGHUP received; reloading the configuration");
+    let mut watch = FileWatch::new(&running.app().config).await;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            s = signals.next() => match s {
+                Signal::Stop => break,
+                Signal::Reload => "SIGHUP received",
+            },
+            _ = tick.tick(), if watch_files => match watch.changed(&running.app().config).await {
+                true => "a file of the configuration changed",
+                false => continue,
+            },
+        };
+        tracing::info!("{why}; reloading the configuration");
         if let Err(e) = running.reload().await {
             tracing::error!(error = %e, "reload failed; the running configuration stays in use");
         }
@@ -264,6 +283,60 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     running.shutdown(DRAIN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the watched files are looked at. A change is acted on once two looks in
+/// a row agree, so a file still being written is not reloaded half-way, and a change
+/// is picked up within about two of these.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The files of the running configuration (`Config::watched_files`) and what they
+/// held when last looked at. Kubernetes updates a mounted ConfigMap or Secret by
+/// swapping a `..data` symlink and sends no signal; contents are compared (read
+/// through symlinks), so a swap, an in-place edit or a rename over the file are all
+/// seen, and a touch is not.
+struct FileWatch {
+    paths: Vec<std::path::PathBuf>,
+    seen: Vec<Option<[u8; 32]>>,
+    pending: Option<Vec<Option<[u8; 32]>>>,
+}
+
+impl FileWatch {
+    async fn new(config: &Config) -> FileWatch {
+        let paths = config.watched_files();
+        let seen = fingerprint(paths.clone()).await;
+        FileWatch { paths, seen, pending: None }
+    }
+
+    /// Whether the files changed since the last reload and stayed so for one look.
+    async fn changed(&mut self, config: &Config) -> bool {
+        let paths = config.watched_files();
+        if paths != self.paths {
+            // A reload named other files: what they hold now is the baseline.
+            *self = FileWatch::new(config).await;
+            return false;
+        }
+        let now = fingerprint(paths).await;
+        if now == self.seen {
+            self.pending = None;
+            return false;
+        }
+        if self.pending.as_ref() == Some(&now) {
+            self.seen = now;
+            self.pending = None;
+            return true;
+        }
+        self.pending = Some(now);
+        false
+    }
+}
+
+/// A SHA-256 of each file's content (`None`: unreadable for now), read on a blocking
+/// thread: a large file must not stall the requests of a single-threaded runtime.
+async fn fingerprint(paths: Vec<std::path::PathBuf>) -> Vec<Option<[u8; 32]>> {
+    use sha2::Digest;
+    let read = move || paths.iter().map(|p| std::fs::read(p).ok().map(|b| sha2::Sha256::digest(&b).into())).collect();
+    tokio::task::spawn_blocking(read).await.unwrap_or_default()
 }
 
 pub(crate) enum Signal {

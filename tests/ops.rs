@@ -1,5 +1,6 @@
-//! Production operations with the real binary (issue: operations): SIGTERM drains,
-//! SIGHUP reloads (and keeps the old config when the new one is broken), and the logs
+//! Production operations with the real binary: SIGTERM drains, SIGHUP reloads (and
+//! keeps the old config when the new one is broken), a ConfigMap-style symlink swap
+//! reloads without a signal, and the logs
 //! of a full run hold one access line per request and never a token, secret or
 //! metadata value.
 
@@ -268,7 +269,8 @@ async fn sighup_reloads_config_and_file_metadata() {
     let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md1, |t| t);
     // The log format from the environment this time.
     let p =
-        Proc::start(&["run"], &[("CLAIMSMITH_CONFIG", cfg.to_str().unwrap()), ("CLAIMSMITH_LOG_FORMAT", "json")]).await;
+        // Signals only: the file watch would reload on the edits below by itself.
+        Proc::start(&["run"], &[("CLAIMSMITH_CONFIG", cfg.to_str().unwrap()), ("CLAIMSMITH_LOG_FORMAT", "json"), ("CLAIMSMITH_NO_WATCH", "true")]).await;
 
     let token = issuer.token(USER_1);
     let (status, _) = p.get("/api/a", Some(&token)).await;
@@ -311,7 +313,8 @@ async fn sighup_with_a_broken_config_keeps_serving_the_old_one() {
     let md = dir.path().join("metadata.json");
     std::fs::write(&md, metadata_with_note("note-kept").to_string()).unwrap();
     let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md, |t| t);
-    let mut p = Proc::start(&["run", "--config", cfg.to_str().unwrap(), "--log-format", "json"], &[]).await;
+    let mut p =
+        Proc::start(&["run", "--no-watch", "--config", cfg.to_str().unwrap(), "--log-format", "json"], &[]).await;
     let token = issuer.token(USER_1);
     assert_eq!(p.get("/api/a", Some(&token)).await.0, StatusCode::OK);
 
@@ -343,6 +346,61 @@ async fn sighup_with_a_broken_config_keeps_serving_the_old_one() {
     assert!(metrics.contains("claimsmith_config_reloads_total{result=\"failed\"} 2"), "{metrics}");
     p.signal("TERM");
     assert_eq!(p.wait_exit().await, 0);
+}
+
+/// Kubernetes mounts a ConfigMap as `FILE -> ..data/FILE` with `..data` a symlink to a
+/// timestamped directory, and updates it by writing a new directory and renaming a
+/// new symlink over `..data`. No signal is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_reloads_without_a_signal() {
+    init();
+    let issuer = Issuer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("metadata.json");
+    std::fs::write(&md, metadata_with_note("note-watch").to_string()).unwrap();
+    let mount = dir.path().join("mount");
+    std::fs::create_dir(&mount).unwrap();
+    let version = |n: u32, tweak: &dyn Fn(String) -> String| {
+        let v = mount.join(format!("..2026_11_30_{n}"));
+        std::fs::create_dir(&v).unwrap();
+        write_config(&v, &issuer, &upstream.url(), &md, tweak);
+        // The atomic swap: a new symlink renamed over `..data`.
+        let tmp = mount.join("..data_tmp");
+        std::os::unix::fs::symlink(v.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    };
+    version(1, &|t| t);
+    std::os::unix::fs::symlink("..data/claimsmith.toml", mount.join("claimsmith.toml")).unwrap();
+    let cfg = mount.join("claimsmith.toml");
+    let p = Proc::start(&["run", "--config", cfg.to_str().unwrap(), "--log-format", "json"], &[]).await;
+    let token = issuer.token(USER_1);
+    assert_eq!(p.get("/v2/x", Some(&token)).await.0, StatusCode::NOT_FOUND);
+
+    let extra_route =
+        format!("\n[[route]]\npath_prefix = \"/v2/\"\nupstream = \"{}\"\naudience = \"v2-api\"\n", upstream.url());
+    version(2, &|t| t + &extra_route);
+    let swapped = tokio::time::Instant::now();
+    // Picked up within about a second (two looks 500 ms apart); the bound here is
+    // only how long the test waits.
+    while p.get("/v2/x", Some(&token)).await.0 != StatusCode::OK {
+        assert!(swapped.elapsed() < WAIT, "the swap was never picked up:\n{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("symlink swap picked up after {:?}", swapped.elapsed());
+    assert!(p.log_text().contains("a file of the configuration changed"), "{}", p.log_text());
+    assert_eq!(claims_of(upstream.last().headers["x-internal-token"].to_str().unwrap())["aud"], "v2-api");
+
+    // A broken version is refused and the running one kept, once (not retried on
+    // every look).
+    version(3, &|t| t.replace("[token]", "[tokne]"));
+    wait_for(&p.logs, "reload failed").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(p.logs.lock().unwrap().iter().filter(|l| l.contains("reload failed")).count(), 1);
+    assert_eq!(p.get("/v2/x", Some(&token)).await.0, StatusCode::OK);
+    let (_, metrics) = p.get_admin("/metrics").await;
+    assert!(metrics.contains("claimsmith_config_reloads_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("claimsmith_config_reloads_total{result=\"failed\"} 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,6 +128,11 @@ pub struct Config {
     /// `[forward_auth]`: the listener ingresses ask (docs/forward-auth.md); none
     /// without the table.
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Every file the configuration was read from besides the config file itself
+    /// (secrets, keys, certificates, CA files, metadata files), as named (a symlink
+    /// stays a symlink): `server` watches them with the config file and reloads when
+    /// one changes.
+    pub files: Vec<PathBuf>,
     /// Where the configuration was read from, for reloads and messages.
     pub path: Option<PathBuf>,
 }
@@ -319,6 +324,27 @@ pub struct RouteConfig {
 }
 
 impl Config {
+    /// The files a change to which means a reload (docs/operations.md, "Reload"): the
+    /// config file and every file it names, but metadata files, which their source
+    /// re-reads by itself.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let metadata: Vec<&Path> = self
+            .sources
+            .values()
+            .filter_map(|s| match s {
+                SourceConfig::File(f) => Some(f.path.as_path()),
+                _ => None,
+            })
+            .collect();
+        let mut out: Vec<PathBuf> = self.path.iter().cloned().collect();
+        for f in &self.files {
+            if !metadata.contains(&f.as_path()) && !out.contains(f) {
+                out.push(f.clone());
+            }
+        }
+        out
+    }
+
     /// Reads and validates the file at `path`. A missing or unreadable file is an
     /// invalid config (docs/operations.md).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -363,7 +389,8 @@ impl Config {
         if !errs.0.is_empty() {
             return Err(ConfigErrors(errs.0));
         }
-        Ok(Config { listen, admin, issuers, sources, cache, token, routes, shared, forward_auth, path: None })
+        let files = errs.1;
+        Ok(Config { listen, admin, issuers, sources, cache, token, routes, shared, forward_auth, files, path: None })
     }
 
     /// One line for `claimsmith check`.

@@ -17,13 +17,20 @@ use super::raw::*;
 use super::*;
 use crate::keys::SigningKey;
 
-/// Collects errors while validating; each names its key.
+/// Collects errors while validating; each names its key. Also notes every file the
+/// configuration is read from, so the running process can watch them
+/// ([`Config::files`]).
 #[derive(Default)]
-pub(super) struct Errors(pub(super) Vec<ConfigError>);
+pub(super) struct Errors(pub(super) Vec<ConfigError>, pub(super) Vec<PathBuf>);
 
 impl Errors {
     pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.0.push(ConfigError { key: key.into(), reason: reason.into() });
+    }
+
+    /// Notes that the configuration depends on the file at `path`.
+    pub(super) fn read(&mut self, path: &Path) {
+        self.1.push(path.to_path_buf());
     }
 }
 
@@ -118,6 +125,7 @@ pub(super) fn secret(
         },
         (None, Some(path)) => {
             let path = base.resolve(&path);
+            errs.read(&path);
             match std::fs::read_to_string(&path) {
                 // Kubernetes Secret mounts and editors add a trailing newline.
                 Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
@@ -138,6 +146,7 @@ pub(super) fn secret(
 
 pub(super) fn readable_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut Errors) -> Option<PathBuf> {
     let p = base.resolve(&p?);
+    errs.read(&p);
     if let Err(e) = std::fs::metadata(&p) {
         errs.push(key, format!("cannot read {}: {e}", p.display()));
     }
@@ -150,6 +159,7 @@ pub(super) fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig
         (None, None) => None,
         (Some(c), Some(k)) => {
             for (key, p) in [("listen.tls_cert_file", &c), ("listen.tls_key_file", &k)] {
+                errs.read(p);
                 if let Err(e) = std::fs::metadata(p) {
                     errs.push(key, format!("cannot read {}: {e}", p.display()));
                 }
@@ -509,6 +519,7 @@ pub(super) fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) 
     for (i, p) in raw.key_files.iter().enumerate() {
         let key = format!("token.key_files[{i}]");
         let path = base.resolve(p);
+        errs.read(&path);
         match std::fs::read(&path) {
             Ok(pem) => match SigningKey::from_pem(&pem) {
                 Ok(k) => {
@@ -713,6 +724,7 @@ pub(super) fn validate_shared(raw: RawShared, base: &PathBase, errs: &mut Errors
     for (i, p) in raw.key_files.iter().enumerate() {
         let key = format!("shared.key_files[{i}]");
         let path = base.resolve(p);
+        errs.read(&path);
         match std::fs::read(&path) {
             Ok(bytes) => match parse_shared_key(&bytes) {
                 Some(k) => keys.push(k),
