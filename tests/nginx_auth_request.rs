@@ -1,6 +1,6 @@
 //! A real nginx in front of a test upstream, asking claimsmith's forward-auth
-//! listener about every request through `auth_request`, configured as
-//! docs/forward-auth.md shows: a valid ID token reaches the upstream as the internal
+//! listener about every request through `auth_request`, configured by the example
+//! in deploy/nginx/auth_request.conf: a valid ID token reaches the upstream as the internal
 //! token (and only as it), a missing one gets 401, a rule 403, and a client cannot
 //! have another path checked than the one it calls.
 
@@ -35,33 +35,20 @@ addr = "127.0.0.1:0"
     )
 }
 
-/// The `server` block of docs/forward-auth.md's nginx example, pointed at the test's
-/// claimsmith and upstream.
+/// deploy/nginx/auth_request.conf as shipped, pointed at the test's claimsmith and
+/// upstream and listening on the test's port: the test proves the example.
 fn server(port: u16, forward_auth: std::net::SocketAddr, upstream: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      auth_request /_claimsmith;
-      auth_request_set $claimsmith_token $upstream_http_authorization;
-      auth_request_set $claimsmith_sub $upstream_http_x_claimsmith_sub;
-      # The client's own Authorization (its ID token) is replaced by the internal
-      # token, or removed when the route sends none.
-      proxy_set_header Authorization $claimsmith_token;
-      proxy_set_header X-Claimsmith-Sub $claimsmith_sub;
-      proxy_pass http://{upstream};
-    }}
-    location = /_claimsmith {{
-      internal;
-      proxy_pass http://{forward_auth};
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Original-URI $request_uri;
-    }}
-  }}"#
-    )
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/auth_request.conf");
+    let mut conf = std::fs::read_to_string(path).expect("deploy/nginx/auth_request.conf");
+    for (from, to) in [
+        ("server claimsmith.internal:8081;", format!("server {forward_auth};")),
+        ("server app.internal:8080;", format!("server {upstream};")),
+        ("listen 80;", format!("listen 127.0.0.1:{port};")),
+    ] {
+        assert!(conf.contains(from), "the example no longer has `{from}`");
+        conf = conf.replace(from, &to);
+    }
+    conf
 }
 
 async fn setup() -> (Harness, Nginx) {
