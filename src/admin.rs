@@ -172,6 +172,11 @@ async fn render_metrics(app: &App) -> String {
     let names: Vec<&str> = app.named_sources.iter().map(|n| n.name.as_str()).collect();
     app.metrics.render_sources(&mut out, &names);
     app.metrics.render_invalidations(&mut out);
+    if let Some(t) = &app.telemetry {
+        let dropped = t.dropped.load(Relaxed);
+        let help = "Spans dropped because the export queue was full (the OTLP collector is slow or down).";
+        metrics::counter(&mut out, "claimsmith_spans_dropped_total", help, &[(String::new(), dropped)]);
+    }
     let remaining: Vec<(String, u64)> = app
         .named_sources
         .iter()

@@ -183,7 +183,17 @@ impl App {
         }
         let minter = Minter::new(&config.token).map_err(|e| invalid("token.key_files", e))?;
         let token_header_canonical = hygiene::canonical(config.token.header.name().as_str()).into_owned();
+        let (telemetry, exporter) = match &config.telemetry {
+            Some(t) => {
+                let client = http_client::client(connector(&t.ca_file, false, "telemetry.ca_file".to_string())?);
+                let (telemetry, exporter) = crate::telemetry::Telemetry::new(t, client);
+                (Some(telemetry), exporter)
+            }
+            None => (None, None),
+        };
         Ok(App {
+            telemetry,
+            exporter: std::sync::Mutex::new(exporter),
             cache,
             config: Arc::new(config),
             routes,
@@ -228,6 +238,10 @@ impl App {
         if let Some(sh) = &self.cache.shared {
             let sink: Arc<dyn Coherence> = Arc::new(Coherent(Arc::downgrade(self)));
             tasks.push(tokio::spawn(sh.clone().maintain(sink)));
+        }
+        // Span export; ends when this state (which queues its spans) is dropped.
+        if let Some(exporter) = self.exporter.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tasks.push(tokio::spawn(exporter.run()));
         }
         // Sources' own work (the auth0 bulk client load); each ends when its source is dropped.
         tasks.extend(self.named_sources.iter().filter_map(|s| s.source.background()).map(tokio::spawn));

@@ -29,6 +29,7 @@ pub(crate) mod proxy;
 pub mod rules;
 pub mod server;
 pub(crate) mod store;
+pub(crate) mod telemetry;
 pub mod verify;
 pub mod wire;
 

@@ -569,9 +569,11 @@ async fn logs_written_to_a_file_have_no_colours_and_give_each_request_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let md = dir.path().join("metadata.json");
     std::fs::write(&md, default_metadata().to_string()).unwrap();
-    let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md, |t| t);
+    // Tracing on (nothing exported): the access log carries the trace id.
+    let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md, |t| t + "\n[telemetry]\n");
     let token = issuer.token(USER_1);
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     for format in ["text", "json"] {
         let log = dir.path().join(format!("stderr-{format}.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_claimsmith"))
@@ -605,7 +607,8 @@ async fn logs_written_to_a_file_have_no_colours_and_give_each_request_its_id() {
             let mut req =
                 Request::get(format!("http://{proxy}/api/id")).header("authorization", format!("Bearer {token}"));
             if let Some(id) = id {
-                req = req.header("x-request-id", id);
+                req =
+                    req.header("x-request-id", id).header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"));
             }
             let (parts, body) = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap().into_parts();
             let body = body.collect().await.unwrap().to_bytes();
@@ -643,6 +646,11 @@ async fn logs_written_to_a_file_have_no_colours_and_give_each_request_its_id() {
         assert_eq!(access.len(), 2, "{text}");
         for (line, id) in access.iter().zip(&ids) {
             assert_eq!(log_field(line, "request_id").as_deref(), Some(id.as_str()), "{line}");
+            let trace_id = log_field(line, "trace_id").unwrap_or_else(|| panic!("no trace id: {line}"));
+            assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
         }
+        // The caller's trace is continued; the other request started its own.
+        assert_eq!(log_field(access[0], "trace_id").as_deref(), Some(TRACE_ID));
+        assert_ne!(log_field(access[1], "trace_id").as_deref(), Some(TRACE_ID));
     }
 }

@@ -128,6 +128,9 @@ pub struct Config {
     /// `[forward_auth]`: the listener ingresses ask (docs/forward-auth.md); none
     /// without the table.
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// `[telemetry]`: trace context and span export (docs/operations.md, "Tracing");
+    /// none without the table.
+    pub telemetry: Option<TelemetryConfig>,
     /// Every file the configuration was read from besides the config file itself
     /// (secrets, keys, certificates, CA files, metadata files), as named (a symlink
     /// stays a symlink): `server` watches them with the config file and reloads when
@@ -172,6 +175,17 @@ pub enum CheckedHeaders {
     /// The check's own method and path (Envoy `ext_authz`); any of the other
     /// headers is refused.
     Envoy,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Where spans are posted (the configured base with `/v1/traces`); `None`: the
+    /// trace context is continued and logged, nothing exported.
+    pub otlp_endpoint: Option<http::Uri>,
+    pub service_name: String,
+    /// The share of new traces recorded (a caller's sampled flag is followed).
+    pub sample_ratio: f64,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +393,7 @@ impl Config {
         let routes = validate_routes(raw.routes, &issuers, &base, &mut errs);
         let shared = raw.shared.map(|s| validate_shared(s, &base, &mut errs));
         let forward_auth = raw.forward_auth.map(|f| validate_forward_auth(f, &listen, &admin, &mut errs));
+        let telemetry = raw.telemetry.map(|t| validate_telemetry(t, &base, &mut errs));
         // RFC 8725 §3.12: our own tokens must never pass as ID tokens.
         if issuers.iter().any(|i| i.issuer == token.issuer) {
             errs.push(
@@ -390,7 +405,20 @@ impl Config {
             return Err(ConfigErrors(errs.0));
         }
         let files = errs.1;
-        Ok(Config { listen, admin, issuers, sources, cache, token, routes, shared, forward_auth, files, path: None })
+        Ok(Config {
+            listen,
+            admin,
+            issuers,
+            sources,
+            cache,
+            token,
+            routes,
+            shared,
+            forward_auth,
+            telemetry,
+            files,
+            path: None,
+        })
     }
 
     /// One line for `claimsmith check`.

@@ -28,6 +28,7 @@ pub(super) struct RawConfig {
     pub(super) routes: Vec<RawRoute>,
     pub(super) shared: Option<RawShared>,
     pub(super) forward_auth: Option<RawForwardAuth>,
+    pub(super) telemetry: Option<RawTelemetry>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,4 +166,13 @@ pub(super) struct RawShared {
 pub(super) struct RawForwardAuth {
     pub(super) addr: Option<String>,
     pub(super) headers: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) service_name: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) ca_file: Option<PathBuf>,
 }

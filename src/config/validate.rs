@@ -797,3 +797,40 @@ pub(super) fn validate_forward_auth(
     };
     ForwardAuthConfig { addr, headers }
 }
+
+/// `[telemetry]`: the OTLP/HTTP base URL (spans go to `{base}/v1/traces`, as the
+/// OpenTelemetry exporters read `OTEL_EXPORTER_OTLP_ENDPOINT`), the service name and
+/// the sampling ratio of traces claimsmith starts.
+pub(super) fn validate_telemetry(raw: RawTelemetry, base: &PathBase, errs: &mut Errors) -> TelemetryConfig {
+    let otlp_endpoint = raw.otlp_endpoint.and_then(|e| match Url::parse(&e) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() && u.query().is_none() => {
+            let path = format!("{}/v1/traces", u.path().trim_end_matches('/'));
+            let mut u = u;
+            u.set_path(&path);
+            match u.as_str().parse::<http::Uri>() {
+                Ok(uri) => Some(uri),
+                Err(_) => {
+                    errs.push("telemetry.otlp_endpoint", format!("`{e}` is not a usable URL"));
+                    None
+                }
+            }
+        }
+        _ => {
+            errs.push(
+                "telemetry.otlp_endpoint",
+                format!("`{e}` is not an http(s) URL without a query, like \"http://otel-collector:4318\""),
+            );
+            None
+        }
+    });
+    let service_name = raw.service_name.unwrap_or_else(|| "claimsmith".to_string());
+    if service_name.is_empty() {
+        errs.push("telemetry.service_name", "must not be empty");
+    }
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        errs.push("telemetry.sample_ratio", format!("{sample_ratio} is not between 0 and 1"));
+    }
+    let ca_file = readable_file("telemetry.ca_file", raw.ca_file, base, errs);
+    TelemetryConfig { otlp_endpoint, service_name, sample_ratio, ca_file }
+}

@@ -226,6 +226,7 @@ async fn exchange(
     let mut outcome = Outcome::default();
     let request_id = proxy::request_id(&headers);
     outcome.request_id = Some(request_id.clone());
+    outcome.trace = app.telemetry.as_ref().map(|t| t.start(&headers));
     let mut body_left = content_length.unwrap_or(0);
     let mut close = client_close || stopping;
     let forwarded = async {
@@ -235,10 +236,12 @@ async fn exchange(
         let target = (&proxy::upstream_path(route, &path)[..], target.query());
         wire::write_request_head(out, &method, target, &headers, content_length);
         let sent = timed.then(Instant::now);
+        let traced = crate::telemetry::clock(&outcome.trace);
         let deadline = start + app.config.listen.request_timeout;
         let body = ClientBody { client: &mut *client, rbuf: &mut *rbuf, left: &mut body_left };
         let r = forward(route, &method, out, body, timer, (start, deadline)).await;
         outcome.upstream_time = sent.map(|s| s.elapsed());
+        crate::telemetry::mark(&mut outcome.trace, "upstream", traced);
         r.map(|(up, resp)| (route, up, resp))
     }
     .await;

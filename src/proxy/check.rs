@@ -44,6 +44,7 @@ pub async fn check(app: &App, req: Request<Incoming>) -> (Response<Body>, Outcom
     let (parts, _body) = req.into_parts();
     let request_id = request_id(&parts.headers);
     outcome.request_id = Some(request_id.clone());
+    outcome.trace = app.telemetry.as_ref().map(|t| t.start(&parts.headers));
     let style = app.config.forward_auth.as_ref().map_or(CheckedHeaders::Auto, |f| f.headers);
     let described = checked_request(style, &parts.method, &parts.uri, &parts.headers);
     let method = described.as_ref().map_or_else(|_| parts.method.clone(), |(m, _)| m.clone());

@@ -129,6 +129,8 @@ pub struct Outcome {
     pub request_id: Option<HeaderValue>,
     /// Proxied, or a forward-auth check.
     pub mode: Mode,
+    /// The request's trace, with `[telemetry]` (docs/operations.md, "Tracing").
+    pub trace: Option<Box<crate::telemetry::Trace>>,
 }
 
 /// How a request reached the pipeline, for metrics and the access log.
@@ -164,6 +166,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<
     let mut outcome = Outcome::default();
     let request_id = request_id(req.headers());
     outcome.request_id = Some(request_id.clone());
+    outcome.trace = app.telemetry.as_ref().map(|t| t.start(req.headers()));
     let mut resp = match pipeline(app, req, conn, start, &request_id, &mut outcome).await {
         Ok(r) => r,
         Err(e) => {
@@ -189,11 +192,23 @@ pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status
         Mode::Proxy => app.metrics.record(route, status, elapsed),
         Mode::ForwardAuth => app.metrics.record_check(route, status, elapsed),
     }
+    if let (Some(trace), Some(telemetry)) = (&outcome.trace, &app.telemetry) {
+        let done = crate::telemetry::Finished {
+            method: method.as_str(),
+            route,
+            mode: outcome.mode.as_str(),
+            status,
+            error: outcome.error,
+            elapsed,
+        };
+        telemetry.finish(trace, done);
+    }
     // The access log names the route, never the path's query or any header value
     // but the request id (visible ASCII only, at most 128 bytes: `request_id`).
     tracing::info!(
         target: "claimsmith::access",
         request_id = outcome.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        trace_id = outcome.trace.as_ref().map(|t| t.ctx.trace_id_hex()),
         mode = outcome.mode.as_str(),
         method = %method,
         route = %route,
@@ -236,6 +251,7 @@ async fn pipeline(
     let body = http_body_util::Limited::new(body, max_body);
     let sent = Instant::now();
     let remaining = app.config.listen.request_timeout.saturating_sub(start.elapsed());
+    let traced = crate::telemetry::clock(&outcome.trace);
     // A plain-HTTP upstream: over the route's own connections, the fast path's pool.
     if let Some(pool) = &route.h1 {
         let req = forward::Outgoing {
@@ -248,6 +264,7 @@ async fn pipeline(
         };
         let result = tokio::time::timeout(remaining, forward::forward(pool, req)).await;
         outcome.upstream_time = Some(sent.elapsed());
+        crate::telemetry::mark(&mut outcome.trace, "upstream", traced);
         return result.unwrap_or(Err(ProxyError::UpstreamTimeout));
     }
     parts.uri = Uri::from(target);
@@ -255,6 +272,7 @@ async fn pipeline(
     let upstream_req = Request::from_parts(parts, body);
     let result = tokio::time::timeout(remaining, route.upstream.request(upstream_req)).await;
     outcome.upstream_time = Some(sent.elapsed());
+    crate::telemetry::mark(&mut outcome.trace, "upstream", traced);
     let mut resp = match result {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(e)) if let Some(err) = client_body_failed(&e) => {
@@ -342,7 +360,8 @@ pub(crate) async fn admit(
         true => hygiene::websocket_requested(headers),
         false => None,
     };
-    let fwd = Forwarding { conn, request_id, authority: req.authority, token, upgrade: upgrade.as_ref() };
+    let traceparent = outcome.trace.as_ref().map(|t| t.ctx.traceparent());
+    let fwd = Forwarding { conn, request_id, authority: req.authority, token, upgrade: upgrade.as_ref(), traceparent };
     prepare_headers(app, route, headers, fwd);
     Ok(upgrade)
 }
@@ -363,7 +382,10 @@ pub(crate) async fn authorize<'a>(
     headers: &'a HeaderMap,
     outcome: &mut Outcome,
 ) -> Result<Option<Admitted>, ProxyError> {
-    let id = match authenticate(app, route, authorization, headers).await? {
+    let t = crate::telemetry::clock(&outcome.trace);
+    let id = authenticate(app, route, authorization, headers).await;
+    crate::telemetry::mark(&mut outcome.trace, "verify", t);
+    let id = match id? {
         Some(id) => id,
         // Rules are about a caller: an `optional` route with rules lets no one in
         // anonymously (config refuses rules on an `off` route).
@@ -372,9 +394,18 @@ pub(crate) async fn authorize<'a>(
         }
         None => return Ok(None),
     };
-    let (app_md, client_md) = metadata(app, &id, &mut outcome.cache).await?;
-    rules::check_rules(app, route, method, &id, (&app_md, &client_md), &mut outcome.rule)?;
-    let token = mint(app, route, &id, (&app_md, &client_md))?;
+    let t = crate::telemetry::clock(&outcome.trace);
+    let found = metadata(app, &id, &mut outcome.cache).await;
+    crate::telemetry::mark(&mut outcome.trace, "metadata", t);
+    let (app_md, client_md) = found?;
+    let t = crate::telemetry::clock(&outcome.trace);
+    let allowed = rules::check_rules(app, route, method, &id, (&app_md, &client_md), &mut outcome.rule);
+    crate::telemetry::mark(&mut outcome.trace, "authorize", t);
+    allowed?;
+    let t = crate::telemetry::clock(&outcome.trace);
+    let token = mint(app, route, &id, (&app_md, &client_md));
+    crate::telemetry::mark(&mut outcome.trace, "mint", t);
+    let token = token?;
     Ok(Some(Admitted { id, token }))
 }
 
@@ -578,12 +609,14 @@ struct Forwarding<'a> {
     pub token: Option<HeaderValue>,
     /// The `Upgrade` value of a WebSocket upgrade being forwarded.
     pub upgrade: Option<&'a HeaderValue>,
+    /// With `[telemetry]`: the trace context continued, our span as the parent.
+    pub traceparent: Option<HeaderValue>,
 }
 
 /// The upstream request's headers (docs/security.md, "Hostile client: paths and
 /// headers"): hygiene, forwarding headers, the request id, the internal token.
 fn prepare_headers(app: &App, route: &Route, h: &mut HeaderMap, fwd: Forwarding<'_>) {
-    let Forwarding { conn, request_id, authority, token: internal_token, upgrade } = fwd;
+    let Forwarding { conn, request_id, authority, token: internal_token, upgrade, traceparent } = fwd;
     let original_host =
         h.get(header::HOST).cloned().or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let trusted = app.config.listen.trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip()));
@@ -624,6 +657,10 @@ fn prepare_headers(app: &App, route: &Route, h: &mut HeaderMap, fwd: Forwarding<
     }
     if let Some(value) = internal_token {
         h.insert(app.config.token.header.name(), value);
+    }
+    if let Some(value) = traceparent {
+        // Replaces the caller's: the upstream's parent is claimsmith's span.
+        h.insert(crate::telemetry::TRACEPARENT.clone(), value);
     }
 }
 

@@ -36,4 +36,9 @@ pub struct App {
     /// Event ids the push hooks applied lately (senders retry a delivery; docs/operations.md,
     /// "Push invalidation"). Shared with the state a reload replaces.
     pub seen_events: moka::sync::Cache<Box<str>, ()>,
+    /// `[telemetry]`: trace context and span export; `None` costs the request path
+    /// nothing but the check.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// The span exporter, until `App::spawn_background` starts it.
+    pub(crate) exporter: std::sync::Mutex<Option<crate::telemetry::Exporter>>,
 }
