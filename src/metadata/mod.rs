@@ -5,6 +5,7 @@ pub mod auth0;
 pub mod cache;
 pub mod file;
 pub mod http;
+mod mgmt_token;
 pub mod ratelimit;
 pub mod remote;
 pub mod shared;
