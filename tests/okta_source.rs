@@ -129,6 +129,23 @@ async fn the_org_refuses_a_replayed_assertion_and_claimsmith_never_sends_one() {
 }
 
 #[tokio::test]
+async fn a_retried_token_request_signs_a_new_assertion() {
+    let mock = org().await;
+    mock.add_user(OKTA_USER, json!({"plan": "pro-plan"}));
+    // Okta verified the first assertion (its jti is used up), then failed with a 503.
+    mock.fail_next(Endpoint::Token, 1, Fault::AfterHandling(503));
+    let h = start_harness(&mock, &OrgOpts::default()).await;
+    let r = h.get_with_token("/api/x", &h.issuer.token(OKTA_USER)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = mock.assertions();
+    eprintln!("token request retried after a 503: {}", mock.summary());
+    assert_eq!(seen.len(), 2, "{}", mock.summary());
+    assert!(seen.iter().all(|a| a.refused.is_none()), "{:?}", seen.iter().map(|a| &a.refused).collect::<Vec<_>>());
+    assert_ne!(seen[0].claims["jti"], seen[1].claims["jti"]);
+    assert_eq!(mock.count(Endpoint::Token), 2);
+}
+
+#[tokio::test]
 async fn not_found_is_an_unknown_caller_but_a_foreign_404_is_an_error() {
     let mock = org().await;
     mock.add_user(OKTA_USER, json!({"plan": "pro-plan"}));

@@ -438,7 +438,7 @@ impl Inner {
         let req = TokenRequest {
             url: &url,
             content_type: "application/json",
-            body,
+            body: &|| Ok(body.clone()),
             refused_hint: "check client_id, the client secret, the audience and the application's grant for the \
                            Management API",
         };

@@ -116,15 +116,17 @@ impl KeycloakSource {
 
     /// Client credentials with the secret in the form body (`client_secret_post`).
     async fn request_token(&self, deadline: Instant) -> Result<Issued, SourceError> {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", &self.client_id)
-            .append_pair("client_secret", self.client_secret.expose())
-            .finish();
+        let body = Bytes::from(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "client_credentials")
+                .append_pair("client_id", &self.client_id)
+                .append_pair("client_secret", self.client_secret.expose())
+                .finish(),
+        );
         let req = TokenRequest {
             url: &self.token_url,
             content_type: "application/x-www-form-urlencoded",
-            body: Bytes::from(body),
+            body: &|| Ok(body.clone()),
             refused_hint: "check base_url, realm, client_id, the client secret, and that the client is confidential \
                            with service accounts enabled",
         };

@@ -222,7 +222,9 @@ async fn shared_token(sh: &Shared, scope: &str) -> Option<Issued> {
 pub(crate) struct TokenRequest<'a> {
     pub(crate) url: &'a str,
     pub(crate) content_type: &'static str,
-    pub(crate) body: Bytes,
+    /// Makes the body, once per try: a body with a client assertion gets a new one
+    /// (a new `jti`) when a try is retried, since the server may have seen the last.
+    pub(crate) body: &'a (dyn Fn() -> Result<Bytes, SourceError> + Send + Sync),
     /// Appended to "refused (HTTP 401)": which settings to check.
     pub(crate) refused_hint: &'static str,
 }
@@ -242,7 +244,7 @@ pub(crate) async fn request_token(
             .header(header::CONTENT_TYPE, req.content_type)
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, concat!("claimsmith/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(req.body.clone()))
+            .body(Full::new((req.body)()?))
             .map_err(|_| SourceError::new(format!("{WHAT}: invalid URL")))
     };
     let resp = remote.send(WHAT, &build, deadline, MAX_TOKEN_BODY).await?;

@@ -107,28 +107,32 @@ impl OktaSource {
         }
     }
 
-    /// Client credentials with a fresh client assertion (RFC 7523 §2.2).
+    /// Client credentials with a new client assertion for every try (RFC 7523 §2.2).
     async fn request_token(&self, deadline: Instant) -> Result<Issued, SourceError> {
-        let assertion = self.assertion()?;
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("scope", &self.scopes)
-            .append_pair("client_assertion_type", ASSERTION_TYPE)
-            .append_pair("client_assertion", &assertion)
-            .finish();
+        let body = || -> Result<Bytes, SourceError> {
+            let assertion = self.assertion()?;
+            Ok(Bytes::from(
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("grant_type", "client_credentials")
+                    .append_pair("scope", &self.scopes)
+                    .append_pair("client_assertion_type", ASSERTION_TYPE)
+                    .append_pair("client_assertion", &assertion)
+                    .finish(),
+            ))
+        };
         let req = TokenRequest {
             url: &self.token_url,
             content_type: "application/x-www-form-urlencoded",
-            body: Bytes::from(body),
+            body: &body,
             refused_hint: "check client_id, the private key registered with the service app (private_key_jwt, \
                            without DPoP), and the okta.* scopes granted to it",
         };
         mgmt_token::request_token(&self.remote, req, deadline).await
     }
 
-    /// A signed client assertion, new for every token request: its `jti` is 128
-    /// random bits, never used twice (a retry of the same request sends the same one,
-    /// which Okta has not accepted yet).
+    /// A signed client assertion, new for every try of a token request: its `jti` is
+    /// 128 random bits, never used twice. A try Okta answered with a 5xx, or whose
+    /// answer was lost, may still have used up its `jti`.
     fn assertion(&self) -> Result<String, SourceError> {
         let now = crate::clock::unix_now();
         let header = json!({"alg": "RS256", "typ": "JWT"});

@@ -70,6 +70,9 @@ pub enum Fault {
     Unauthorized,
     /// 404 from something that is not Okta (a wrong base_url): no error code.
     PlainNotFound,
+    /// Handle the call (a token request's assertion is verified and its `jti` used
+    /// up), then answer this status instead, as when Okta fails after the work.
+    AfterHandling(u16),
 }
 
 /// A client assertion the token endpoint saw, and why it refused it (`None`: accepted).
@@ -270,6 +273,10 @@ async fn handle(
         }
         Some(Fault::Status(s)) => okta_error(s, "E0000009", "Internal Server Error"),
         Some(Fault::Unauthorized) => unauthorized(),
+        Some(Fault::AfterHandling(status)) => {
+            let _ = answer(&state, &issued, public, token_url, endpoint, &parts, &path, &body);
+            okta_error(status, "E0000009", "Internal Server Error")
+        }
         Some(Fault::PlainNotFound) => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"<html><body>Not Found</body></html>")));
             *r.status_mut() = StatusCode::NOT_FOUND;
