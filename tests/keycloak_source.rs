@@ -197,3 +197,33 @@ async fn a_cached_entry_is_served_stale_while_the_realm_is_down() {
     eprintln!("stale while down: {} calls during the outage", during.len());
     assert!(!during.is_empty() && during.iter().all(|c| c.status == 503));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_second_paces_the_realm_without_rate_limit_headers() {
+    let mock = realm().await;
+    for i in 0..6 {
+        mock.add_user(&format!("user-{i}"), Some(attrs(&[("n", &["x"])])));
+    }
+    let h = Arc::new(start_harness(&mock, &RealmOpts { rps: 2, timeout: "10s", ..Default::default() }).await);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (h, t) = (h.clone(), h.issuer.token(&format!("user-{i}")));
+        tasks.push(tokio::spawn(async move { h.get_with_token("/api/x", &t).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let calls = mock.calls();
+    // A token, a client and six users: 8 calls at 2/s with a burst of 2 take at least 3 s.
+    assert_eq!(calls.len(), 8, "{}", mock.summary());
+    let (first, last) = (calls.iter().map(|c| c.at).min().unwrap(), calls.iter().map(|c| c.at).max().unwrap());
+    let span = last.duration_since(first);
+    let worst = calls
+        .iter()
+        .map(|a| calls.iter().filter(|c| c.at >= a.at && c.at.duration_since(a.at) < Duration::from_secs(1)).count())
+        .max()
+        .unwrap_or(0);
+    eprintln!("8 calls at max_requests_per_second = 2: over {span:?}, at most {worst} in any second");
+    assert!(span >= Duration::from_millis(2900), "{span:?}");
+    assert!(worst <= 4, "{worst} calls within one second");
+}
