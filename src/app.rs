@@ -14,6 +14,8 @@ use crate::http_client::{self, Connector};
 use crate::metadata::cache::{Kind, MetadataCache};
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
+use crate::metadata::keycloak::KeycloakSource;
+use crate::metadata::okta::OktaSource;
 use crate::metadata::shared::{Coherence, Invalidation, Shared};
 use crate::metadata::{BoxFuture, Lookup, MetadataSource, NamedSource, SourceError, StoredMetadata};
 use crate::metrics::{Metrics, SourceCounters};
@@ -50,7 +52,7 @@ impl App {
 
     /// Builds the state that replaces `old` on a reload: same metrics registry and
     /// cache counters, new sources and keys. Cached metadata is kept for issuers whose
-    /// remote source (auth0, http) is configured exactly as before, so a reload does
+    /// remote source (auth0, keycloak, okta, http) is configured exactly as before, so a reload does
     /// not send a burst of reads to a rate-limited tenant; entries of file sources,
     /// changed sources and new issuers are dropped (docs/operations.md, "Reload").
     ///
@@ -142,6 +144,14 @@ impl App {
                         shared.clone(),
                     );
                     (Arc::new(source), None)
+                }
+                SourceConfig::Keycloak(kc) => {
+                    let c = connector(&kc.ca_file, false, format!("{key}.ca_file"))?;
+                    (Arc::new(KeycloakSource::new(kc, http_client::client(c), shared.clone())), None)
+                }
+                SourceConfig::Okta(o) => {
+                    let c = connector(&o.ca_file, false, format!("{key}.ca_file"))?;
+                    (Arc::new(OktaSource::new(o, http_client::client(c), shared.clone())), None)
                 }
             };
             let origin = old.and_then(|o| o.kept_origin(name, sc)).unwrap_or_else(crate::metadata::new_origin);
@@ -416,7 +426,7 @@ impl MetadataSource for CountedSource {
     }
 }
 
-/// Whether `issuer` reads metadata from the same auth0 or http source, configured the
+/// Whether `issuer` reads metadata from the same remote source, configured the
 /// same way, in both configurations.
 fn same_remote_source(new: &Config, old: &Config, issuer: &str) -> bool {
     let source = |c: &Config| {

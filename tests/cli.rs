@@ -256,3 +256,48 @@ fn demo_stops_cleanly_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0), "the demo did not exit cleanly on SIGTERM: {status}");
 }
+
+/// A config reading metadata from `[metadata.idp]`, written as `source`.
+fn idp_config(source: &str) -> String {
+    format!(
+        "[[issuer]]\nissuer = \"https://t.example/\"\naudiences = [\"a\"]\nmetadata = \"idp\"\n[metadata.idp]\n{source}\n\
+         [[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\naudience = \"x\"\n"
+    )
+}
+
+#[test]
+fn check_accepts_keycloak_and_okta_sources_and_names_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let key = dir.path().join("okta.pem");
+    let (code, _, _) = run(&["keygen", "--alg", "RS256", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    std::fs::write(dir.path().join("kc-secret"), "kc-secret-value\n").unwrap();
+    std::fs::write(
+        dir.path().join("broken.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA-secret-bits\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let keycloak = "kind = \"keycloak\"\nbase_url = \"https://sso.example.com\"\nrealm = \"acme\"\nclient_id = \"cs\"\n\
+                    client_secret_file = \"kc-secret\"";
+    let okta = "kind = \"okta\"\ndomain = \"acme.okta.com\"\nclient_id = \"0oa1\"\nprivate_key_file = \"okta.pem\"";
+    for good in [keycloak, okta] {
+        std::fs::write(&cfg, idp_config(good)).unwrap();
+        let (code, out, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("config ok"), "{out}");
+    }
+    for (bad, key) in [
+        (keycloak.replace("realm = \"acme\"\n", ""), "metadata.idp.realm"),
+        (okta.replace("domain = \"acme.okta.com\"\n", ""), "metadata.idp.domain"),
+        (okta.replace("okta.pem", "broken.pem"), "metadata.idp.private_key_file"),
+        (okta.replace("\nprivate_key_file = \"okta.pem\"", ""), "metadata.idp.private_key_file"),
+    ] {
+        std::fs::write(&cfg, idp_config(&bad)).unwrap();
+        let (code, _, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(key), "stderr does not name {key}: {err}");
+        assert!(!err.contains("secret-bits"), "{err}");
+        assert_plain(&err);
+    }
+}

@@ -227,6 +227,8 @@ pub struct IssuerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceConfig {
     Auth0(Auth0SourceConfig),
+    Keycloak(KeycloakSourceConfig),
+    Okta(OktaSourceConfig),
     File(FileSourceConfig),
     Http(HttpSourceConfig),
 }
@@ -236,6 +238,8 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Auth0(_) => "auth0",
+            SourceConfig::Keycloak(_) => "keycloak",
+            SourceConfig::Okta(_) => "okta",
             SourceConfig::File(_) => "file",
             SourceConfig::Http(_) => "http",
         }
@@ -252,6 +256,52 @@ pub struct Auth0SourceConfig {
     pub max_requests_per_second: u32,
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
+}
+
+/// `kind = "keycloak"`: a realm's admin REST API, read with a confidential client's
+/// service account (client credentials).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeycloakSourceConfig {
+    /// The server, without `/realms`.
+    pub base_url: Url,
+    pub realm: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Client attributes: only keys with this prefix, the prefix removed.
+    pub attribute_prefix: Option<String>,
+    pub max_requests_per_second: u32,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `kind = "okta"`: an Okta org's management API, read with a service app's token
+/// obtained with a `private_key_jwt` client assertion (RFC 7523).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OktaSourceConfig {
+    pub domain: String,
+    /// `base_url`, else `https://{domain}`.
+    pub base_url: Url,
+    pub client_id: String,
+    /// The RSA key the client assertions are signed with, parsed at load.
+    pub private_key: ClientKey,
+    pub private_key_file: PathBuf,
+    pub scopes: Vec<String>,
+    pub max_requests_per_second: u32,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A private key that authenticates claimsmith to an API (`metadata.NAME.private_key_file`).
+/// `Debug` shows only its public `kid`.
+#[derive(Debug, Clone)]
+pub struct ClientKey(pub Arc<SigningKey>);
+
+impl PartialEq for ClientKey {
+    /// The same public key (RFC 7638 thumbprint) is the same key pair: a reload with
+    /// the key unchanged keeps the source's cache.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kid() == other.0.kid()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

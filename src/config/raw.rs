@@ -76,14 +76,20 @@ pub(super) struct RawIssuer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSource {
     pub(super) kind: Option<String>,
-    // auth0
+    // auth0 (and okta: domain; keycloak: client_secret_*; both: base_url, client_id)
     pub(super) domain: Option<String>,
     pub(super) base_url: Option<String>,
     pub(super) client_id: Option<String>,
     pub(super) client_secret_env: Option<String>,
     pub(super) client_secret_file: Option<PathBuf>,
     pub(super) audience: Option<String>,
-    // auth0 + http
+    // keycloak
+    pub(super) realm: Option<String>,
+    pub(super) attribute_prefix: Option<String>,
+    // okta
+    pub(super) private_key_file: Option<PathBuf>,
+    pub(super) scopes: Option<Vec<String>>,
+    // auth0, keycloak, okta, http
     pub(super) max_requests_per_second: Option<i64>,
     pub(super) timeout: Option<String>,
     pub(super) ca_file: Option<PathBuf>,

@@ -293,3 +293,95 @@ fn forward_auth_is_a_listener_of_its_own() {
         assert_eq!(e.0[0].key, key, "{table}");
     }
 }
+
+/// A valid config whose `[metadata.src]` table is `source`; relative paths resolve in `dir`.
+fn with_source(dir: &Path, source: &str) -> Result<Config, ConfigErrors> {
+    let text = format!(
+        "[[issuer]]\nissuer = \"https://t.example/\"\naudiences = [\"a\"]\nmetadata = \"src\"\n\
+         [metadata.src]\n{source}\n\
+         [[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\naudience = \"x\"\n"
+    );
+    Config::parse_with_base(&text, Some(dir.to_path_buf()))
+}
+
+/// The keys named, without the issuer's "no such source" that follows from a source
+/// that could not be read.
+fn error_keys(r: Result<Config, ConfigErrors>) -> Vec<String> {
+    let keys: Vec<String> = r.err().map(|e| e.0.into_iter().map(|e| e.key).collect()).unwrap_or_default();
+    keys.into_iter().filter(|k| k != "issuer[0].metadata").collect()
+}
+
+#[test]
+fn a_keycloak_source_is_read_and_each_missing_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kc-secret"), "kc-secret-value\n").unwrap();
+    let good = "kind = \"keycloak\"\nbase_url = \"https://sso.example.com/\"\nrealm = \"acme\"\n\
+                client_id = \"claimsmith\"\nclient_secret_file = \"kc-secret\"\nattribute_prefix = \"claimsmith.\"";
+    let c = with_source(dir.path(), good).unwrap();
+    let SourceConfig::Keycloak(kc) = &c.sources["src"] else { panic!("not keycloak: {:?}", c.sources["src"]) };
+    assert_eq!((kc.realm.as_str(), kc.client_id.as_str()), ("acme", "claimsmith"));
+    assert_eq!(kc.client_secret.expose(), "kc-secret-value");
+    assert_eq!(kc.attribute_prefix.as_deref(), Some("claimsmith."));
+    assert_eq!((kc.max_requests_per_second, kc.timeout), (5, Duration::from_secs(5)));
+    assert!(!format!("{c:?}").contains("kc-secret-value"));
+
+    let without = |key: &str| good.lines().filter(|l| !l.starts_with(key)).collect::<Vec<_>>().join("\n");
+    for (key, named) in [
+        ("realm", "metadata.src.realm"),
+        ("client_id", "metadata.src.client_id"),
+        ("base_url", "metadata.src.base_url"),
+        ("client_secret_file", "metadata.src.client_secret_env"),
+    ] {
+        let keys = error_keys(with_source(dir.path(), &without(key)));
+        assert_eq!(keys, [named], "without {key}");
+    }
+    let keys = error_keys(with_source(dir.path(), &good.replace("https://sso.example.com/", "https://sso/realms")));
+    assert_eq!(keys, ["metadata.src.base_url"]);
+    let keys = error_keys(with_source(dir.path(), &format!("{good}\nscopes = [\"x\"]\ndomain = \"d\"")));
+    assert_eq!(keys, ["metadata.src.domain", "metadata.src.scopes"], "okta keys are not keycloak's");
+}
+
+#[test]
+fn an_okta_source_reads_its_key_at_load_and_each_missing_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, rsa) = SigningKey::generate(Algorithm::RS256).unwrap();
+    let (_, ec) = SigningKey::generate(Algorithm::ES256).unwrap();
+    std::fs::write(dir.path().join("okta.pem"), &rsa).unwrap();
+    std::fs::write(dir.path().join("ec.pem"), &ec).unwrap();
+    std::fs::write(dir.path().join("garbage.pem"), "-----BEGIN PRIVATE KEY-----\nnot-a-key\n").unwrap();
+    let good = "kind = \"okta\"\ndomain = \"acme.okta.com\"\nclient_id = \"0oa-app\"\nprivate_key_file = \"okta.pem\"";
+    let c = with_source(dir.path(), good).unwrap();
+    let SourceConfig::Okta(o) = &c.sources["src"] else { panic!("not okta") };
+    assert_eq!(o.base_url.as_str(), "https://acme.okta.com/");
+    assert_eq!(o.scopes, ["okta.users.read", "okta.apps.read"]);
+    assert_eq!(o.private_key_file, dir.path().join("okta.pem"));
+    assert!(!format!("{c:?}").contains(rsa.lines().nth(2).unwrap()), "Debug must not show the key");
+    let c = with_source(
+        dir.path(),
+        &format!("{good}\nbase_url = \"http://127.0.0.1:4001\"\nscopes = [\"okta.users.read\"]"),
+    )
+    .unwrap();
+    let SourceConfig::Okta(o) = &c.sources["src"] else { panic!("not okta") };
+    assert_eq!((o.base_url.as_str(), o.scopes.len()), ("http://127.0.0.1:4001/", 1));
+
+    let without = |key: &str| good.lines().filter(|l| !l.starts_with(key)).collect::<Vec<_>>().join("\n");
+    for (key, named) in [
+        ("domain", "metadata.src.domain"),
+        ("client_id", "metadata.src.client_id"),
+        ("private_key_file", "metadata.src.private_key_file"),
+    ] {
+        assert_eq!(error_keys(with_source(dir.path(), &without(key))), [named], "without {key}");
+    }
+    for file in ["garbage.pem", "ec.pem", "missing.pem"] {
+        let keys = error_keys(with_source(dir.path(), &good.replace("okta.pem", file)));
+        assert_eq!(keys, ["metadata.src.private_key_file"], "{file}");
+    }
+    let e = with_source(dir.path(), &good.replace("okta.pem", "garbage.pem")).unwrap_err();
+    assert!(!e.to_string().contains("not-a-key"), "the file's content is never quoted: {e}");
+    assert_eq!(error_keys(with_source(dir.path(), &format!("{good}\nscopes = []"))), ["metadata.src.scopes"]);
+    assert_eq!(
+        error_keys(with_source(dir.path(), &format!("{good}\nrealm = \"r\"\nclient_secret_env = \"X\""))),
+        ["metadata.src.client_secret_env", "metadata.src.realm"],
+        "keycloak keys are not okta's"
+    );
+}

@@ -339,6 +339,10 @@ pub(super) fn validate_sources(
             ("client_secret_env", r.client_secret_env.is_some()),
             ("client_secret_file", r.client_secret_file.is_some()),
             ("audience", r.audience.is_some()),
+            ("realm", r.realm.is_some()),
+            ("attribute_prefix", r.attribute_prefix.is_some()),
+            ("private_key_file", r.private_key_file.is_some()),
+            ("scopes", r.scopes.is_some()),
             ("max_requests_per_second", r.max_requests_per_second.is_some()),
             ("timeout", r.timeout.is_some()),
             ("ca_file", r.ca_file.is_some()),
@@ -360,16 +364,37 @@ pub(super) fn validate_sources(
                 "timeout",
                 "ca_file",
             ],
+            Some("keycloak") => &[
+                "base_url",
+                "realm",
+                "client_id",
+                "client_secret_env",
+                "client_secret_file",
+                "attribute_prefix",
+                "max_requests_per_second",
+                "timeout",
+                "ca_file",
+            ],
+            Some("okta") => &[
+                "domain",
+                "base_url",
+                "client_id",
+                "private_key_file",
+                "scopes",
+                "max_requests_per_second",
+                "timeout",
+                "ca_file",
+            ],
             Some("file") => &["path"],
             Some("http") => {
                 &["user_url", "client_url", "token_env", "token_file", "ca_file", "max_requests_per_second", "timeout"]
             }
             Some(other) => {
-                errs.push(k("kind"), format!("`{other}` is not a source kind (auth0, file or http)"));
+                errs.push(k("kind"), format!("`{other}` is not a source kind (auth0, keycloak, okta, file or http)"));
                 continue;
             }
             None => {
-                errs.push(k("kind"), "is required (auth0, file or http)");
+                errs.push(k("kind"), "is required (auth0, keycloak, okta, file or http)");
                 continue;
             }
         };
@@ -432,6 +457,14 @@ pub(super) fn validate_sources(
                     ca_file,
                 })
             }
+            "keycloak" => match keycloak_source(&r, &k, base, rps, timeout, ca_file, errs) {
+                Some(c) => SourceConfig::Keycloak(c),
+                None => continue,
+            },
+            "okta" => match okta_source(&r, &k, base, rps, timeout, ca_file, errs) {
+                Some(c) => SourceConfig::Okta(c),
+                None => continue,
+            },
             "file" => match &r.path {
                 Some(p) => SourceConfig::File(FileSourceConfig { path: base.resolve(p) }),
                 None => {
@@ -476,6 +509,171 @@ pub(super) fn validate_sources(
         out.insert(name, src);
     }
     out
+}
+
+/// An http(s) URL in `key`, or an error naming it.
+fn http_url(key: String, v: &str, errs: &mut Errors) -> Option<Url> {
+    match Url::parse(v) {
+        Ok(p) if matches!(p.scheme(), "http" | "https") && p.host_str().is_some() => Some(p),
+        _ => {
+            errs.push(key, format!("`{v}` is not an http(s) URL"));
+            None
+        }
+    }
+}
+
+/// A required, non-empty string key.
+fn required(key: String, v: &Option<String>, what: &str, errs: &mut Errors) -> String {
+    match v.as_deref().map(str::trim) {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => {
+            errs.push(key, format!("is required ({what})"));
+            String::new()
+        }
+    }
+}
+
+/// `kind = "keycloak"` (docs/configuration.md, "[metadata.NAME]").
+fn keycloak_source(
+    r: &RawSource,
+    k: &dyn Fn(&str) -> String,
+    base: &PathBase,
+    max_requests_per_second: u32,
+    timeout: Duration,
+    ca_file: Option<PathBuf>,
+    errs: &mut Errors,
+) -> Option<KeycloakSourceConfig> {
+    let base_url = match &r.base_url {
+        Some(u) => http_url(k("base_url"), u, errs),
+        None => {
+            errs.push(
+                k("base_url"),
+                "is required: the Keycloak server, without /realms, like \"https://sso.example.com\"",
+            );
+            None
+        }
+    };
+    if let Some(u) = &base_url
+        && u.path().trim_end_matches('/').ends_with("/realms")
+    {
+        errs.push(k("base_url"), "must not end in /realms: give the server's address, the realm goes in `realm`");
+    }
+    let realm = required(k("realm"), &r.realm, "the realm the users and clients are in", errs);
+    let client_id = required(k("client_id"), &r.client_id, "a confidential client with a service account", errs);
+    let client_secret =
+        secret(&k("client_secret"), r.client_secret_env.clone(), r.client_secret_file.clone(), base, errs);
+    if client_secret.is_none() && r.client_secret_env.is_none() && r.client_secret_file.is_none() {
+        errs.push(k("client_secret_env"), "one of client_secret_env or client_secret_file is required");
+    }
+    let attribute_prefix = match &r.attribute_prefix {
+        Some(p) if p.is_empty() => {
+            errs.push(k("attribute_prefix"), "must not be empty (leave it out to keep every attribute)");
+            None
+        }
+        p => p.clone(),
+    };
+    Some(KeycloakSourceConfig {
+        base_url: base_url?,
+        realm,
+        client_id,
+        client_secret: client_secret?,
+        attribute_prefix,
+        max_requests_per_second,
+        timeout,
+        ca_file,
+    })
+}
+
+/// The scopes an Okta source asks for when `scopes` is not set.
+const OKTA_DEFAULT_SCOPES: &[&str] = &["okta.users.read", "okta.apps.read"];
+
+/// `kind = "okta"` (docs/configuration.md, "[metadata.NAME]"). Reads and parses the
+/// private key now, so a missing or broken key stops `claimsmith check` and a reload.
+fn okta_source(
+    r: &RawSource,
+    k: &dyn Fn(&str) -> String,
+    base: &PathBase,
+    max_requests_per_second: u32,
+    timeout: Duration,
+    ca_file: Option<PathBuf>,
+    errs: &mut Errors,
+) -> Option<OktaSourceConfig> {
+    let domain = r.domain.clone().unwrap_or_default();
+    if domain.is_empty() && r.base_url.is_none() {
+        errs.push(k("domain"), "is required: the org's host name, like \"acme.okta.com\"");
+    } else if domain.contains(['/', ':', ' ']) {
+        errs.push(
+            k("domain"),
+            format!("`{domain}` is not a host name (like \"acme.okta.com\"); use base_url for a URL"),
+        );
+    }
+    let base_url = match &r.base_url {
+        Some(u) => http_url(k("base_url"), u, errs),
+        None if domain.is_empty() => None,
+        None => http_url(k("domain"), &format!("https://{domain}"), errs),
+    };
+    let client_id = required(k("client_id"), &r.client_id, "the service app's client id", errs);
+    let scopes: Vec<String> = match &r.scopes {
+        None => OKTA_DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+        Some(v) => {
+            if v.is_empty() {
+                errs.push(k("scopes"), "needs at least one scope (okta.users.read, okta.apps.read)");
+            }
+            for (i, sc) in v.iter().enumerate() {
+                if sc.is_empty() || !sc.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+                    errs.push(format!("{}[{i}]", k("scopes")), format!("`{sc}` is not a scope name"));
+                }
+            }
+            v.clone()
+        }
+    };
+    let private_key = match &r.private_key_file {
+        None => {
+            errs.push(k("private_key_file"), "is required: the PEM private key registered with the service app");
+            None
+        }
+        Some(p) => {
+            let path = base.resolve(p);
+            errs.read(&path);
+            // Errors name the file and why, never its content.
+            match std::fs::read(&path) {
+                Err(e) => {
+                    errs.push(k("private_key_file"), format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+                Ok(pem) => match SigningKey::from_pem(&pem) {
+                    Ok(key) if key.algorithm() == Algorithm::RS256 => Some((ClientKey(Arc::new(key)), path)),
+                    Ok(key) => {
+                        errs.push(
+                            k("private_key_file"),
+                            format!(
+                                "{} holds a {:?} key; Okta's private_key_jwt needs an RSA key (RS256)",
+                                path.display(),
+                                key.algorithm()
+                            ),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        errs.push(k("private_key_file"), format!("{}: {e}", path.display()));
+                        None
+                    }
+                },
+            }
+        }
+    };
+    let (private_key, private_key_file) = private_key?;
+    Some(OktaSourceConfig {
+        domain,
+        base_url: base_url?,
+        client_id,
+        private_key,
+        private_key_file,
+        scopes,
+        max_requests_per_second,
+        timeout,
+        ca_file,
+    })
 }
 
 pub(super) fn validate_cache(raw: RawCache, errs: &mut Errors) -> CacheConfig {

@@ -2,7 +2,8 @@
 //!
 //! - A management token from `POST {base}/oauth/token` (client credentials), cached
 //!   until shortly before its `expires_in`; concurrent callers share one refresh. A
-//!   401 from the API drops that token and retries once with a new one.
+//!   401 from the API drops that token and retries once with a new one (`mgmt_token.rs`,
+//!   which the `keycloak` and `okta` sources use too).
 //! - Users: `GET /api/v2/users/{url-encoded id}?fields=app_metadata&include_fields=true`.
 //! - Clients: Auth0 allows very few client reads, so every client is loaded in bulk
 //!   (`GET /api/v2/clients?...&page=N&per_page=100` until a short page) at start and
@@ -21,19 +22,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::Full;
+use http::StatusCode;
 use percent_encoding::utf8_percent_encode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::http::SEGMENT;
+use super::mgmt_token::{self, Issued, MgmtTokens, TokenRequest};
 use super::remote::{Remote, SERVER_WAIT_CAP};
 use super::shared::{Lease, Shared};
 use super::{BoxFuture, Lookup, Metadata, MetadataSource, SourceError};
 use crate::config::{Auth0SourceConfig, Secret};
-use crate::http_client::{self, Fetched, JsonClient};
+use crate::http_client::{Fetched, JsonClient};
 
 /// Largest user or single-client answer read.
 const MAX_BODY: usize = 1024 * 1024;
@@ -43,11 +44,6 @@ const MAX_PAGE_BODY: usize = 16 * 1024 * 1024;
 pub const PER_PAGE: usize = 100;
 /// A bulk load stops with an error past this many pages (200,000 clients).
 const MAX_PAGES: usize = 2000;
-/// After a failed token request, callers fail fast this long (or as the server said).
-const TOKEN_FAILURE_PAUSE: Duration = Duration::from_secs(1);
-/// A token is refreshed this long before it expires at most (a tenth of its life when
-/// that is shorter).
-const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// A bulk copy older than this many bulk intervals is not used (the per-client read
 /// answers instead, and fails visibly when the tenant is down).
 const BULK_VALID_INTERVALS: u32 = 2;
@@ -68,7 +64,8 @@ struct Inner {
     /// How often clients are bulk-loaded (the cache `ttl`).
     bulk_every: Duration,
     remote: Remote,
-    token: tokio::sync::Mutex<TokenSlot>,
+    /// The management token (shared with every replica with `[shared]`).
+    token: MgmtTokens,
     /// The last successful bulk load.
     clients: ArcSwapOption<ClientList>,
     /// Clients the admin API evicted, and when: read one by one until a bulk load
@@ -77,8 +74,8 @@ struct Inner {
     bulk: BulkState,
     /// `auth0 BASE`: names this tenant's entries, budget and bulk list in `[shared]`.
     scope: Arc<str>,
-    /// With `[shared]`: the management token and the bulk client list are shared
-    /// with every replica (docs/scaling.md).
+    /// With `[shared]`: the bulk client list is shared with every replica
+    /// (docs/scaling.md).
     shared: Option<Arc<Shared>>,
 }
 
@@ -86,23 +83,6 @@ struct Inner {
 /// how long at most before loading it itself.
 const SHARED_LIST_POLL: Duration = Duration::from_millis(200);
 const SHARED_LIST_WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct TokenSlot {
-    current: Option<MgmtToken>,
-    generation: u64,
-    /// The last token request failed: until this instant callers fail fast.
-    failed: Option<(Instant, SourceError)>,
-}
-
-#[derive(Clone)]
-struct MgmtToken {
-    /// `Bearer <token>`, marked sensitive.
-    header: HeaderValue,
-    refresh_at: Instant,
-    expires_at: Instant,
-    generation: u64,
-}
 
 struct ClientList {
     by_id: HashMap<String, Metadata>,
@@ -157,7 +137,11 @@ impl Auth0Source {
                 timeout: cfg.timeout,
                 bulk_every: bulk_every.max(Duration::from_secs(1)),
                 remote,
-                token: tokio::sync::Mutex::new(TokenSlot::default()),
+                token: MgmtTokens::new(
+                    "auth0",
+                    "Management API",
+                    shared.clone().map(|sh| (sh, token_scope(&scope, &cfg.client_id, &cfg.audience))),
+                ),
                 clients: ArcSwapOption::empty(),
                 forgotten: Mutex::new(HashMap::new()),
                 bulk: BulkState {
@@ -435,139 +419,12 @@ impl Inner {
         max_body: usize,
     ) -> Result<Fetched, SourceError> {
         let url = format!("{}{}", self.base, path);
-        let mut refreshed = false;
-        loop {
-            let token = self.token(deadline).await?;
-            let build = || {
-                let mut req =
-                    http_client::get_request(&url).map_err(|_| SourceError::new(format!("{what}: invalid URL")))?;
-                req.headers_mut().insert(header::AUTHORIZATION, token.header.clone());
-                Ok(req)
-            };
-            let resp = self.remote.send(what, &build, deadline, max_body).await?;
-            if resp.status != StatusCode::UNAUTHORIZED {
-                return Ok(resp);
-            }
-            if refreshed {
-                return Err(SourceError::new(format!("{what}: the Management API refused a new token (HTTP 401)")));
-            }
-            tracing::debug!(call = what, "auth0: management token refused; refreshing it once");
-            self.drop_token(token.generation, deadline).await;
-            refreshed = true;
-        }
-    }
-
-    /// The cached management token, or a new one: callers that find it expired wait
-    /// on the lock while the first one fetches, then use its result.
-    async fn token(&self, deadline: Instant) -> Result<MgmtToken, SourceError> {
-        let mut slot = tokio::time::timeout_at(deadline, self.token.lock()).await.map_err(|_| SourceError {
-            reason: "management token: timed out waiting for the token request".into(),
-            retry_after: Some(Duration::from_secs(1)),
-        })?;
-        let now = Instant::now();
-        if let Some(t) = &slot.current
-            && now < t.refresh_at
-        {
-            return Ok(t.clone());
-        }
-        if let Some((until, e)) = &slot.failed
-            && now < *until
-        {
-            if let Some(t) = &slot.current
-                && now < t.expires_at
-            {
-                return Ok(t.clone());
-            }
-            return Err(SourceError { reason: e.reason.clone(), retry_after: Some(*until - now) });
-        }
-        if let Some(sh) = &self.shared
-            && let Some((header, life)) = self.shared_token(sh).await
-        {
-            slot.generation += 1;
-            let t = MgmtToken {
-                header,
-                refresh_at: now + life.saturating_sub(TOKEN_MARGIN.min(life / 10)),
-                expires_at: now + life,
-                generation: slot.generation,
-            };
-            slot.current = Some(t.clone());
-            slot.failed = None;
-            return Ok(t);
-        }
-        let sent = Instant::now();
-        match self.request_token(deadline).await {
-            Ok((header, life)) => {
-                slot.generation += 1;
-                let margin = (life / 10).min(TOKEN_MARGIN);
-                if let Some(sh) = &self.shared
-                    && let Ok(text) = header.to_str()
-                {
-                    // Other replicas use it until shortly before it expires.
-                    let expires_ms = wall_ms().saturating_add(life.as_millis() as u64);
-                    let mut plain = expires_ms.to_be_bytes().to_vec();
-                    plain.extend_from_slice(text.as_bytes());
-                    sh.put_blob("mgmt-token", &self.token_scope(), &plain, life.saturating_sub(margin)).await;
-                }
-                let t = MgmtToken {
-                    header,
-                    refresh_at: sent + life - margin,
-                    expires_at: sent + life,
-                    generation: slot.generation,
-                };
-                slot.current = Some(t.clone());
-                slot.failed = None;
-                Ok(t)
-            }
-            Err(e) => {
-                let pause = e.retry_after.unwrap_or(TOKEN_FAILURE_PAUSE).min(SERVER_WAIT_CAP);
-                slot.failed = Some((Instant::now() + pause, e.clone()));
-                if let Some(t) = &slot.current
-                    && Instant::now() < t.expires_at
-                {
-                    return Ok(t.clone());
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// The API refused token `generation`: forget it, unless a newer one replaced it.
-    async fn drop_token(&self, generation: u64, deadline: Instant) {
-        if let Ok(mut slot) = tokio::time::timeout_at(deadline, self.token.lock()).await
-            && slot.current.as_ref().is_some_and(|t| t.generation == generation)
-        {
-            slot.current = None;
-            slot.failed = None;
-            if let Some(sh) = &self.shared {
-                sh.delete_blob("mgmt-token", &self.token_scope()).await;
-            }
-        }
-    }
-
-    /// What the shared management token is for: one per tenant, application (client
-    /// id) and audience. Hashed into its Redis key, never written in clear.
-    fn token_scope(&self) -> String {
-        format!("{} {} {}", self.scope, self.client_id, self.audience)
-    }
-
-    /// A management token another replica obtained, with the time it has left, unless
-    /// it is about to expire.
-    async fn shared_token(&self, sh: &Shared) -> Option<(HeaderValue, Duration)> {
-        let plain = sh.get_blob("mgmt-token", &self.token_scope()).await?;
-        let expires_ms = u64::from_be_bytes(plain.get(..8)?.try_into().ok()?);
-        let left = Duration::from_millis(expires_ms.saturating_sub(wall_ms()));
-        if left <= TOKEN_MARGIN.min(left / 10).max(Duration::from_secs(5)) {
-            return None;
-        }
-        let mut header = HeaderValue::from_bytes(plain.get(8..)?).ok()?;
-        header.set_sensitive(true);
-        Some((header, left))
+        self.token.authorized_get(&self.remote, what, &url, deadline, max_body, || self.request_token(deadline)).await
     }
 
     /// `POST /oauth/token` with the client credentials; the token as a header value
     /// and its lifetime.
-    async fn request_token(&self, deadline: Instant) -> Result<(HeaderValue, Duration), SourceError> {
-        const WHAT: &str = "management token request";
+    async fn request_token(&self, deadline: Instant) -> Result<Issued, SourceError> {
         let body = Bytes::from(
             json!({
                 "grant_type": "client_credentials",
@@ -578,41 +435,21 @@ impl Inner {
             .to_string(),
         );
         let url = format!("{}/oauth/token", self.base);
-        let build = || {
-            Request::builder()
-                .method(Method::POST)
-                .uri(url.as_str())
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::ACCEPT, "application/json")
-                .header(header::USER_AGENT, concat!("claimsmith/", env!("CARGO_PKG_VERSION")))
-                .body(Full::new(body.clone()))
-                .map_err(|_| SourceError::new(format!("{WHAT}: invalid URL")))
+        let req = TokenRequest {
+            url: &url,
+            content_type: "application/json",
+            body: &|| Ok(body.clone()),
+            refused_hint: "check client_id, the client secret, the audience and the application's grant for the \
+                           Management API",
         };
-        let resp = self.remote.send(WHAT, &build, deadline, MAX_BODY).await?;
-        match resp.status {
-            StatusCode::OK => {}
-            s @ (StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                return Err(SourceError::new(format!(
-                    "{WHAT}: refused (HTTP {}); check client_id, the client secret, the audience and the \
-                     application's grant for the Management API",
-                    s.as_u16()
-                )));
-            }
-            s => return Err(status_error(WHAT, s)),
-        }
-        let v: Value = serde_json::from_slice(&resp.body).map_err(|_| unexpected(WHAT))?;
-        let token =
-            v.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| unexpected(WHAT))?;
-        if v.get("token_type").and_then(Value::as_str).is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
-            return Err(SourceError::new(format!("{WHAT}: the token is not a bearer token")));
-        }
-        let life =
-            Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(300).clamp(1, 30 * 86_400));
-        let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| SourceError::new(format!("{WHAT}: the token is not a valid header value")))?;
-        header.set_sensitive(true);
-        Ok((header, life))
+        mgmt_token::request_token(&self.remote, req, deadline).await
     }
+}
+
+/// What the shared management token is for: one per tenant, application (client id)
+/// and audience. Hashed into its Redis key, never written in clear.
+fn token_scope(scope: &str, client_id: &str, audience: &str) -> String {
+    format!("{scope} {client_id} {audience}")
 }
 
 /// `field` of a JSON object answer: absent or null is `{}`; `None` when the answer

@@ -5,6 +5,9 @@ pub mod auth0;
 pub mod cache;
 pub mod file;
 pub mod http;
+pub(crate) mod keycloak;
+mod mgmt_token;
+pub(crate) mod okta;
 pub mod ratelimit;
 pub mod remote;
 pub mod shared;
@@ -74,7 +77,7 @@ impl SourceError {
 /// A metadata source. Implementations must be cheap to call concurrently; the cache
 /// already makes concurrent misses for one key into one call.
 pub trait MetadataSource: Send + Sync {
-    /// `auth0`, `file` or `http`, for metrics and logs.
+    /// `auth0`, `keycloak`, `okta`, `file` or `http`, for metrics and logs.
     fn kind(&self) -> &'static str;
     /// The user's app_metadata.
     fn user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>>;

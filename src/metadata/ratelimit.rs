@@ -39,7 +39,7 @@ impl RateLimiter {
 }
 
 /// How long the server asked us to wait: `Retry-After`, else `x-ratelimit-reset`
-/// (Unix seconds).
+/// (Unix seconds; Okta's `X-Rate-Limit-Reset` too).
 pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     retry_after_header(h).or_else(|| ratelimit_reset(h))
 }
@@ -55,9 +55,18 @@ pub fn retry_after_header(h: &HeaderMap) -> Option<Duration> {
     Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
-/// The time until `x-ratelimit-reset` (Unix seconds), at least one second.
+/// The rate-limit headers by both spellings: Auth0's and GitHub's `x-ratelimit-*`,
+/// Okta's `X-Rate-Limit-*` (header names are case-insensitive; `HeaderMap` holds
+/// them lower-cased). `name` is the part after the prefix (`reset`, `remaining`).
+pub fn ratelimit_header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let v = h.get(format!("x-ratelimit-{name}")).or_else(|| h.get(format!("x-rate-limit-{name}")))?;
+    v.to_str().ok().map(str::trim)
+}
+
+/// The time until `x-ratelimit-reset` / `x-rate-limit-reset` (Unix seconds), at
+/// least one second.
 pub fn ratelimit_reset(h: &HeaderMap) -> Option<Duration> {
-    let reset = h.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    let reset = ratelimit_header(h, "reset")?.parse::<u64>().ok()?;
     let now = crate::clock::unix_now();
     Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
 }
@@ -93,6 +102,22 @@ mod tests {
         assert_eq!(retry_after_of("Sunday, 06-Nov-94 08:49:37 GMT"), Some(Duration::ZERO));
         assert_eq!(retry_after_of("Sun Nov  6 08:49:37 1994"), Some(Duration::ZERO));
         assert_eq!(retry_after_of("Sun, 06 Nov 1994 25:49:37 GMT"), None);
+    }
+
+    #[test]
+    fn okta_spelling_of_the_reset_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "X-Rate-Limit-Reset",
+            http::HeaderValue::from_str(&(crate::clock::unix_now() + 30).to_string()).unwrap(),
+        );
+        h.insert("X-Rate-Limit-Remaining", http::HeaderValue::from_static("0"));
+        let w = ratelimit_reset(&h).unwrap();
+        assert!(w >= Duration::from_secs(29) && w <= Duration::from_secs(30), "{w:?}");
+        assert_eq!(ratelimit_header(&h, "remaining"), Some("0"));
+        // A reset already past still waits a second.
+        h.insert("x-rate-limit-reset", http::HeaderValue::from_static("1000"));
+        assert_eq!(ratelimit_reset(&h), Some(Duration::from_secs(1)));
     }
 
     #[tokio::test(start_paused = true)]

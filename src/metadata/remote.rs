@@ -19,7 +19,7 @@ use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::SourceError;
-use super::ratelimit::{RateLimiter, ratelimit_reset, retry_after_header};
+use super::ratelimit::{RateLimiter, ratelimit_header, ratelimit_reset, retry_after_header};
 use super::shared::{Budget, Shared};
 use crate::http_client::{self, Fetched, JsonClient};
 
@@ -188,7 +188,7 @@ impl Remote {
     }
 
     fn note_headers(&self, h: &HeaderMap) {
-        if let Some(n) = header_u64(h, "x-ratelimit-remaining") {
+        if let Some(n) = remaining(h) {
             self.remaining.store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
         }
     }
@@ -198,15 +198,17 @@ fn retryable(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT || s.is_server_error()
 }
 
-fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
-    h.get(name)?.to_str().ok()?.trim().parse().ok()
+/// `x-ratelimit-remaining` (or Okta's `X-Rate-Limit-Remaining`).
+fn remaining(h: &HeaderMap) -> Option<u64> {
+    ratelimit_header(h, "remaining")?.parse().ok()
 }
 
 /// How long the server asked us to wait: `Retry-After`; else, on a 429 or when no
-/// request is left in the bucket, until `x-ratelimit-reset`. Capped.
+/// request is left in the bucket, until `x-ratelimit-reset` (or `x-rate-limit-reset`).
+/// Capped.
 pub fn server_wait(h: &HeaderMap, status: StatusCode) -> Option<Duration> {
     let wait = retry_after_header(h).or_else(|| {
-        let exhausted = status == StatusCode::TOO_MANY_REQUESTS || header_u64(h, "x-ratelimit-remaining") == Some(0);
+        let exhausted = status == StatusCode::TOO_MANY_REQUESTS || remaining(h) == Some(0);
         if exhausted { ratelimit_reset(h) } else { None }
     })?;
     Some(wait.min(SERVER_WAIT_CAP))

@@ -3,7 +3,9 @@
 //! - `issuer.rs`: an OpenID issuer serving discovery and a JWKS with an RS256 and an
 //!   ES256 key; it signs ID tokens and counts every fetch.
 //! - `upstream.rs`: a backend that records every request it receives.
-//! - `auth0.rs`: an Auth0-shaped Management API.
+//! - `auth0.rs`: an Auth0-shaped Management API; `keycloak.rs`: a Keycloak realm's
+//!   token endpoint and admin REST API; `okta.rs`: an Okta org's token endpoint
+//!   (verifying `private_key_jwt` assertions) and users / apps API.
 //! - `wire.rs`: a raw HTTP/1.1 client; `strict_h1.rs`: a strict, independent HTTP/1.1
 //!   parser for what claimsmith writes; `scripted.rs`: an upstream scripted byte by
 //!   byte and a raw client that reads answers with their framing.
@@ -21,7 +23,9 @@
 mod audit;
 pub mod auth0;
 mod issuer;
+pub mod keycloak;
 pub mod nginx;
+pub mod okta;
 pub mod redis;
 pub mod replicas;
 pub mod scripted;
