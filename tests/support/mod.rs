@@ -4,6 +4,8 @@
 //!   ES256 key; it signs ID tokens and counts every fetch.
 //! - `upstream.rs`: a backend that records every request it receives.
 //! - `auth0.rs`: an Auth0-shaped Management API.
+//! - `http_proxy.rs`: a forward proxy (CONNECT tunnels and absolute-form requests)
+//!   that records what it saw.
 //! - `wire.rs`: a raw HTTP/1.1 client; `strict_h1.rs`: a strict, independent HTTP/1.1
 //!   parser for what claimsmith writes; `scripted.rs`: an upstream scripted byte by
 //!   byte and a raw client that reads answers with their framing.
@@ -20,6 +22,7 @@
 
 mod audit;
 pub mod auth0;
+pub mod http_proxy;
 mod issuer;
 pub mod nginx;
 pub mod redis;
