@@ -498,3 +498,105 @@ impl hyper::rt::Write for EgressStream {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(https: Option<&str>, http: Option<&str>, no: Option<&str>) -> Result<Egress, EgressVarError> {
+        Egress::from_values(https.map(|v| ("HTTPS_PROXY", v)), http.map(|v| ("HTTP_PROXY", v)), no)
+    }
+
+    #[test]
+    fn proxy_urls_are_checked_and_never_echoed() {
+        for (value, want) in [
+            ("https://u:hunter2@proxy:3129", "https:// proxy"),
+            ("socks5://u:hunter2@proxy:1080", "only http://"),
+            ("http://u:hunter2@", "not a proxy URL"),
+            ("http://u:hunter2@ bad", "not a proxy URL"),
+        ] {
+            let e = rules(Some(value), None, None).err().unwrap_or_else(|| panic!("{value} accepted"));
+            let shown = e.to_string();
+            assert!(shown.starts_with("HTTPS_PROXY: ") && shown.contains(want), "{value}: {shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert!(rules(None, None, Some("*")).is_ok_and(|e| e.describe().is_none()), "NO_PROXY alone: no proxy");
+    }
+
+    #[test]
+    fn the_start_log_shows_host_and_port_only() {
+        let e =
+            rules(Some("http://u:hunter2@proxy.corp:3128"), Some("proxy.corp"), Some(" .corp, 10.0.0.0/8 ")).unwrap();
+        let (https, http, no) = e.describe().unwrap();
+        assert_eq!(
+            (https.as_str(), http.as_str(), no.as_str()),
+            ("proxy.corp:3128", "proxy.corp:80", ".corp, 10.0.0.0/8")
+        );
+        let e = rules(None, Some("http://[::1]:8080"), None).unwrap();
+        assert_eq!(e.describe().unwrap().0, "none");
+        assert_eq!(e.describe().unwrap().1, "[::1]:8080");
+    }
+
+    #[test]
+    fn no_proxy_excludes_suffixes_ips_and_cidrs() {
+        let e = rules(
+            Some("http://proxy:3128"),
+            Some("http://proxy:3128"),
+            Some("example.com, 10.0.0.0/8, ::1, .internal"),
+        )
+        .unwrap();
+        let proxied = |u: &str| e.intercept(&u.parse().unwrap()).is_some();
+        for direct in [
+            "https://example.com/",
+            "https://auth.example.com/",
+            "http://10.1.2.3:8080/",
+            "https://[::1]:443/",
+            "https://idp.internal/",
+        ] {
+            assert!(!proxied(direct), "{direct} proxied");
+        }
+        for via in ["https://notexample.com/", "http://11.0.0.1/", "https://tenant.auth0.com/"] {
+            assert!(proxied(via), "{via} direct");
+        }
+        assert!(
+            !rules(Some("http://proxy:3128"), None, Some("*"))
+                .unwrap()
+                .intercept(&"https://a.b/".parse().unwrap())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn credentials_go_on_absolute_form_requests_only() {
+        let e = rules(Some("http://u:p@proxy:3128"), Some("http://u:p@proxy:3128"), Some("direct.example")).unwrap();
+        let auth = |u: &str| e.absolute_form_auth(&u.parse().unwrap());
+        assert_eq!(auth("http://idp.example/x").as_ref().map(|v| v.as_bytes()), Some(&b"Basic dTpw"[..]));
+        assert!(auth("https://idp.example/x").is_none(), "https: the credentials go on the CONNECT");
+        assert!(auth("http://direct.example/x").is_none(), "not proxied: no credentials");
+        assert!(Egress::none().absolute_form_auth(&"http://idp.example/".parse().unwrap()).is_none());
+    }
+
+    /// A proxy that accepts the connection and never answers CONNECT fails the
+    /// connect after `CONNECT_TIMEOUT`, naming the proxy.
+    #[tokio::test]
+    async fn a_silent_proxy_times_out_the_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let egress = rules(Some(&format!("http://{addr}")), None, None).unwrap();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let mut c = EgressConnector { http, egress };
+        let started = tokio::time::Instant::now();
+        let err = c.call("https://idp.example:8443/".parse().unwrap()).await.err().unwrap();
+        let took = started.elapsed();
+        assert!(took >= CONNECT_TIMEOUT && took < CONNECT_TIMEOUT + Duration::from_secs(3), "{took:?}");
+        assert_eq!(err.to_string(), format!("proxy {addr} did not answer CONNECT to idp.example:8443 within 5s"));
+        hold.abort();
+    }
+}
