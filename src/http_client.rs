@@ -200,7 +200,7 @@ struct EgressRules {
 /// Why the proxy variables cannot be used. Never holds their value (it may carry a
 /// password), only the variable's name.
 #[derive(Debug, thiserror::Error)]
-pub enum EgressError {
+pub(crate) enum EgressError {
     #[error("not a proxy URL (expected http://[user:password@]host[:port])")]
     NotAUrl,
     #[error("an https:// proxy (TLS to the proxy itself) is not supported; give the proxy as http://host:port")]
@@ -212,9 +212,9 @@ pub enum EgressError {
 /// An [`EgressError`] with the name of the variable that caused it.
 #[derive(Debug, thiserror::Error)]
 #[error("{var}: {error}")]
-pub struct EgressVarError {
-    pub var: &'static str,
-    pub error: EgressError,
+pub(crate) struct EgressVarError {
+    pub(crate) var: &'static str,
+    pub(crate) error: EgressError,
 }
 
 impl Egress {
@@ -226,7 +226,7 @@ impl Egress {
     /// Reads `HTTPS_PROXY`/`https_proxy`, `HTTP_PROXY`/`http_proxy` and
     /// `NO_PROXY`/`no_proxy` (upper case first, as Go and hyper-util read them; an
     /// empty value counts as unset). `ALL_PROXY` is not read.
-    pub fn from_env() -> Result<Egress, EgressVarError> {
+    pub(crate) fn from_env() -> Result<Egress, EgressVarError> {
         let get = |names: [&'static str; 2]| {
             names.into_iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
         };
@@ -242,7 +242,7 @@ impl Egress {
 
     /// The rules from explicit values, each proxy as `(variable name, URL)`; the
     /// name only labels errors.
-    pub fn from_values(
+    pub(crate) fn from_values(
         https: Option<(&'static str, &str)>,
         http: Option<(&'static str, &str)>,
         no_proxy: Option<&str>,
@@ -268,7 +268,7 @@ impl Egress {
 
     /// What a start-up log says: each proxy's `host:port` and the NO_PROXY list;
     /// `None` when no proxy is set.
-    pub fn describe(&self) -> Option<(String, String, String)> {
+    pub(crate) fn describe(&self) -> Option<(String, String, String)> {
         let r = self.0.as_ref()?;
         let shown = |p: &Option<String>| p.clone().unwrap_or_else(|| "none".into());
         Some((shown(&r.https), shown(&r.http), r.no_proxy.clone()))
@@ -319,7 +319,7 @@ fn shown(proxy: &Intercept) -> String {
 /// Why a connection through the proxy failed. Names the proxy by `host:port` and
 /// its status code; never carries what else the proxy sent.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("cannot connect to proxy {proxy}")]
     Connect {
         proxy: String,
@@ -532,6 +532,9 @@ mod tests {
             (https.as_str(), http.as_str(), no.as_str()),
             ("proxy.corp:3128", "proxy.corp:80", ".corp, 10.0.0.0/8")
         );
+        let e = rules(None, Some("proxy.corp:3128"), None).unwrap();
+        assert_eq!(e.describe().unwrap().1, "proxy.corp:3128", "no scheme: http://");
+        assert!(e.intercept(&"http://idp.example/".parse().unwrap()).is_some());
         let e = rules(None, Some("http://[::1]:8080"), None).unwrap();
         assert_eq!(e.describe().unwrap().0, "none");
         assert_eq!(e.describe().unwrap().1, "[::1]:8080");
@@ -558,12 +561,8 @@ mod tests {
         for via in ["https://notexample.com/", "http://11.0.0.1/", "https://tenant.auth0.com/"] {
             assert!(proxied(via), "{via} direct");
         }
-        assert!(
-            !rules(Some("http://proxy:3128"), None, Some("*"))
-                .unwrap()
-                .intercept(&"https://a.b/".parse().unwrap())
-                .is_some()
-        );
+        let everything = rules(Some("http://proxy:3128"), None, Some("*")).unwrap();
+        assert!(everything.intercept(&"https://a.b/".parse().unwrap()).is_none(), "NO_PROXY=* excludes all");
     }
 
     #[test]
