@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, SourceConfig};
-use crate::http_client::{self, Connector};
+use crate::http_client::{self, Connector, Egress, JsonClient};
 use crate::metadata::cache::{Kind, MetadataCache};
 use crate::metadata::file::FileSource;
 use crate::metadata::http::HttpSource;
@@ -101,15 +101,28 @@ impl App {
     /// [`Self::build_with`], taking over the origin of each remote source `old` runs
     /// with exactly this configuration (see [`Self::rebuild`]).
     fn build_from(config: Config, metrics: Arc<Metrics>, old: Option<&App>) -> Result<App, BuildError> {
+        // The outbound proxy for the identity provider's clients, read once per state
+        // (at start and on each reload); said once, at start.
+        let egress = Egress::from_env().map_err(|e| invalid(e.var, e.error))?;
+        if old.is_none()
+            && let Some((https, http, no_proxy)) = egress.describe()
+        {
+            tracing::info!(https_proxy = %https, http_proxy = %http, no_proxy = %no_proxy, "outbound proxy for the identity provider's clients (route upstreams stay direct)");
+        }
         // One connector per (CA file, HTTP/1-only); routes get HTTP/1-only ones (see
-        // `http_client::http1_connector`), the JSON clients may negotiate h2.
+        // `http_client::http1_connector`), which never use the proxy; the JSON clients
+        // may negotiate h2 and go through `egress`.
         let mut connectors: BTreeMap<(Option<PathBuf>, bool), Connector> = BTreeMap::new();
         let mut connector = |ca: &Option<PathBuf>, http1_only: bool, key: String| -> Result<Connector, BuildError> {
             if let Some(c) = connectors.get(&(ca.clone(), http1_only)) {
                 return Ok(c.clone());
             }
-            let build = if http1_only { http_client::http1_connector } else { http_client::connector };
-            let c = build(ca.as_deref()).map_err(|e| invalid(key, e))?;
+            let c = if http1_only {
+                http_client::http1_connector(ca.as_deref())
+            } else {
+                http_client::connector(ca.as_deref(), &egress)
+            }
+            .map_err(|e| invalid(key, e))?;
             connectors.insert((ca.clone(), http1_only), c.clone());
             Ok(c)
         };
@@ -133,13 +146,13 @@ impl App {
                 }
                 SourceConfig::Http(h) => {
                     let c = connector(&h.ca_file, false, format!("{key}.ca_file"))?;
-                    (Arc::new(HttpSource::new(h, http_client::client(c), shared.clone())), None)
+                    (Arc::new(HttpSource::new(h, JsonClient::new(c, &egress), shared.clone())), None)
                 }
                 SourceConfig::Auth0(a) => {
                     let c = connector(&a.ca_file, false, format!("{key}.ca_file"))?;
                     let source = crate::metadata::auth0::Auth0Source::new(
                         a,
-                        http_client::client(c),
+                        JsonClient::new(c, &egress),
                         config.cache.ttl,
                         shared.clone(),
                     );
@@ -147,11 +160,11 @@ impl App {
                 }
                 SourceConfig::Keycloak(kc) => {
                     let c = connector(&kc.ca_file, false, format!("{key}.ca_file"))?;
-                    (Arc::new(KeycloakSource::new(kc, http_client::client(c), shared.clone())), None)
+                    (Arc::new(KeycloakSource::new(kc, JsonClient::new(c, &egress), shared.clone())), None)
                 }
                 SourceConfig::Okta(o) => {
                     let c = connector(&o.ca_file, false, format!("{key}.ca_file"))?;
-                    (Arc::new(OktaSource::new(o, http_client::client(c), shared.clone())), None)
+                    (Arc::new(OktaSource::new(o, JsonClient::new(c, &egress), shared.clone())), None)
                 }
             };
             let origin = old.and_then(|o| o.kept_origin(name, sc)).unwrap_or_else(crate::metadata::new_origin);
@@ -179,7 +192,8 @@ impl App {
         cache.scopes = Arc::new(scopes);
         let mut issuer_clients = Vec::new();
         for (i, iss) in config.issuers.iter().enumerate() {
-            issuer_clients.push(http_client::client(connector(&iss.ca_file, false, format!("issuer[{i}].ca_file"))?));
+            let c = connector(&iss.ca_file, false, format!("issuer[{i}].ca_file"))?;
+            issuer_clients.push(JsonClient::new(c, &egress));
         }
         let verifier = Verifier::new(&config.issuers, &issuer_clients)
             .keep_only_claims(&config.token.copy_claims)
@@ -195,7 +209,9 @@ impl App {
         let token_header_canonical = hygiene::canonical(config.token.header.name().as_str()).into_owned();
         let (telemetry, exporter) = match &config.telemetry {
             Some(t) => {
-                let client = http_client::client(connector(&t.ca_file, false, "telemetry.ca_file".to_string())?);
+                // Through the outbound proxy like the identity provider's clients
+                // (NO_PROXY exempts an in-cluster collector).
+                let client = JsonClient::new(connector(&t.ca_file, false, "telemetry.ca_file".to_string())?, &egress);
                 let (telemetry, exporter) = crate::telemetry::Telemetry::new(t, client);
                 (Some(telemetry), exporter)
             }

@@ -298,7 +298,10 @@ impl Backend {
     async fn keys(&self) -> Result<&HashMap<String, DecodingKey>, String> {
         self.keys
             .get_or_try_init(|| async {
-                let client = http_client::client(http_client::connector(None).map_err(|e| e.to_string())?);
+                // The demo's own issuer is on loopback: never through a proxy.
+                let direct = http_client::Egress::none();
+                let connector = http_client::connector(None, &direct).map_err(|e| e.to_string())?;
+                let client = http_client::JsonClient::new(connector, &direct);
                 let req = http_client::get_request(&self.jwks_url).map_err(|e| e.to_string())?;
                 let r = http_client::fetch(&client, req, Duration::from_secs(5), 1 << 20)
                     .await

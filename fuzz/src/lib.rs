@@ -125,7 +125,9 @@ pub fn fixture() -> &'static Fixture {
             .iter()
             .map(|_| {
                 let _guard = rt.enter();
-                claimsmith::http_client::client(claimsmith::http_client::connector(None).expect("connector"))
+                let direct = claimsmith::http_client::Egress::none();
+                let connector = claimsmith::http_client::connector(None, &direct).expect("connector");
+                claimsmith::http_client::JsonClient::new(connector, &direct)
             })
             .collect();
         let verifier = Verifier::new(&cfg.issuers, &clients);

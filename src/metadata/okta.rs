@@ -233,8 +233,9 @@ mod tests {
             ca_file: None,
         };
         crate::install_crypto_provider();
-        let connector = crate::http_client::connector(None).unwrap();
-        let s = OktaSource::new(&cfg, crate::http_client::client(connector), None);
+        let egress = crate::http_client::Egress::none();
+        let connector = crate::http_client::connector(None, &egress).unwrap();
+        let s = OktaSource::new(&cfg, crate::http_client::JsonClient::new(connector, &egress), None);
         let (a, b) = (s.assertion().unwrap(), s.assertion().unwrap());
         let claims = |t: &str| -> Value {
             let part = t.split('.').nth(1).unwrap();

@@ -6,6 +6,8 @@
 //! - `auth0.rs`: an Auth0-shaped Management API; `keycloak.rs`: a Keycloak realm's
 //!   token endpoint and admin REST API; `okta.rs`: an Okta org's token endpoint
 //!   (verifying `private_key_jwt` assertions) and users / apps API.
+//! - `http_proxy.rs`: a forward proxy (CONNECT tunnels and absolute-form requests)
+//!   that records what it saw.
 //! - `wire.rs`: a raw HTTP/1.1 client; `strict_h1.rs`: a strict, independent HTTP/1.1
 //!   parser for what claimsmith writes; `scripted.rs`: an upstream scripted byte by
 //!   byte and a raw client that reads answers with their framing.
@@ -22,6 +24,7 @@
 
 mod audit;
 pub mod auth0;
+pub mod http_proxy;
 mod issuer;
 pub mod keycloak;
 pub mod nginx;
