@@ -283,6 +283,7 @@ fn benches(c: &mut Criterion) {
             client_metadata: &client_md,
             app_keys: None,
             client_keys: None,
+            user_keys: None,
         })
         .unwrap()
     };
