@@ -408,7 +408,7 @@ impl Config {
     /// Whether users are read with their user_metadata: some route forwards it or
     /// some rule reads it. A rule on a route that does not forward it still gets it,
     /// rather than a `{}` that would make a deny rule never hold.
-    pub fn fetches_user_metadata(&self) -> bool {
+    pub(crate) fn fetches_user_metadata(&self) -> bool {
         self.routes.iter().any(|r| r.user_metadata.is_some() || r.rules.reads(crate::rules::Source::UserMetadata))
     }
 
