@@ -197,3 +197,34 @@ impl Kind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn md(v: Value) -> Metadata {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_user_entry_holds_user_metadata_after_app_metadata_and_says_whether_it_does() {
+        let without = StoredMetadata::new(md(json!({"plan": "pro"})));
+        assert_eq!((without.json(), without.user_metadata_json()), (r#"{"plan":"pro"}"#, None));
+        assert!(!without.has_user_metadata());
+        assert_eq!(without.project_user_metadata(&[]), "{}");
+
+        let with =
+            StoredMetadata::with_user_metadata(md(json!({"plan": "pro"})), md(json!({"theme": "dark", "n": [1]})));
+        assert!(with.has_user_metadata());
+        assert_eq!(with.json(), r#"{"plan":"pro"}"#);
+        assert_eq!(with.user_metadata_json(), Some(r#"{"theme":"dark","n":[1]}"#));
+        assert_eq!(with.project(&["plan".into()]), r#"{"plan":"pro"}"#);
+        assert_eq!(with.project_user_metadata(&[]), r#"{"theme":"dark","n":[1]}"#);
+        assert_eq!(with.project_user_metadata(&["theme".into(), "absent".into()]), r#"{"theme":"dark"}"#);
+
+        let none = StoredMetadata::with_user_metadata(Metadata::new(), Metadata::new());
+        assert_eq!((none.json(), none.user_metadata_json()), ("{}", Some("{}")));
+        assert_eq!(none.project_user_metadata(&["theme".into()]), "{}");
+    }
+}
