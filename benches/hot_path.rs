@@ -3,7 +3,7 @@
 //! - `verify/*`: ID token verification, RS256 and ES256, every check (no token
 //!   cache), and a token cache hit;
 //! - `mint/*`: a fresh internal token (not a reuse) with EdDSA, ES256 and RS256
-//!   keys, and a reuse;
+//!   keys, and a reuse; and EdDSA with `[token.static_claims]` / `[token.secret_claims]`;
 //! - `metadata_cache/hit`: one user lookup answered by the metadata cache;
 //! - `rules/*`: a route's two authorization rules evaluated over already-parsed
 //!   metadata (printing the allocations one evaluation makes: none), and with the
@@ -155,8 +155,8 @@ auth = "off"
     Setup { running, rsa, ec, _dir: dir }
 }
 
-/// A [`Minter`] signing with a fresh key of `alg`.
-fn minter(alg: Algorithm, dir: &std::path::Path) -> Minter {
+/// A [`Minter`] signing with a fresh key of `alg`; `token_extra` ends the `[token]` table.
+fn minter(alg: Algorithm, dir: &std::path::Path, token_extra: &str) -> Minter {
     let (_, pem) = SigningKey::generate(alg).unwrap();
     let path = dir.join(format!("{alg:?}.pem"));
     std::fs::write(&path, pem).unwrap();
@@ -176,6 +176,7 @@ issuer = "https://claimsmith.bench/"
 algorithm = "{alg:?}"
 key_files = ["{p}"]
 copy_claims = ["email", "email_verified", "name"]
+{token_extra}
 [[route]]
 path_prefix = "/api/"
 upstream = "http://127.0.0.1:9"
@@ -283,13 +284,14 @@ fn benches(c: &mut Criterion) {
             client_metadata: &client_md,
             app_keys: None,
             client_keys: None,
+            user_keys: None,
         })
         .unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group("mint");
     for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
-        let m = minter(alg, dir.path());
+        let m = minter(alg, dir.path(), "");
         // A new route name per call: no reuse is possible, every call signs.
         let n = AtomicU64::new(0);
         g.bench_function(format!("{alg:?}_fresh"), |b| {
@@ -303,6 +305,22 @@ fn benches(c: &mut Criterion) {
             g.bench_function("reuse", |b| b.iter(|| mint(&m, &route)));
         }
     }
+    // The same with [token.static_claims] and [token.secret_claims]: rendered at
+    // load, spliced per token, so only the extra bytes to sign and encode cost.
+    std::fs::write(dir.path().join("system.key"), "bench-system-key-0123456789abcdef\n").unwrap();
+    let extra = format!(
+        "[token.static_claims]\ndeployment = \"eu-prod\"\nregion = \"eu-west-1\"\n\
+         [token.secret_claims]\nsystem_key = {{ file = {:?} }}\n",
+        dir.path().join("system.key").display().to_string()
+    );
+    let m = minter(Algorithm::EdDSA, dir.path(), &extra);
+    let n = AtomicU64::new(0);
+    g.bench_function("EdDSA_fresh_static_and_secret_claims", |b| {
+        b.iter(|| {
+            let route: Arc<str> = Arc::from(format!("r{}", n.fetch_add(1, Relaxed)));
+            mint(&m, &route)
+        })
+    });
     g.finish();
 
     let source = app.sources[0].clone().expect("the issuer has a metadata source");

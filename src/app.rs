@@ -17,7 +17,7 @@ use crate::metadata::http::HttpSource;
 use crate::metadata::keycloak::KeycloakSource;
 use crate::metadata::okta::OktaSource;
 use crate::metadata::shared::{Coherence, Invalidation, Shared};
-use crate::metadata::{BoxFuture, Lookup, MetadataSource, NamedSource, SourceError, StoredMetadata};
+use crate::metadata::{BoxFuture, Lookup, MetadataSource, NamedSource, SourceError, StoredMetadata, UserLookup};
 use crate::metrics::{Metrics, SourceCounters};
 use crate::mint::Minter;
 use crate::proxy::Route;
@@ -73,9 +73,13 @@ impl App {
             // The entries are kept; this configuration's second level and scopes
             // come with them.
             let (shared, scopes) = (app.cache.shared.take(), app.cache.scopes.clone());
+            let user_metadata = app.cache.user_metadata;
             app.cache = old.cache.clone();
             app.cache.shared = shared;
             app.cache.scopes = scopes;
+            // Kept entries read without user_metadata are misses for a state that
+            // needs it (they say so themselves), so switching it on needs no purge.
+            app.cache.user_metadata = user_metadata;
             for iss in &app.config.issuers {
                 if !same_remote_source(&app.config, &old.config, &iss.issuer) {
                     app.cache.forget_issuer(&Arc::from(iss.issuer.as_str()));
@@ -188,6 +192,7 @@ impl App {
             .filter_map(|(i, s)| Some((Arc::from(i.issuer.as_str()), Arc::from(s.as_ref()?.shared_scope()?))))
             .collect();
         let mut cache = MetadataCache::new(&config.cache);
+        cache.user_metadata = config.fetches_user_metadata();
         cache.shared = shared;
         cache.scopes = Arc::new(scopes);
         let mut issuer_clients = Vec::new();
@@ -394,7 +399,7 @@ struct CountedSource {
 }
 
 impl CountedSource {
-    fn count(&self, r: &Result<Lookup, SourceError>) {
+    fn count<T>(&self, r: &Result<Option<T>, SourceError>) {
         use std::sync::atomic::Ordering::Relaxed;
         match r {
             Ok(Some(_)) => self.counters.ok.fetch_add(1, Relaxed),
@@ -411,6 +416,13 @@ impl MetadataSource for CountedSource {
     fn user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>> {
         Box::pin(async move {
             let r = self.inner.user(user_id).await;
+            self.count(&r);
+            r
+        })
+    }
+    fn user_with_user_metadata<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<UserLookup, SourceError>> {
+        Box::pin(async move {
+            let r = self.inner.user_with_user_metadata(user_id).await;
             self.count(&r);
             r
         })

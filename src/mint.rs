@@ -38,6 +38,9 @@ pub struct MintRequest<'a> {
     pub client_metadata: &'a Arc<StoredMetadata>,
     pub app_keys: Option<&'a [String]>,
     pub client_keys: Option<&'a [String]>,
+    /// The route's `user_metadata` keys (empty: all); `None`: no `user_metadata`
+    /// claim. Read from `app_metadata`, which carries the user's user_metadata.
+    pub user_keys: Option<&'a [String]>,
 }
 
 /// A signed token and what it was made from (for reuse).
@@ -75,6 +78,9 @@ pub struct Minter {
     bearer: bool,
     published: Vec<Arc<SigningKey>>,
     header_json_b64: String,
+    /// `[token.static_claims]` and `[token.secret_claims]` as JSON object members,
+    /// rendered at load ([`crate::config::ExtraClaims`]); spliced into every token.
+    extra_claims: crate::config::ExtraClaims,
     /// The same sharded store as the metadata cache (a lookup per request: a lock and
     /// a hash, none of moka's read bookkeeping).
     reuse: crate::store::Store<ReuseKey, Minted, std::convert::Infallible>,
@@ -104,6 +110,7 @@ impl Minter {
             bearer: cfg.header == crate::config::TokenHeader::Authorization,
             published,
             header_json_b64,
+            extra_claims: cfg.extra_claims.clone(),
             // Reuse pays off for callers that come back within half a token's life;
             // the most recent 10,000 are enough for that, and each entry holds a whole
             // signed token (~0.7 KB), so a larger bound costs memory, not signatures.
@@ -172,8 +179,10 @@ impl Minter {
             exp,
             jti: &new_jti(),
             kept_claims: id.kept_claims_json(),
+            extra_claims: self.extra_claims.members_json(),
             app_metadata: &project(req.app_metadata, req.app_keys),
             client_metadata: &project(req.client_metadata, req.client_keys),
+            user_metadata: req.user_keys.map(|keys| req.app_metadata.project_user_metadata(keys)).as_deref(),
         });
         let prefix = if self.bearer { "Bearer " } else { "" };
         let mut token = String::with_capacity(prefix.len() + self.header_json_b64.len() + payload.len() * 4 / 3 + 400);
@@ -226,24 +235,30 @@ struct ClaimsInput<'a> {
     jti: &'a str,
     /// JSON object members (`"a":1,"b":2`) or empty: [`VerifiedIdentity::kept_claims_json`].
     kept_claims: &'a str,
+    /// JSON object members or empty: `[token.static_claims]` and `[token.secret_claims]`.
+    extra_claims: &'a str,
     /// JSON object texts: [`StoredMetadata`].
     app_metadata: &'a str,
     client_metadata: &'a str,
+    /// `None`: the route does not forward user_metadata.
+    user_metadata: Option<&'a str>,
 }
 
 /// The claims object, written directly: the metadata and the kept claims are
 /// already JSON text, so they are spliced in rather than parsed and re-encoded.
-/// `copy_claims` may not name a claim written here (config validation), so no
-/// member appears twice.
+/// `copy_claims` and the static and secret claims may not name a claim written here,
+/// nor one another (config validation), so no member appears twice.
 fn claims_json(c: &ClaimsInput<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(
-        160 + c.iss.len()
+        180 + c.iss.len()
             + c.aud.len()
             + c.sub.len()
             + c.client_id.len()
             + c.kept_claims.len()
+            + c.extra_claims.len()
             + c.app_metadata.len()
-            + c.client_metadata.len(),
+            + c.client_metadata.len()
+            + c.user_metadata.map_or(0, str::len),
     );
     let string = |out: &mut Vec<u8>, name: &str, v: &str| {
         out.extend_from_slice(name.as_bytes());
@@ -260,10 +275,18 @@ fn claims_json(c: &ClaimsInput<'_>) -> Vec<u8> {
         out.push(b',');
         out.extend_from_slice(c.kept_claims.as_bytes());
     }
+    if !c.extra_claims.is_empty() {
+        out.push(b',');
+        out.extend_from_slice(c.extra_claims.as_bytes());
+    }
     out.extend_from_slice(b",\"app_metadata\":");
     out.extend_from_slice(c.app_metadata.as_bytes());
     out.extend_from_slice(b",\"client_metadata\":");
     out.extend_from_slice(c.client_metadata.as_bytes());
+    if let Some(user) = c.user_metadata {
+        out.extend_from_slice(b",\"user_metadata\":");
+        out.extend_from_slice(user.as_bytes());
+    }
     out.push(b'}');
     out
 }
@@ -310,17 +333,28 @@ mod tests {
             exp: 20,
             jti: "j",
             kept_claims: r#""email":"a@b.c","email_verified":true"#,
+            extra_claims: r#""deployment":"eu-prod","system_key":"s\"k""#,
             app_metadata: app.json(),
             client_metadata: &projected,
+            user_metadata: Some(r#"{"theme":"dark"}"#),
         };
         let v: Value = serde_json::from_slice(&claims_json(&input)).unwrap();
         assert_eq!(
             v,
             json!({"iss": "https://cs/", "aud": "api", "sub": "auth0|\"quoted\"\u{2028}", "client_id": "c",
                    "iat": 10, "exp": 20, "jti": "j", "email": "a@b.c", "email_verified": true,
-                   "app_metadata": {"roles": ["a\"b"], "n": 1}, "client_metadata": {"n": 1}})
+                   "deployment": "eu-prod", "system_key": "s\"k",
+                   "app_metadata": {"roles": ["a\"b"], "n": 1}, "client_metadata": {"n": 1},
+                   "user_metadata": {"theme": "dark"}})
         );
-        let none = ClaimsInput { kept_claims: "", app_metadata: "{}", client_metadata: "{}", ..input };
+        let none = ClaimsInput {
+            kept_claims: "",
+            extra_claims: "",
+            app_metadata: "{}",
+            client_metadata: "{}",
+            user_metadata: None,
+            ..input
+        };
         let v: Value = serde_json::from_slice(&claims_json(&none)).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 9);
     }

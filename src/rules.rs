@@ -23,6 +23,9 @@ pub enum Source {
     AppMetadata,
     /// The client's client_metadata, before the route's projection.
     ClientMetadata,
+    /// The user's user_metadata, whether or not the route forwards it. The user can
+    /// edit it: docs/security.md says why it must not decide access.
+    UserMetadata,
 }
 
 /// An RFC 6901 JSON pointer, split into its unescaped reference tokens at load.
@@ -186,12 +189,16 @@ impl Rule {
             Some("claims") => Some(Source::Claims),
             Some("app_metadata") => Some(Source::AppMetadata),
             Some("client_metadata") => Some(Source::ClientMetadata),
+            Some("user_metadata") => Some(Source::UserMetadata),
             Some(other) => {
-                errs.push(("source", format!("`{other}` is not one of claims, app_metadata, client_metadata")));
+                errs.push((
+                    "source",
+                    format!("`{other}` is not one of claims, app_metadata, client_metadata, user_metadata"),
+                ));
                 None
             }
             None => {
-                errs.push(("source", "is required (claims, app_metadata or client_metadata)".into()));
+                errs.push(("source", "is required (claims, app_metadata, client_metadata or user_metadata)".into()));
                 None
             }
         };
@@ -351,6 +358,7 @@ pub struct Facts<'a> {
     pub claims: Option<&'a Value>,
     pub app_metadata: Option<&'a Value>,
     pub client_metadata: Option<&'a Value>,
+    pub user_metadata: Option<&'a Value>,
 }
 
 impl Rules {
@@ -377,6 +385,7 @@ impl Rules {
                 Source::Claims => facts.claims,
                 Source::AppMetadata => facts.app_metadata,
                 Source::ClientMetadata => facts.client_metadata,
+                Source::UserMetadata => facts.user_metadata,
             };
             doc.and_then(|d| r.pointer.resolve(d))
         };

@@ -301,3 +301,83 @@ fn check_accepts_keycloak_and_okta_sources_and_names_their_keys() {
         assert_plain(&err);
     }
 }
+
+/// `claimsmith check` (and `run`) on a config with `[token.static_claims]` /
+/// `[token.secret_claims]` (docs/configuration.md, "[token]"): a name claimsmith sets,
+/// one copied from the ID token, one in both tables, a missing environment variable
+/// or file: exit 2, naming the key; the secret's value is never printed, whatever
+/// the outcome.
+#[test]
+fn check_refuses_bad_static_and_secret_claims_by_key_and_never_prints_a_secret() {
+    const SECRET: &str = "system-key-value-7d1e9c";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("system.key"), format!("{SECRET}-from-file\n")).unwrap();
+    let check = |token: &str, env: &[(&str, &str)]| {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[issuer]]\nissuer = \"https://t.example/\"\naudiences = [\"a\"]\n\
+                 [[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\naudience = \"x\"\n\
+                 [token]\ncopy_claims = [\"email\"]\n{token}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--config", cfg.to_str().unwrap()]).env_remove("CLAIMSMITH_CONFIG");
+        cmd.env_remove("CHECK_SYSTEM_KEY").env_remove("CHECK_UNSET_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET), "a secret was printed: {stdout}{stderr}");
+        assert_plain(&stderr);
+        (out.status.code().unwrap_or(-1), stdout, stderr)
+    };
+    let env = [("CHECK_SYSTEM_KEY", SECRET)];
+    let good = "[token.static_claims]\ndeployment = \"eu-prod\"\n[token.secret_claims]\n\
+                system_key = { env = \"CHECK_SYSTEM_KEY\" }\nfile_key = { file = \"system.key\" }";
+    let (code, out, err) = check(good, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("config ok"), "{out}");
+
+    for (token, key) in [
+        ("[token.static_claims]\nsub = \"x\"", "token.static_claims.sub"),
+        ("[token.static_claims]\nuser_metadata = {}", "token.static_claims.user_metadata"),
+        ("[token.secret_claims]\niss = { env = \"CHECK_SYSTEM_KEY\" }", "token.secret_claims.iss"),
+        ("[token.static_claims]\nemail = \"x\"", "token.static_claims.email"),
+        (
+            "[token.static_claims]\nk = 1\n[token.secret_claims]\nk = { env = \"CHECK_SYSTEM_KEY\" }",
+            "token.secret_claims.k",
+        ),
+        ("[token.secret_claims]\nsystem_key = { env = \"CHECK_UNSET_KEY\" }", "token.secret_claims.system_key"),
+        ("[token.secret_claims]\nsystem_key = { file = \"missing.key\" }", "token.secret_claims.system_key"),
+    ] {
+        // With the secret in the environment all the same: refused configs print no more.
+        let (code, _, err) = check(token, &env);
+        assert_eq!(code, 2, "{token}: {err}");
+        assert!(err.contains(key), "{token}: stderr does not name {key}: {err}");
+    }
+    // A bad key elsewhere: the rest, secrets included, is read and never printed.
+    let (code, _, err) = check(&format!("{good}\nbogus = 1"), &env);
+    assert_eq!(code, 2, "{err}");
+
+    // `run` refuses to start the same way.
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        "[[issuer]]\nissuer = \"https://t.example/\"\naudiences = [\"a\"]\n[[route]]\npath_prefix = \"/\"\n\
+         upstream = \"http://127.0.0.1:1\"\naudience = \"x\"\n[token.secret_claims]\nk = { env = \"CHECK_UNSET_KEY\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env_remove("CLAIMSMITH_CONFIG")
+        .env_remove("CHECK_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token.secret_claims.k"));
+}

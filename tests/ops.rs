@@ -654,3 +654,80 @@ async fn logs_written_to_a_file_have_no_colours_and_give_each_request_its_id() {
         assert_ne!(log_field(access[1], "trace_id").as_deref(), Some(TRACE_ID));
     }
 }
+
+/// `[token.static_claims]` and `[token.secret_claims]` with the real binary: both reach
+/// every internal token; a reload whose secret is missing (file gone, variable
+/// renamed) fails and keeps the old config, secret included; the secret values never
+/// appear in the logs (debug everywhere), an error message or a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_claims_reach_tokens_survive_a_failed_reload_and_never_the_logs() {
+    const ENV_SECRET: &str = "env-secret-claim-5b7d2e91";
+    const FILE_SECRET: &str = "file-secret-claim-c04a8f3d";
+    init();
+    let issuer = Issuer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("metadata.json");
+    std::fs::write(&md, default_metadata().to_string()).unwrap();
+    let key_file = dir.path().join("system.key");
+    std::fs::write(&key_file, format!("{FILE_SECRET}\n")).unwrap();
+    let with_claims = |env_name: &'static str| {
+        let key_file = key_file.clone();
+        move |t: String| {
+            format!(
+                "{t}\n[token.static_claims]\ndeployment = \"eu-prod\"\nlimits = {{ rps = 10 }}\n\
+                 [token.secret_claims]\nsystem_key = {{ env = \"{env_name}\" }}\nfile_key = {{ file = {:?} }}\n",
+                key_file.display().to_string()
+            )
+        }
+    };
+    // The tables go after everything else, so `[[route]]` tables stay where they were.
+    let cfg = write_config(dir.path(), &issuer, &upstream.url(), &md, with_claims("OPS_SYSTEM_KEY"));
+    // Signals only: each reload below is one this test asks for.
+    let mut p = Proc::start(
+        &["run", "--no-watch", "--config", cfg.to_str().unwrap(), "--log-format", "json"],
+        &[("RUST_LOG", "debug"), ("OPS_SYSTEM_KEY", ENV_SECRET)],
+    )
+    .await;
+    let token = issuer.token(USER_1);
+    let claims_now = || claims_of(upstream.last().headers["x-internal-token"].to_str().unwrap());
+    assert_eq!(p.get("/api/a", Some(&token)).await.0, StatusCode::OK);
+    let c = claims_now();
+    assert_eq!(c["deployment"], "eu-prod");
+    assert_eq!(c["limits"], json!({"rps": 10}));
+    assert_eq!(c["system_key"], ENV_SECRET);
+    assert_eq!(c["file_key"], FILE_SECRET, "one trailing newline is not part of the value");
+    assert_eq!(c["sub"], USER_1);
+
+    // The file is gone: the reload fails, naming the key, and the old config serves.
+    std::fs::remove_file(&key_file).unwrap();
+    p.signal("HUP");
+    let line = wait_for(&p.logs, "reload failed").await;
+    assert!(line.contains("token.secret_claims.file_key"), "the log names the key: {line}");
+    // A variable that is not set: the same.
+    write_config(dir.path(), &issuer, &upstream.url(), &md, with_claims("OPS_UNSET_KEY"));
+    std::fs::write(&key_file, format!("{FILE_SECRET}\n")).unwrap();
+    p.signal("HUP");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while p.logs.lock().unwrap().iter().filter(|l| l.contains("reload failed")).count() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "second reload not logged:\n{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(p.log_text().contains("token.secret_claims.system_key"), "{}", p.log_text());
+    // A new token (the old one could be reused) still carries the old secrets.
+    let fresh = issuer.token(USER_2);
+    assert_eq!(p.get("/api/b", Some(&fresh)).await.0, StatusCode::OK);
+    let c = claims_now();
+    assert_eq!((c["system_key"].as_str(), c["file_key"].as_str()), (Some(ENV_SECRET), Some(FILE_SECRET)));
+    let (_, metrics) = p.get_admin("/metrics").await;
+    assert!(metrics.contains("claimsmith_config_reloads_total{result=\"failed\"} 2"), "{metrics}");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit().await, 0);
+
+    let all = p.log_text();
+    assert!(all.contains("claimsmith::access"), "the logs were captured:\n{all}");
+    for secret in [ENV_SECRET, FILE_SECRET] {
+        assert!(!all.contains(secret), "LEAK: the logs contain a secret claim's value");
+        assert!(!metrics.contains(secret));
+    }
+}

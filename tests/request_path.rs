@@ -395,3 +395,75 @@ async fn the_suite_runs_on_the_transport_its_binary_names() {
     assert_eq!(h.proxy.app().config.listen.fast_path, fast_path());
     assert_eq!(env!("CARGO_CRATE_NAME").ends_with("_hyper"), !fast_path());
 }
+
+/// `[token.static_claims]` and `[token.secret_claims]` (docs/configuration.md,
+/// "[token]") are in every internal token, on every route, signed with the rest;
+/// the secret never comes back to the client (the harness's leak audit).
+#[tokio::test]
+async fn static_and_secret_claims_are_in_every_internal_token() {
+    const SECRET: &str = "system-key-secret-value-3f9a";
+    let toml = DEFAULT_TOML.to_string()
+        + r#"
+[[route]]
+path_prefix = "/billing/"
+upstream = "{upstream}"
+audience = "billing-api"
+app_metadata = ["plan"]
+
+[token.static_claims]
+deployment = "eu-prod"
+flags = ["a", 1, true]
+[token.secret_claims]
+system_key = { file = "{dir}/system.key" }
+"#;
+    let h = Harness::start_parts_with_files(
+        Issuer::start().await,
+        Upstream::start().await,
+        &toml,
+        default_metadata(),
+        &[("system.key", &format!("{SECRET}\n"))],
+    )
+    .await;
+    h.add_secret(SECRET);
+    let jwks = h.admin_jwks().await;
+    for (path, aud, token) in
+        [("/api/x", INTERNAL_AUD, h.issuer.token(USER_1)), ("/billing/x", "billing-api", h.issuer.token_es256(USER_2))]
+    {
+        let r = h.get_with_token(path, &token).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        let c = verify_internal(&h.last_internal_token().unwrap(), &jwks, aud);
+        assert_eq!(c["deployment"], "eu-prod");
+        assert_eq!(c["flags"], json!(["a", 1, true]));
+        assert_eq!(c["system_key"], SECRET);
+        assert!(c["sub"].is_string() && c["app_metadata"].is_object() && c.get("user_metadata").is_none(), "{c}");
+    }
+}
+
+/// A file source has no user_metadata: a route forwarding it gets `{}`, a rule
+/// reading it sees nothing resolve, and routes that do not list it get no claim.
+#[tokio::test]
+async fn a_file_source_gives_empty_user_metadata() {
+    let toml = DEFAULT_TOML.to_string()
+        + r#"
+[[route]]
+path_prefix = "/theme/"
+upstream = "{upstream}"
+audience = "orders-api"
+user_metadata = ["theme"]
+[[route.deny]]
+source = "user_metadata"
+pointer = "/theme"
+op = "exists"
+"#;
+    let h = Harness::start_with(&toml, default_metadata()).await;
+    let token = h.issuer.token(USER_1);
+    let r = h.get_with_token("/theme/x", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let c = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    assert_eq!(c["user_metadata"], json!({}));
+    assert_eq!(c["app_metadata"]["plan"], "pro");
+    let r = h.get_with_token("/api/x", &token).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let c = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
+    assert!(c.get("user_metadata").is_none(), "{c}");
+}

@@ -516,3 +516,64 @@ async fn rediss_with_a_private_ca_is_shared_and_an_untrusted_one_is_not_used() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// user_metadata through `[shared]` (docs/scaling.md): a replica that reads it finds
+/// an entry another replica stored without it (its configuration forwards none) and
+/// reads the user again rather than forward "none"; what it read goes through the
+/// sealed second level, so a third replica that reads it makes no read at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_metadata_is_shared_and_an_entry_without_it_is_never_taken_for_none() {
+    let redis = RedisServer::start();
+    let mock = tenant(1).await;
+    let theme = json!({"theme": "shared-theme-secret", "locale": "fr"});
+    mock.state.lock().unwrap().users.get_mut(&user(0)).unwrap()["user_metadata"] = theme.clone();
+    let plain = TenantOpts::default();
+    let forwards = TenantOpts { route_extra: "user_metadata = []", ..TenantOpts::default() };
+    let mut f = fleet(&mock, &plain, 1, &redis).await;
+    let token = f.issuer.token(&user(0));
+    let claims = |f: &Fleet| -> Value {
+        use base64::Engine;
+        let t = f.upstream.last().headers["x-internal-token"].to_str().unwrap().to_string();
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.split('.').nth(1).unwrap()).unwrap();
+        serde_json::from_slice(&payload).unwrap()
+    };
+    let fields = |mock: &Auth0Mock| -> Vec<String> {
+        mock.calls()
+            .iter()
+            .filter(|c| c.endpoint == Endpoint::User)
+            .map(|c| c.target.split_once("fields=").map_or("", |(_, q)| q).to_string())
+            .collect()
+    };
+
+    let a = f.get(0, "/api/x", &token).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", f.log(0));
+    assert!(claims(&f).get("user_metadata").is_none());
+    assert_eq!(fields(&mock), ["app_metadata&include_fields=true"]);
+
+    // A replica that forwards user_metadata: the shared entry lacks it, so it reads.
+    for i in [1, 2] {
+        let r = f.add(&mock, &forwards, Some(&redis.url()), "").await;
+        f.wait_shared(r, true, Duration::from_secs(10)).await;
+        assert_eq!(r, i);
+    }
+    let a = f.get(1, "/api/x", &token).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", f.log(1));
+    assert_eq!(claims(&f)["user_metadata"], theme);
+    assert_eq!(
+        fields(&mock),
+        ["app_metadata&include_fields=true", "app_metadata,user_metadata&include_fields=true"],
+        "{}",
+        mock.summary()
+    );
+
+    // The third replica finds it in Redis, user_metadata included.
+    let a = f.get(2, "/api/x", &token).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", f.log(2));
+    assert_eq!(claims(&f)["user_metadata"], theme);
+    assert_eq!(mock.count(Endpoint::User), 2, "{}", mock.summary());
+    assert!(f.metric(2, "claimsmith_shared_hits_total").await.unwrap_or(0.0) >= 1.0);
+    // And the first, which forwards none, still forwards none.
+    let a = f.get(0, "/api/y", &f.issuer.token(&user(0))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(claims(&f).get("user_metadata").is_none());
+}

@@ -130,11 +130,15 @@ async fn apply_change(app: &App, item: &Item) -> Invalidation {
         return Invalidation::Ignored;
     }
     match &item.change {
-        Change::User { user_id, app_metadata: Some(md), updated_at_ms: Some(at) } => {
+        Change::User { user_id, app_metadata: Some(md), user_metadata, updated_at_ms: Some(at) } => {
             let mut action = Invalidation::Replaced;
             for (source, issuer) in &issuers {
                 let origin = origin_of(app, source);
-                if app.cache.replace(Kind::User, (issuer, origin), user_id, md.clone(), *at).await == Replace::Evicted {
+                // The user_metadata goes with the app_metadata when the event carried
+                // it (held only while some route or rule reads it); without it, a
+                // state that reads it reads the user again rather than take "none".
+                let value = (md.clone(), user_metadata.clone());
+                if app.cache.replace(Kind::User, (issuer, origin), user_id, value, *at).await == Replace::Evicted {
                     action = Invalidation::Evicted;
                 }
             }

@@ -108,9 +108,23 @@ pub struct SharedConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Claims claimsmith sets itself; `copy_claims` may not name them.
-pub const RESERVED_CLAIMS: &[&str] =
-    &["iss", "aud", "sub", "client_id", "iat", "exp", "nbf", "jti", "app_metadata", "client_metadata", "typ"];
+/// Claims claimsmith sets itself (`mint.rs`, and `nbf` / `typ`, which a backend may
+/// read as the token's own); `copy_claims`, `[token.static_claims]` and
+/// `[token.secret_claims]` may not name them.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "iss",
+    "aud",
+    "sub",
+    "client_id",
+    "iat",
+    "exp",
+    "nbf",
+    "jti",
+    "app_metadata",
+    "client_metadata",
+    "user_metadata",
+    "typ",
+];
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -355,6 +369,54 @@ pub struct TokenConfig {
     pub key_files: Vec<PathBuf>,
     pub header: TokenHeader,
     pub copy_claims: Vec<String>,
+    /// `[token.static_claims]` and `[token.secret_claims]`, rendered at load.
+    pub extra_claims: ExtraClaims,
+}
+
+/// `[token.static_claims]` and `[token.secret_claims]`, rendered once at load as the
+/// JSON object members every internal token carries (`"deployment":"eu-prod",...`):
+/// the minter splices the text, so they cost no work per request. The text holds
+/// the secret claims' values, so it is a [`Secret`] and `Debug` shows only the names.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ExtraClaims {
+    names: Vec<String>,
+    members: Option<Secret>,
+}
+
+impl ExtraClaims {
+    /// From (name, value) pairs, static then secret; names are already checked to
+    /// be distinct and not claimsmith's own.
+    pub(crate) fn render(claims: &[(String, serde_json::Value)]) -> ExtraClaims {
+        let mut text = String::new();
+        for (name, value) in claims {
+            if !text.is_empty() {
+                text.push(',');
+            }
+            // A String and a Value always serialize.
+            text.push_str(&serde_json::Value::String(name.clone()).to_string());
+            text.push(':');
+            text.push_str(&value.to_string());
+        }
+        ExtraClaims {
+            names: claims.iter().map(|(n, _)| n.clone()).collect(),
+            members: (!text.is_empty()).then(|| Secret::new(text)),
+        }
+    }
+    /// The members' JSON text, `""` when there are none. Holds secret values: never
+    /// log it.
+    pub(crate) fn members_json(&self) -> &str {
+        self.members.as_ref().map_or("", Secret::expose)
+    }
+    /// The claims' names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl fmt::Debug for ExtraClaims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtraClaims").field("names", &self.names).finish_non_exhaustive()
+    }
 }
 
 /// `route.max_body_bytes` when not set: 10 MiB.
@@ -379,6 +441,9 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     pub app_metadata: Option<Vec<String>>,
     pub client_metadata: Option<Vec<String>>,
+    /// The user_metadata keys this route's internal token carries (empty: all);
+    /// `None`: no `user_metadata` claim.
+    pub user_metadata: Option<Vec<String>>,
     /// Whether WebSocket upgrades are forwarded (docs/security.md, "Upgrades").
     pub websocket: bool,
     /// Largest request body forwarded; a larger one is refused with 413.
@@ -469,6 +534,13 @@ impl Config {
             files,
             path: None,
         })
+    }
+
+    /// Whether users are read with their user_metadata: some route forwards it or
+    /// some rule reads it. A rule on a route that does not forward it still gets it,
+    /// rather than a `{}` that would make a deny rule never hold.
+    pub(crate) fn fetches_user_metadata(&self) -> bool {
+        self.routes.iter().any(|r| r.user_metadata.is_some() || r.rules.reads(crate::rules::Source::UserMetadata))
     }
 
     /// One line for `claimsmith check`.

@@ -121,6 +121,18 @@ pub(super) struct RawToken {
     pub(super) key_files: Vec<PathBuf>,
     pub(super) header: Option<String>,
     pub(super) copy_claims: Option<Vec<String>>,
+    /// `[token.static_claims]`: any TOML value, as JSON in every internal token.
+    pub(super) static_claims: Option<BTreeMap<String, toml::Value>>,
+    /// `[token.secret_claims]`: `{ env = "NAME" }` or `{ file = "PATH" }` each.
+    pub(super) secret_claims: Option<BTreeMap<String, RawSecretClaim>>,
+}
+
+/// Where one `[token.secret_claims]` value is read from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecretClaim {
+    pub(super) env: Option<String>,
+    pub(super) file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +147,7 @@ pub(super) struct RawRoute {
     pub(super) strip_prefix: bool,
     pub(super) app_metadata: Option<Vec<String>>,
     pub(super) client_metadata: Option<Vec<String>>,
+    pub(super) user_metadata: Option<Vec<String>>,
     pub(super) websocket: Option<bool>,
     pub(super) max_body_bytes: Option<i64>,
     #[serde(default)]

@@ -385,3 +385,154 @@ fn an_okta_source_reads_its_key_at_load_and_each_missing_key_is_named() {
         "keycloak keys are not okta's"
     );
 }
+
+/// A valid config whose `[token]` table ends with `token`, then the route with `route`.
+fn with_token(token: &str, route: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(&format!(
+        r#"
+        [[issuer]]
+        issuer = "https://t.example/"
+        audiences = ["a"]
+        jwks_uri = "https://t.example/jwks.json"
+        [[route]]
+        path_prefix = "/api/"
+        upstream = "http://127.0.0.1:1"
+        audience = "x"
+        {route}
+        [token]
+        {token}
+        "#
+    ))
+}
+
+fn token_error_keys(token: &str) -> Vec<String> {
+    with_token(token, "").unwrap_err().0.into_iter().map(|e| e.key).collect()
+}
+
+#[test]
+fn static_claims_are_rendered_once_as_json_members() {
+    let c = with_token(
+        r#"
+        [token.static_claims]
+        deployment = "eu-prod"
+        replicas = 3
+        ratio = 0.5
+        canary = false
+        since = 2025-02-01T12:34:56Z
+        zones = ["a", "b"]
+        limits = { rps = 10, burst = [1, 2] }
+        "#,
+        "",
+    )
+    .unwrap();
+    let members: serde_json::Value =
+        serde_json::from_str(&format!("{{{}}}", c.token.extra_claims.members_json())).unwrap();
+    assert_eq!(
+        members,
+        serde_json::json!({"deployment": "eu-prod", "replicas": 3, "ratio": 0.5, "canary": false,
+            "since": "2025-02-01T12:34:56Z", "zones": ["a", "b"], "limits": {"rps": 10, "burst": [1, 2]}})
+    );
+    let none = with_token("", "").unwrap();
+    assert_eq!(none.token.extra_claims.members_json(), "");
+    assert!(none.token.extra_claims.names().is_empty());
+}
+
+#[test]
+fn a_claim_claimsmith_sets_cannot_be_a_static_or_secret_claim() {
+    for name in RESERVED_CLAIMS.iter().chain(&["user_metadata"]) {
+        let keys = token_error_keys(&format!("[token.static_claims]\n{name} = \"x\"\n"));
+        assert_eq!(keys, vec![format!("token.static_claims.{name}")]);
+        let keys = token_error_keys(&format!("[token.secret_claims]\n{name} = {{ env = \"CARGO_PKG_NAME\" }}\n"));
+        assert_eq!(keys, vec![format!("token.secret_claims.{name}")]);
+        let keys = token_error_keys(&format!("copy_claims = [\"{name}\"]\n"));
+        assert_eq!(keys, vec!["token.copy_claims[0]".to_string()]);
+    }
+    let keys = token_error_keys("copy_claims = [\"email\", \"tier\"]\n[token.static_claims]\ntier = \"gold\"\n");
+    assert_eq!(keys, vec!["token.static_claims.tier"]);
+    let keys = token_error_keys("copy_claims = [\"key\"]\n[token.secret_claims]\nkey = { env = \"CARGO_PKG_NAME\" }\n");
+    assert_eq!(keys, vec!["token.secret_claims.key"]);
+    let keys = token_error_keys(
+        "[token.static_claims]\nshared = 1\n[token.secret_claims]\nshared = { env = \"CARGO_PKG_NAME\" }\n",
+    );
+    assert_eq!(keys, vec!["token.secret_claims.shared"]);
+    let keys = token_error_keys("[token.static_claims]\n\"\" = 1\n");
+    assert_eq!(keys, vec!["token.static_claims."]);
+    let keys = token_error_keys("[token.static_claims]\nbad = nan\n");
+    assert_eq!(keys, vec!["token.static_claims.bad"]);
+}
+
+#[test]
+fn secret_claims_are_read_at_load_and_never_shown() {
+    // Cargo sets it for every test process: an environment variable that is set.
+    let pkg = std::env::var("CARGO_PKG_NAME").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let (one, two, crlf, empty, newline) = (
+        file("one", "file-secret-value\n"),
+        file("two", "two-newlines\n\n"),
+        file("crlf", "crlf-value\r\n"),
+        file("empty", ""),
+        file("newline", "\n"),
+    );
+    let c = with_token(
+        &format!(
+            "[token.secret_claims]\nfrom_env = {{ env = \"CARGO_PKG_NAME\" }}\nfrom_file = {{ file = {one:?} }}\n\
+             two = {{ file = {two:?} }}\ncrlf = {{ file = {crlf:?} }}\n"
+        ),
+        "",
+    )
+    .unwrap();
+    let members: serde_json::Value =
+        serde_json::from_str(&format!("{{{}}}", c.token.extra_claims.members_json())).unwrap();
+    assert_eq!(
+        members,
+        serde_json::json!({"crlf": "crlf-value", "from_env": pkg, "from_file": "file-secret-value",
+            "two": "two-newlines\n"}),
+        "one trailing newline is dropped, no more"
+    );
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("file-secret-value") && !debug.contains("crlf-value"), "{debug}");
+    assert!(debug.contains("from_file"), "Debug names the claims: {debug}");
+
+    let missing = dir.path().join("missing").display().to_string();
+    for (claim, reason) in [
+        ("{ env = \"CLAIMSMITH_TEST_UNSET_SECRET_CLAIM\" }", "not set"),
+        (&format!("{{ file = {missing:?} }}"), "cannot read"),
+        (&format!("{{ file = {empty:?} }}"), "is empty"),
+        (&format!("{{ file = {newline:?} }}"), "is empty"),
+        ("{ }", "set env"),
+        (&format!("{{ env = \"CARGO_PKG_NAME\", file = {one:?} }}"), "only one"),
+    ] {
+        let e = with_token(&format!("[token.secret_claims]\nsystem_key = {claim}\n"), "").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "token.secret_claims.system_key");
+        assert!(e.0[0].reason.contains(reason), "{claim}: {}", e.0[0].reason);
+        assert!(!e.0[0].reason.contains("file-secret-value"));
+    }
+    let e = with_token("[token.secret_claims]\nsystem_key = { environment = \"X\" }\n", "").unwrap_err();
+    assert_eq!(e.0[0].key, "environment");
+}
+
+#[test]
+fn user_metadata_is_read_when_a_route_forwards_it_or_a_rule_reads_it() {
+    assert!(!with_token("", "").unwrap().fetches_user_metadata());
+    let c = with_token("", "user_metadata = [\"theme\"]").unwrap();
+    assert!(c.fetches_user_metadata());
+    assert_eq!(c.routes[0].user_metadata.as_deref(), Some(&["theme".to_string()][..]));
+    assert!(with_token("", "user_metadata = []").unwrap().fetches_user_metadata());
+    let rule = "[[route.deny]]\nsource = \"user_metadata\"\npointer = \"/theme\"\nop = \"eq\"\nvalue = \"x\"\n";
+    let c = with_token("", rule).unwrap();
+    assert!(c.fetches_user_metadata(), "a rule reads it though the route does not forward it");
+    assert!(c.routes[0].user_metadata.is_none());
+    let other = "[[route.require]]\nsource = \"app_metadata\"\npointer = \"/plan\"\nop = \"exists\"\n";
+    assert!(!with_token("", other).unwrap().fetches_user_metadata());
+    let e = Config::parse(
+        "[[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"off\"\nuser_metadata = []\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.0[0].key, "route[0].user_metadata");
+}

@@ -766,7 +766,129 @@ pub(super) fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) 
             );
         }
     }
-    TokenConfig { issuer, ttl, algorithm, keys, key_files, header, copy_claims }
+    let extra_claims = extra_claims(raw.static_claims, raw.secret_claims, &copy_claims, base, errs);
+    TokenConfig { issuer, ttl, algorithm, keys, key_files, header, copy_claims, extra_claims }
+}
+
+/// `[token.static_claims]` and `[token.secret_claims]`: every name free (not one
+/// claimsmith sets, not copied from the ID token, not in both tables), every secret
+/// read now, so a missing one fails the start or the reload. No message holds a
+/// secret's value.
+fn extra_claims(
+    statics: Option<BTreeMap<String, toml::Value>>,
+    secrets: Option<BTreeMap<String, RawSecretClaim>>,
+    copy_claims: &[String],
+    base: &PathBase,
+    errs: &mut Errors,
+) -> ExtraClaims {
+    let (statics, secrets) = (statics.unwrap_or_default(), secrets.unwrap_or_default());
+    let mut claims = Vec::with_capacity(statics.len() + secrets.len());
+    let name_ok = |key: &str, name: &str, errs: &mut Errors| -> bool {
+        let problem = if name.is_empty() {
+            Some("a claim name must not be empty".to_string())
+        } else if RESERVED_CLAIMS.contains(&name) {
+            Some(format!("`{name}` is set by claimsmith itself"))
+        } else if copy_claims.iter().any(|c| c == name) {
+            Some(format!("`{name}` is also in token.copy_claims"))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => errs.push(key, p),
+            None => return true,
+        }
+        false
+    };
+    for (name, value) in statics {
+        let key = format!("token.static_claims.{name}");
+        if !name_ok(&key, &name, errs) {
+            continue;
+        }
+        match toml_to_json(value) {
+            Ok(v) => claims.push((name, v)),
+            Err(why) => errs.push(key, why),
+        }
+    }
+    for (name, raw) in secrets {
+        let key = format!("token.secret_claims.{name}");
+        if claims.iter().any(|(n, _)| *n == name) {
+            errs.push(key, format!("`{name}` is also in token.static_claims"));
+            continue;
+        }
+        if !name_ok(&key, &name, errs) {
+            continue;
+        }
+        if let Some(value) = secret_claim(&key, raw, base, errs) {
+            claims.push((name, serde_json::Value::String(value.expose().to_string())));
+        }
+    }
+    ExtraClaims::render(&claims)
+}
+
+/// One `[token.secret_claims]` value: `{ env = "NAME" }` or `{ file = "PATH" }` (the
+/// content, one trailing newline dropped); empty or missing is an error.
+fn secret_claim(key: &str, raw: RawSecretClaim, base: &PathBase, errs: &mut Errors) -> Option<Secret> {
+    match (raw.env, raw.file) {
+        (None, None) => {
+            errs.push(key, "set env = \"NAME\" or file = \"PATH\"");
+            None
+        }
+        (Some(_), Some(_)) => {
+            errs.push(key, "set only one of env and file");
+            None
+        }
+        (Some(var), None) => match std::env::var(&var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            Ok(_) => {
+                errs.push(key, format!("environment variable {var} is empty"));
+                None
+            }
+            Err(_) => {
+                errs.push(key, format!("environment variable {var} is not set (or not UTF-8)"));
+                None
+            }
+        },
+        (None, Some(path)) => {
+            let path = base.resolve(&path);
+            errs.read(&path);
+            match std::fs::read_to_string(&path) {
+                Ok(v) => {
+                    // Editors and Kubernetes Secret mounts end a file with a newline;
+                    // only that one is not part of the value.
+                    let v = v.strip_suffix('\n').map_or(v.as_str(), |v| v.strip_suffix('\r').unwrap_or(v));
+                    if v.is_empty() {
+                        errs.push(key, format!("{} is empty", path.display()));
+                        return None;
+                    }
+                    Some(Secret::new(v))
+                }
+                // The I/O error names the problem, never the content.
+                Err(e) => {
+                    errs.push(key, format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// A TOML value as JSON: a date-time becomes its RFC 3339 text; a float JSON cannot
+/// hold (nan, inf) is an error.
+fn toml_to_json(v: toml::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => {
+            J::Number(serde_json::Number::from_f64(f).ok_or_else(|| format!("{f} cannot be written in JSON"))?)
+        }
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect::<Result<_, _>>()?),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| Ok((k, toml_to_json(v)?))).collect::<Result<_, String>>()?)
+        }
+    })
 }
 
 pub(super) fn validate_routes(
@@ -837,6 +959,9 @@ pub(super) fn validate_routes(
                 DEFAULT_MAX_BODY_BYTES
             }
         };
+        if auth == AuthMode::Off && r.user_metadata.is_some() {
+            errs.push(k("user_metadata"), "a route with auth = \"off\" has no caller, so no user_metadata to forward");
+        }
         let rules = route_rules(i, r.require, r.deny, errs);
         if auth == AuthMode::Off && !rules.is_empty() {
             errs.push(k("auth"), "a route with require or deny rules needs a caller: auth cannot be \"off\"");
@@ -852,6 +977,7 @@ pub(super) fn validate_routes(
             strip_prefix: r.strip_prefix,
             app_metadata: r.app_metadata,
             client_metadata: r.client_metadata,
+            user_metadata: r.user_metadata,
             websocket,
             max_body_bytes,
         });

@@ -4,7 +4,8 @@
 //!   until shortly before its `expires_in`; concurrent callers share one refresh. A
 //!   401 from the API drops that token and retries once with a new one (`mgmt_token.rs`,
 //!   which the `keycloak` and `okta` sources use too).
-//! - Users: `GET /api/v2/users/{url-encoded id}?fields=app_metadata&include_fields=true`.
+//! - Users: `GET /api/v2/users/{url-encoded id}?fields=app_metadata&include_fields=true`
+//!   (`fields=app_metadata,user_metadata` when some route or rule reads user_metadata).
 //! - Clients: Auth0 allows very few client reads, so every client is loaded in bulk
 //!   (`GET /api/v2/clients?...&page=N&per_page=100` until a short page) at start and
 //!   every cache `ttl`; `GET /api/v2/clients/{id}` is used only for a client not in
@@ -32,7 +33,7 @@ use super::http::SEGMENT;
 use super::mgmt_token::{self, Issued, MgmtTokens, TokenRequest};
 use super::remote::{Remote, SERVER_WAIT_CAP};
 use super::shared::{Lease, Shared};
-use super::{BoxFuture, Lookup, Metadata, MetadataSource, SourceError};
+use super::{BoxFuture, Lookup, Metadata, MetadataSource, SourceError, UserLookup};
 use crate::config::{Auth0SourceConfig, Secret};
 use crate::http_client::{Fetched, JsonClient};
 
@@ -176,6 +177,10 @@ impl MetadataSource for Auth0Source {
         Box::pin(self.inner.user(user_id))
     }
 
+    fn user_with_user_metadata<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<UserLookup, SourceError>> {
+        Box::pin(self.inner.read_user(user_id, true))
+    }
+
     fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>> {
         Box::pin(self.inner.client(client_id))
     }
@@ -208,13 +213,31 @@ impl MetadataSource for Auth0Source {
 
 impl Inner {
     async fn user(&self, user_id: &str) -> Result<Lookup, SourceError> {
+        Ok(self.read_user(user_id, false).await?.map(|(app, _)| app))
+    }
+
+    /// One user read: `fields=app_metadata`, or `fields=app_metadata,user_metadata`
+    /// when the user_metadata is wanted (only then: the cache asks for it only when a
+    /// route or rule reads it). A user without user_metadata has none in the answer.
+    async fn read_user(&self, user_id: &str, with_user_metadata: bool) -> Result<UserLookup, SourceError> {
         const WHAT: &str = "user read";
         let deadline = Instant::now() + self.timeout;
+        let fields = if with_user_metadata { "app_metadata,user_metadata" } else { "app_metadata" };
         let path =
-            format!("/api/v2/users/{}?fields=app_metadata&include_fields=true", utf8_percent_encode(user_id, SEGMENT));
+            format!("/api/v2/users/{}?fields={fields}&include_fields=true", utf8_percent_encode(user_id, SEGMENT));
         let resp = self.authorized_get(WHAT, &path, deadline, MAX_BODY).await?;
         match resp.status {
-            StatusCode::OK => object_field(&resp.body, "app_metadata").map(Some).ok_or_else(|| unexpected(WHAT)),
+            StatusCode::OK => {
+                let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(&resp.body) else {
+                    return Err(unexpected(WHAT));
+                };
+                let app = take_object(&mut o, "app_metadata").ok_or_else(|| unexpected(WHAT))?;
+                let user = match with_user_metadata {
+                    true => take_object(&mut o, "user_metadata").ok_or_else(|| unexpected(WHAT))?,
+                    false => Metadata::new(),
+                };
+                Ok(Some((app, user)))
+            }
             StatusCode::NOT_FOUND => Ok(None),
             s => Err(status_error(WHAT, s)),
         }
@@ -456,6 +479,12 @@ fn token_scope(scope: &str, client_id: &str, audience: &str) -> String {
 /// is not an object or the field is not one.
 fn object_field(body: &[u8], field: &str) -> Option<Metadata> {
     let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(body) else { return None };
+    take_object(&mut o, field)
+}
+
+/// Member `field` of an answer: an object, or none (absent or `null`: empty); any
+/// other type is not an answer we understand.
+fn take_object(o: &mut serde_json::Map<String, Value>, field: &str) -> Option<Metadata> {
     match o.remove(field) {
         None | Some(Value::Null) => Some(Metadata::new()),
         Some(Value::Object(m)) => Some(m),

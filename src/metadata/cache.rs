@@ -191,6 +191,12 @@ pub struct MetadataCache {
     /// Each issuer whose source can be shared, with that source's scope: what an
     /// eviction deletes from the second level.
     pub scopes: Arc<Vec<(Arc<str>, Arc<str>)>>,
+    /// Whether users are read with their user_metadata (some route or rule reads
+    /// it). Per state, not per entry store: a reload may switch it while the entries
+    /// are kept. An entry tells whether it carries user_metadata, so while this is on
+    /// a user entry without it is a miss, never "the user has none"; while off, user
+    /// entries are stored without it.
+    pub(crate) user_metadata: bool,
 }
 
 /// How long a lookup waits for another replica's source call before calling the
@@ -228,7 +234,20 @@ impl MetadataCache {
             stats: Arc::new(CacheStats::default()),
             shared: None,
             scopes: Arc::default(),
+            user_metadata: false,
         }
+    }
+
+    /// Whether `e` answers a lookup of `kind` here: a user entry read without
+    /// user_metadata does not while user_metadata is wanted. A "does not exist"
+    /// answer always does.
+    fn complete(&self, kind: Kind, e: &Entry) -> bool {
+        kind == Kind::Client || !self.user_metadata || e.value.as_ref().is_none_or(|v| v.has_user_metadata())
+    }
+
+    /// Whether a source read of `kind` asks for user_metadata.
+    fn wants_user_metadata(&self, kind: Kind) -> bool {
+        kind == Kind::User && self.user_metadata
     }
 
     fn cache(&self, kind: Kind) -> &Entries {
@@ -265,6 +284,7 @@ impl MetadataCache {
         // source a reload replaced) is a miss, however it got here.
         if let Some((e, age)) = cache.get_aged(probe)
             && e.origin == source.origin()
+            && self.complete(kind, &e)
         {
             if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
@@ -301,7 +321,7 @@ impl MetadataCache {
         }
         let origin = source.origin();
         let entry = match cache
-            .try_get_with(key.clone(), |e| e.origin == origin, async move {
+            .try_get_with(key.clone(), |e| e.origin == origin && self.complete(kind, e), async move {
                 self.fetch_through(kind, source.as_ref(), &key, false).await
             })
             .await
@@ -420,7 +440,7 @@ impl MetadataCache {
         kind: Kind,
         (issuer, origin): (&Arc<str>, u64),
         id: &str,
-        value: Metadata,
+        (value, user_metadata): (Metadata, Option<Metadata>),
         updated_at_ms: u64,
     ) -> Replace {
         let shared = self.shared_name(kind, issuer, id);
@@ -433,7 +453,12 @@ impl MetadataCache {
         }
         let key: Key = (issuer.clone(), Arc::from(id));
         let mut outcome = Replace::Evicted;
-        let stored = Arc::new(StoredMetadata::new(value));
+        // user_metadata is held only while wanted; a push without it leaves a user
+        // entry that a state wanting it reads again (see `complete`).
+        let stored = Arc::new(match user_metadata.filter(|_| self.wants_user_metadata(kind)) {
+            Some(user) => StoredMetadata::with_user_metadata(value, user),
+            None => StoredMetadata::new(value),
+        });
         let fresh = Entry { value: Some(stored.clone()), fetched_at: Instant::now(), as_of_ms: updated_at_ms, origin };
         self.cache(kind).update(key.clone(), |held| {
             if held.is_some_and(|h| h.as_of_ms >= updated_at_ms) {
@@ -450,6 +475,7 @@ impl MetadataCache {
                         fetched_ms: wall_ms(),
                         as_of_ms: updated_at_ms,
                         value: Some(stored.json().to_string()),
+                        user_metadata: stored.user_metadata_json().map(str::to_string),
                     };
                     sh.put_entry(name, &entry, self.lifetimes.0).await;
                     sh.publish(&Invalidation::Entry { kind, issuer: Some(issuer.to_string()), id: id.to_string() })
@@ -471,7 +497,7 @@ impl MetadataCache {
         let now_ms = crate::clock::unix_now_ms();
         let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: now_ms, origin };
         if let Some((sh, name)) = self.shared_name(kind, issuer, id) {
-            let absent = SharedEntry { fetched_ms: now_ms, as_of_ms: now_ms, value: None };
+            let absent = SharedEntry { fetched_ms: now_ms, as_of_ms: now_ms, value: None, user_metadata: None };
             sh.put_entry(&name, &absent, self.lifetimes.1).await;
             sh.publish(&Invalidation::Entry { kind, issuer: Some(issuer.to_string()), id: id.to_string() }).await;
         }
@@ -523,7 +549,7 @@ impl MetadataCache {
         let mut waited = false;
         loop {
             if let Some(e) = sh.get_entry(&name).await
-                && let Some(entry) = self.adopt_shared(e, want_fresh, origin)
+                && let Some(entry) = self.adopt_shared(kind, e, want_fresh, origin)
             {
                 sh.stats.hits.fetch_add(1, Relaxed);
                 return Ok(entry);
@@ -541,7 +567,7 @@ impl MetadataCache {
                     // lease go between our look and our lease: look once more.
                     if matches!(lease, Lease::Held { .. })
                         && let Some(e) = sh.get_entry(&name).await
-                        && let Some(entry) = self.adopt_shared(e, want_fresh, origin)
+                        && let Some(entry) = self.adopt_shared(kind, e, want_fresh, origin)
                     {
                         sh.release(lease).await;
                         sh.stats.hits.fetch_add(1, Relaxed);
@@ -554,6 +580,7 @@ impl MetadataCache {
                             fetched_ms: wall_ms().saturating_sub(e.fetched_at.elapsed().as_millis() as u64),
                             as_of_ms: e.as_of_ms,
                             value: e.value.as_ref().map(|v| v.json().to_string()),
+                            user_metadata: e.value.as_ref().and_then(|v| v.user_metadata_json()).map(str::to_string),
                         };
                         sh.put_entry(&name, &shared, life).await;
                     }
@@ -565,17 +592,30 @@ impl MetadataCache {
     }
 
     /// A second-level entry as an in-process one, unless it has outlived its
-    /// lifetime (or, when `want_fresh`, its `ttl`).
-    fn adopt_shared(&self, e: SharedEntry, want_fresh: bool, origin: u64) -> Option<Entry> {
+    /// lifetime (or, when `want_fresh`, its `ttl`), or is a user read without the
+    /// user_metadata wanted here (another replica's configuration does not read it:
+    /// the entries are one namespace, so evictions reach them all).
+    fn adopt_shared(&self, kind: Kind, e: SharedEntry, want_fresh: bool, origin: u64) -> Option<Entry> {
         let age = Duration::from_millis(wall_ms().saturating_sub(e.fetched_ms));
         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
         if age >= life || (want_fresh && e.value.is_some() && age >= self.ttl) {
             return None;
         }
+        let want_user = self.wants_user_metadata(kind);
         let value = match e.value {
             // Sealed by a replica, so well-formed; parsed anyway, so nothing but a
             // JSON object ever reaches a token.
-            Some(text) => Some(Arc::new(StoredMetadata::new(serde_json::from_str::<Metadata>(&text).ok()?))),
+            Some(text) => {
+                let app = serde_json::from_str::<Metadata>(&text).ok()?;
+                Some(Arc::new(match (want_user, e.user_metadata) {
+                    (true, Some(user)) => {
+                        StoredMetadata::with_user_metadata(app, serde_json::from_str::<Metadata>(&user).ok()?)
+                    }
+                    (true, None) => return None,
+                    // Not held unless wanted.
+                    (false, _) => StoredMetadata::new(app),
+                }))
+            }
             None => None,
         };
         let now = Instant::now();
@@ -591,8 +631,8 @@ impl MetadataCache {
     ) -> Result<Entry, SourceError> {
         // Current as of when the read was sent: a change pushed after that is newer.
         let as_of_ms = crate::clock::unix_now_ms();
-        fetch(kind, source, id, &self.stats).await.map(|value| Entry {
-            value: value.map(|m| Arc::new(StoredMetadata::new(m))),
+        fetch(kind, source, id, self.wants_user_metadata(kind), &self.stats).await.map(|value| Entry {
+            value: value.map(Arc::new),
             fetched_at: Instant::now(),
             as_of_ms,
             origin,
@@ -617,15 +657,22 @@ fn round_up(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
+/// One source read, as the cache stores it; a user with its user_metadata when
+/// `with_user_metadata`.
 async fn fetch(
     kind: Kind,
     source: &dyn MetadataSource,
     id: &str,
+    with_user_metadata: bool,
     stats: &CacheStats,
-) -> Result<Option<Metadata>, SourceError> {
-    let r = match kind {
-        Kind::User => source.user(id).await,
-        Kind::Client => source.client(id).await,
+) -> Result<Option<StoredMetadata>, SourceError> {
+    let r = match (kind, with_user_metadata) {
+        (Kind::User, true) => source
+            .user_with_user_metadata(id)
+            .await
+            .map(|found| found.map(|(app, user)| StoredMetadata::with_user_metadata(app, user))),
+        (Kind::User, false) => source.user(id).await.map(|found| found.map(StoredMetadata::new)),
+        (Kind::Client, _) => source.client(id).await.map(|found| found.map(StoredMetadata::new)),
     };
     match &r {
         Ok(Some(_)) => stats.fetch_ok.fetch_add(1, Relaxed),
@@ -686,20 +733,24 @@ mod tests {
         });
         let iss: Arc<str> = Arc::from("https://issuer/");
         let md = |v: &str| serde_json::json!({ "plan": v }).as_object().cloned().unwrap_or_default();
+        let with_none = |v: &str| (md(v), None);
         // Nothing held: stored, as current as of its updated_at.
-        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("a"), 2000).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", with_none("a"), 2000).await, Replace::Replaced);
         assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"a"}"#.into()), 2000)));
         // Newer: replaces.
-        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("b"), 3000).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", with_none("b"), 3000).await, Replace::Replaced);
         assert_eq!(held(&c, "https://issuer/", "u"), Some((Some(r#"{"plan":"b"}"#.into()), 3000)));
         // Older or as old: evicts.
-        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("c"), 3000).await, Replace::Evicted);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", with_none("c"), 3000).await, Replace::Evicted);
         assert_eq!(held(&c, "https://issuer/", "u"), None);
-        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("d"), 5000).await, Replace::Replaced);
-        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", md("e"), 4000).await, Replace::Evicted);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", with_none("d"), 5000).await, Replace::Replaced);
+        assert_eq!(c.replace(Kind::User, (&iss, 0), "u", with_none("e"), 4000).await, Replace::Evicted);
         assert_eq!(held(&c, "https://issuer/", "u"), None);
         // Another issuer's entry is another key.
-        assert_eq!(c.replace(Kind::User, (&Arc::from("https://other/"), 0), "u", md("f"), 1).await, Replace::Replaced);
+        assert_eq!(
+            c.replace(Kind::User, (&Arc::from("https://other/"), 0), "u", with_none("f"), 1).await,
+            Replace::Replaced
+        );
         // Absent: a negative entry, as current as of now.
         c.remember_absent(Kind::User, (&iss, 0), "u").await;
         let (value, as_of) = held(&c, "https://issuer/", "u").expect("a negative entry");

@@ -31,33 +31,83 @@ pub type Metadata = Map<String, Value>;
 /// the text costs its length. The minter splices the text into the internal token
 /// as it is, and parses it only to keep a route's `app_metadata` / `client_metadata`
 /// keys.
+///
+/// A user's entry may also carry the user's user_metadata (when some route or rule
+/// asks for it: [`crate::config::Config::fetches_user_metadata`]): its text follows
+/// the app_metadata's in the same allocation, so a user costs one allocation either
+/// way and splicing either part is a slice. Whether it was fetched is part of the
+/// entry: a cache that needs user_metadata takes an entry without it as a miss,
+/// never as "the user has none".
 #[derive(Debug, PartialEq, Eq)]
-pub struct StoredMetadata(Box<str>);
+pub struct StoredMetadata {
+    /// The app_metadata (or client_metadata) object's text, then the user_metadata
+    /// object's text when it was fetched.
+    text: Box<str>,
+    /// Where the user_metadata text begins in `text`; `None`: not fetched. Never 0,
+    /// since the first object's text is at least `{}`.
+    user_at: Option<std::num::NonZeroUsize>,
+}
 
 impl StoredMetadata {
     pub fn new(m: Metadata) -> StoredMetadata {
         // A Map of Values always serializes.
-        StoredMetadata(Value::Object(m).to_string().into_boxed_str())
+        StoredMetadata { text: Value::Object(m).to_string().into_boxed_str(), user_at: None }
+    }
+    /// A user's app_metadata with the user's user_metadata.
+    pub fn with_user_metadata(app: Metadata, user: Metadata) -> StoredMetadata {
+        let mut text = Value::Object(app).to_string();
+        let user_at = std::num::NonZeroUsize::new(text.len());
+        text.push_str(&Value::Object(user).to_string());
+        StoredMetadata { text: text.into_boxed_str(), user_at }
     }
     /// `{}`.
     pub fn empty() -> StoredMetadata {
-        StoredMetadata("{}".into())
+        StoredMetadata { text: "{}".into(), user_at: None }
     }
-    /// The JSON object text.
+    /// The JSON object text (app_metadata or client_metadata).
     pub fn json(&self) -> &str {
-        &self.0
+        match self.user_at {
+            Some(at) => self.text.get(..at.get()).unwrap_or("{}"),
+            None => &self.text,
+        }
+    }
+    /// The user's user_metadata as JSON object text, when it was fetched.
+    pub fn user_metadata_json(&self) -> Option<&str> {
+        self.user_at.map(|at| self.text.get(at.get()..).unwrap_or("{}"))
+    }
+    /// Whether the entry carries the user's user_metadata (see the type's doc).
+    pub fn has_user_metadata(&self) -> bool {
+        self.user_at.is_some()
     }
     /// The object with only `keys` (top-level; absent ones skipped), as JSON text.
     pub fn project(&self, keys: &[String]) -> String {
-        let Ok(m) = serde_json::from_str::<Metadata>(&self.0) else { return "{}".into() };
-        let kept: Metadata = keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone()))).collect();
-        Value::Object(kept).to_string()
+        project_text(self.json(), keys)
     }
+    /// The user_metadata (`{}` when not fetched) as a route lists it: every key for
+    /// an empty list, else only those keys.
+    pub fn project_user_metadata(&self, keys: &[String]) -> std::borrow::Cow<'_, str> {
+        let text = self.user_metadata_json().unwrap_or("{}");
+        match keys.is_empty() {
+            true => text.into(),
+            false => project_text(text, keys).into(),
+        }
+    }
+}
+
+/// The object `text` with only `keys` (top-level; absent ones skipped), as JSON text.
+fn project_text(text: &str, keys: &[String]) -> String {
+    let Ok(m) = serde_json::from_str::<Metadata>(text) else { return "{}".into() };
+    let kept: Metadata = keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone()))).collect();
+    Value::Object(kept).to_string()
 }
 
 /// What a source answers for one id: the metadata, or `None` when the user or client
 /// does not exist.
 pub type Lookup = Option<Metadata>;
+
+/// What a source answers for one user with the user's user_metadata: (app_metadata,
+/// user_metadata), or `None` when the user does not exist.
+pub type UserLookup = Option<(Metadata, Metadata)>;
 
 /// The source could not answer (network, 429, 5xx, timeout). Never holds a body.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,6 +131,13 @@ pub trait MetadataSource: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The user's app_metadata.
     fn user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>>;
+    /// The user's app_metadata and user_metadata, asked for only when some route or
+    /// rule reads user_metadata (docs/configuration.md, "user_metadata"). A source
+    /// that has no user_metadata keeps this default: [`Self::user`], with an empty
+    /// user_metadata, so a source need implement only `user` and `client`.
+    fn user_with_user_metadata<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<UserLookup, SourceError>> {
+        Box::pin(async move { Ok(self.user(user_id).await?.map(|app| (app, Metadata::new()))) })
+    }
     /// The client's client_metadata.
     fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<Lookup, SourceError>>;
     /// The admin API evicted this client: the next read must ask the source for this
@@ -141,5 +198,36 @@ impl Kind {
             Kind::User => "user",
             Kind::Client => "client",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn md(v: Value) -> Metadata {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_user_entry_holds_user_metadata_after_app_metadata_and_says_whether_it_does() {
+        let without = StoredMetadata::new(md(json!({"plan": "pro"})));
+        assert_eq!((without.json(), without.user_metadata_json()), (r#"{"plan":"pro"}"#, None));
+        assert!(!without.has_user_metadata());
+        assert_eq!(without.project_user_metadata(&[]), "{}");
+
+        let with =
+            StoredMetadata::with_user_metadata(md(json!({"plan": "pro"})), md(json!({"theme": "dark", "n": [1]})));
+        assert!(with.has_user_metadata());
+        assert_eq!(with.json(), r#"{"plan":"pro"}"#);
+        assert_eq!(with.user_metadata_json(), Some(r#"{"theme":"dark","n":[1]}"#));
+        assert_eq!(with.project(&["plan".into()]), r#"{"plan":"pro"}"#);
+        assert_eq!(with.project_user_metadata(&[]), r#"{"theme":"dark","n":[1]}"#);
+        assert_eq!(with.project_user_metadata(&["theme".into(), "absent".into()]), r#"{"theme":"dark"}"#);
+
+        let none = StoredMetadata::with_user_metadata(Metadata::new(), Metadata::new());
+        assert_eq!((none.json(), none.user_metadata_json()), ("{}", Some("{}")));
+        assert_eq!(none.project_user_metadata(&["theme".into()]), "{}");
     }
 }

@@ -98,6 +98,9 @@ pub struct SharedEntry {
     pub as_of_ms: u64,
     /// The metadata's JSON text; `None`: the id does not exist.
     pub value: Option<String>,
+    /// A user's user_metadata JSON text, when it was read with the user; `None`:
+    /// not read (a replica that wants it reads the user again).
+    pub user_metadata: Option<String>,
 }
 
 /// The answer to "may I call the source for this key?".
@@ -614,18 +617,31 @@ fn describe(e: &redis::RedisError) -> String {
     }
 }
 
-/// `fetched_ms` and `as_of_ms` (8 bytes each, big-endian), 1 when a value follows,
-/// the JSON text.
+/// `fetched_ms` and `as_of_ms` (8 bytes each, big-endian), then 0 (does not exist),
+/// 1 and the JSON text, or 2, the JSON text's length (4 bytes, big-endian), the JSON
+/// text and the user_metadata's JSON text. Tag 2 is new with user_metadata: a
+/// replica that predates it finds no usable entry and reads the source, never a
+/// wrong one.
 fn encode_entry(e: &SharedEntry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(17 + e.value.as_ref().map_or(0, String::len));
+    let len = e.value.as_ref().map_or(0, String::len) + e.user_metadata.as_ref().map_or(0, String::len);
+    let mut out = Vec::with_capacity(21 + len);
     out.extend_from_slice(&e.fetched_ms.to_be_bytes());
     out.extend_from_slice(&e.as_of_ms.to_be_bytes());
-    match &e.value {
-        Some(v) => {
+    // A value of 4 GiB is not one a source answers (1 MiB at most); stored without
+    // its user_metadata it is read again by whoever wants it.
+    let value_len = e.value.as_ref().and_then(|v| u32::try_from(v.len()).ok());
+    match (&e.value, &e.user_metadata, value_len) {
+        (Some(v), Some(u), Some(n)) => {
+            out.push(2);
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(u.as_bytes());
+        }
+        (Some(v), _, _) => {
             out.push(1);
             out.extend_from_slice(v.as_bytes());
         }
-        None => out.push(0),
+        (None, _, _) => out.push(0),
     }
     out
 }
@@ -633,12 +649,18 @@ fn encode_entry(e: &SharedEntry) -> Vec<u8> {
 fn decode_entry(b: &[u8]) -> Option<SharedEntry> {
     let fetched_ms = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
     let as_of_ms = u64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
-    let value = match b.get(16)? {
-        0 => None,
-        1 => Some(String::from_utf8(b.get(17..)?.to_vec()).ok()?),
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+    let (value, user_metadata) = match b.get(16)? {
+        0 => (None, None),
+        1 => (Some(text(b.get(17..)?)?), None),
+        2 => {
+            let n = usize::try_from(u32::from_be_bytes(b.get(17..21)?.try_into().ok()?)).ok()?;
+            let end = n.checked_add(21)?;
+            (Some(text(b.get(21..end)?)?), Some(text(b.get(end..)?)?))
+        }
         _ => return None,
     };
-    Some(SharedEntry { fetched_ms, as_of_ms, value })
+    Some(SharedEntry { fetched_ms, as_of_ms, value, user_metadata })
 }
 
 fn encode_invalidation(replica: u64, inv: &Invalidation) -> Vec<u8> {
@@ -725,6 +747,7 @@ mod tests {
             fetched_ms: 1_700_000_000_123,
             as_of_ms: 1_700_000_000_100,
             value: Some(r#"{"roles":["admin"]}"#.into()),
+            user_metadata: None,
         };
         let sealed = old.seal("p:user:abc", &encode_entry(&e)).expect("sealed");
         assert!(!String::from_utf8_lossy(&sealed).contains("admin"));
@@ -737,8 +760,20 @@ mod tests {
         tampered[last] ^= 1;
         assert!(rotated.open("p:user:abc", &tampered).is_none());
         assert!(rotated.open("p:user:abc", &sealed[..5]).is_none());
-        let absent = SharedEntry { fetched_ms: 5, as_of_ms: 4, value: None };
+        let absent = SharedEntry { fetched_ms: 5, as_of_ms: 4, value: None, user_metadata: None };
         assert_eq!(decode_entry(&encode_entry(&absent)), Some(absent));
+        let with_user = SharedEntry {
+            fetched_ms: 5,
+            as_of_ms: 4,
+            value: Some(r#"{"roles":["admin"]}"#.into()),
+            user_metadata: Some(r#"{"theme":"dark"}"#.into()),
+        };
+        let encoded = encode_entry(&with_user);
+        assert_eq!(decode_entry(&encoded), Some(with_user));
+        // Cut short of its user_metadata, it is no entry.
+        for cut in 17..encoded.len() - r#"{"theme":"dark"}"#.len() {
+            assert_eq!(decode_entry(&encoded[..cut]), None, "cut at {cut}");
+        }
     }
 
     #[test]

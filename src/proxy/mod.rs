@@ -591,6 +591,7 @@ fn mint(
             client_metadata: client_md,
             app_keys: route.config.app_metadata.as_deref(),
             client_keys: route.config.client_metadata.as_deref(),
+            user_keys: route.config.user_metadata.as_deref(),
         })
         .map_err(|e| {
             tracing::error!(error = %e, "minting failed");

@@ -15,8 +15,8 @@ use crate::metadata::StoredMetadata;
 use crate::rules::{Facts, Source};
 use crate::verify::VerifiedIdentity;
 
-/// The caller's app_metadata and client_metadata, as the cache holds them (before
-/// the route's projection).
+/// The caller's app_metadata (with the user's user_metadata, when read) and
+/// client_metadata, as the cache holds them (before the route's projection).
 pub(crate) type CallerMetadata<'a> = (&'a Arc<StoredMetadata>, &'a Arc<StoredMetadata>);
 
 /// Refuses the request (403) when the route's rules do. A route without rules costs
@@ -34,20 +34,24 @@ pub(crate) fn check_rules(
     if rules.is_empty() {
         return Ok(());
     }
-    let parse = |source: Source, md: &StoredMetadata| -> Result<Option<Value>, ProxyError> {
+    let parse = |source: Source, json: &str| -> Result<Option<Value>, ProxyError> {
         if !rules.reads(source) {
             return Ok(None);
         }
         // The cache only holds JSON objects it wrote itself; failing to read one back
         // is ours to fix, and must not let a rule pass.
-        serde_json::from_str(md.json()).map(Some).map_err(|_| ProxyError::Internal)
+        serde_json::from_str(json).map(Some).map_err(|_| ProxyError::Internal)
     };
-    let app_metadata = parse(Source::AppMetadata, app_md)?;
-    let client_metadata = parse(Source::ClientMetadata, client_md)?;
+    let app_metadata = parse(Source::AppMetadata, app_md.json())?;
+    let client_metadata = parse(Source::ClientMetadata, client_md.json())?;
+    // Read with the user whenever a rule reads it (`Config::fetches_user_metadata`);
+    // `{}` only for an issuer without a metadata source, which has none.
+    let user_metadata = parse(Source::UserMetadata, app_md.user_metadata_json().unwrap_or("{}"))?;
     let facts = Facts {
         claims: id.rule_claims(),
         app_metadata: app_metadata.as_ref(),
         client_metadata: client_metadata.as_ref(),
+        user_metadata: user_metadata.as_ref(),
     };
     match rules.refusal(method, &facts) {
         None => Ok(()),

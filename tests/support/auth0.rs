@@ -652,6 +652,9 @@ pub struct TenantOpts {
     pub audiences: Vec<String>,
     /// Turn the push hooks on (and point the tenant's pushes at them).
     pub webhooks: bool,
+    /// Appended to the `/api/` route (e.g. `user_metadata = []`); more routes may
+    /// follow it.
+    pub route_extra: &'static str,
 }
 
 impl Default for TenantOpts {
@@ -664,6 +667,7 @@ impl Default for TenantOpts {
             timeout: "5s",
             audiences: vec![super::CLIENT_1.to_string(), super::CLIENT_2.to_string()],
             webhooks: false,
+            route_extra: "",
         }
     }
 }
@@ -710,7 +714,9 @@ header = "x-internal-token"
 path_prefix = "/api/"
 upstream = "{{upstream}}"
 audience = "orders-api"
+{route_extra}
 "#,
+        route_extra = o.route_extra,
         base = mock.url(),
         hooks = if o.webhooks { "webhook_token_file = \"{dir}/webhook-token\"" } else { "" },
         rps = o.rps,

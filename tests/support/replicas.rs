@@ -81,30 +81,43 @@ impl Fleet {
         if let Some(u) = redis_url {
             write("redis-url", u);
         }
-        let base = template(mock, o)
-            .replace("{issuer}", &issuer.url)
-            .replace("{upstream}", &upstream.url())
-            .replace("{dir}", &dir.path().display().to_string());
         let client = Client::builder(TokioExecutor::new()).build_http();
         let mut fleet = Fleet { issuer, upstream, replicas: Vec::new(), dir, client };
-        for i in 0..n {
-            // A free port can be taken by another test between our look and the
-            // replica's bind: then the replica exits at once, and gets new ports.
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let replica = fleet.spawn(i, &base, redis_url.is_some(), shared_extra);
-                fleet.replicas.push(replica);
-                if fleet.wait_ready(i).await {
-                    break;
-                }
-                let log = fleet.log(i);
-                let lost_port = log.contains("Address already in use");
-                fleet.replicas.pop();
-                assert!(lost_port && attempt < 5, "replica {i} not ready:\n{log}");
-            }
+        for _ in 0..n {
+            fleet.add(mock, o, redis_url, shared_extra).await;
         }
         fleet
+    }
+
+    /// One more replica, configured with `o` (which may differ from the others':
+    /// a fleet in the middle of a configuration change); returns its index.
+    pub async fn add(
+        &mut self,
+        mock: &Auth0Mock,
+        o: &TenantOpts,
+        redis_url: Option<&str>,
+        shared_extra: &str,
+    ) -> usize {
+        let base = template(mock, o)
+            .replace("{issuer}", &self.issuer.url)
+            .replace("{upstream}", &self.upstream.url())
+            .replace("{dir}", &self.dir.path().display().to_string());
+        let i = self.replicas.len();
+        // A free port can be taken by another test between our look and the
+        // replica's bind: then the replica exits at once, and gets new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let replica = self.spawn(i, &base, redis_url.is_some(), shared_extra);
+            self.replicas.push(replica);
+            if self.wait_ready(i).await {
+                return i;
+            }
+            let log = self.log(i);
+            let lost_port = log.contains("Address already in use");
+            self.replicas.pop();
+            assert!(lost_port && attempt < 5, "replica {i} not ready:\n{log}");
+        }
     }
 
     fn spawn(&self, i: usize, base: &str, shared: bool, shared_extra: &str) -> Replica {

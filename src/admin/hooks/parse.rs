@@ -33,8 +33,15 @@ pub(crate) struct Tenant {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Change {
     /// A user changed: `app_metadata` as of `updated_at_ms` when the event carried
-    /// both (then the cached value may be replaced), else only "changed".
-    User { user_id: String, app_metadata: Option<Metadata>, updated_at_ms: Option<u64> },
+    /// both (then the cached value may be replaced), else only "changed". The
+    /// user's `user_metadata` when the event carried it as an object (a profile
+    /// without it says nothing about it: a cache that needs it reads the user again).
+    User {
+        user_id: String,
+        app_metadata: Option<Metadata>,
+        user_metadata: Option<Metadata>,
+        updated_at_ms: Option<u64>,
+    },
     /// A user was deleted.
     UserDeleted { user_id: String },
     /// A client changed.
@@ -103,9 +110,14 @@ fn user_updated(object: &Map<String, Value>, user_id: String) -> Result<Change, 
         Some(Value::Object(m)) => Some(m.clone()),
         Some(_) => return Err(Malformed("data.object.app_metadata is not an object")),
     };
+    let user_metadata = match object.get("user_metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(Malformed("data.object.user_metadata is not an object")),
+    };
     // An unreadable time cannot be ordered against what is held: the user is evicted.
     let updated_at_ms = object.get("updated_at").and_then(Value::as_str).and_then(rfc3339_ms);
-    Ok(Change::User { user_id, app_metadata, updated_at_ms })
+    Ok(Change::User { user_id, app_metadata, user_metadata, updated_at_ms })
 }
 
 /// A Log Streams delivery: a JSON array, one object, or JSON lines.
@@ -158,7 +170,7 @@ fn sapi_change(data: &Map<String, Value>) -> Change {
     if let Some(client_id) = id("/api/v2/clients/") {
         Change::Client { client_id }
     } else if let Some(user_id) = id("/api/v2/users/") {
-        Change::User { user_id, app_metadata: None, updated_at_ms: None }
+        Change::User { user_id, app_metadata: None, user_metadata: None, updated_at_ms: None }
     } else {
         Change::Ignored
     }
@@ -320,10 +332,22 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].id.as_deref(), Some("evt_1"));
         assert_eq!(items[0].tenant, Tenant { domain: Some("tenant.eu.auth0.com".into()), name: Some("tenant".into()) });
-        let Change::User { user_id, app_metadata, updated_at_ms } = &items[0].change else { panic!() };
+        let Change::User { user_id, app_metadata, user_metadata, updated_at_ms } = &items[0].change else { panic!() };
         assert_eq!(user_id, "auth0|1");
         assert_eq!(app_metadata.as_ref().unwrap()["plan"], "pro");
+        assert_eq!(*user_metadata, None, "a profile without user_metadata says nothing about it");
         assert_eq!(*updated_at_ms, Some(1_738_413_296_000));
+        let mut with_user = one.clone();
+        with_user["data"]["object"]["user_metadata"] = json!({"theme": "dark"});
+        let Change::User { user_metadata, .. } = &events(with_user.to_string().as_bytes()).unwrap()[0].change else {
+            panic!()
+        };
+        assert_eq!(user_metadata.as_ref().unwrap()["theme"], "dark");
+        with_user["data"]["object"]["user_metadata"] = json!("dark");
+        assert_eq!(
+            events(with_user.to_string().as_bytes()),
+            Err(Malformed("data.object.user_metadata is not an object"))
+        );
 
         let deleted = json!({"specversion": "1.0", "type": "com.auth0.user.deleted", "id": "evt_2",
             "source": "urn:auth0:tenant.eu.auth0.com",
@@ -337,7 +361,7 @@ mod tests {
         let bare = json!({"type": "user.updated", "id": "e", "data": {"object": {"user_id": "u", "updated_at": "x"}}});
         assert_eq!(
             events(bare.to_string().as_bytes()).unwrap()[0].change,
-            Change::User { user_id: "u".into(), app_metadata: None, updated_at_ms: None }
+            Change::User { user_id: "u".into(), app_metadata: None, user_metadata: None, updated_at_ms: None }
         );
     }
 
@@ -382,7 +406,12 @@ mod tests {
             Item {
                 id: Some("2".into()),
                 tenant: Tenant { domain: None, name: Some("tenant".into()) },
-                change: Change::User { user_id: "auth0|507f".into(), app_metadata: None, updated_at_ms: None },
+                change: Change::User {
+                    user_id: "auth0|507f".into(),
+                    app_metadata: None,
+                    user_metadata: None,
+                    updated_at_ms: None,
+                },
             },
         ];
         assert_eq!(logs(json!([a, b]).to_string().as_bytes()).unwrap(), expect);
