@@ -38,7 +38,7 @@ pub type Metadata = Map<String, Value>;
 /// way and splicing either part is a slice. Whether it was fetched is part of the
 /// entry: a cache that needs user_metadata takes an entry without it as a miss,
 /// never as "the user has none".
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct StoredMetadata {
     /// The app_metadata (or client_metadata) object's text, then the user_metadata
     /// object's text when it was fetched.
@@ -46,23 +46,47 @@ pub struct StoredMetadata {
     /// Where the user_metadata text begins in `text`; `None`: not fetched. Never 0,
     /// since the first object's text is at least `{}`.
     user_at: Option<std::num::NonZeroUsize>,
+    /// Both objects parsed, the first time an authorization rule reads the entry:
+    /// a route with rules then reads a cached entry without parsing it again on
+    /// every request (one pointer per entry until then, nothing more).
+    parsed: std::sync::OnceLock<Box<Parsed>>,
 }
+
+/// The entry's objects as values, for the rules; `None`: the text did not parse
+/// (never expected: the cache wrote it), which a rule must not take as a pass.
+#[derive(Debug)]
+pub struct Parsed {
+    pub main: Option<Value>,
+    pub user: Option<Value>,
+}
+
+impl PartialEq for StoredMetadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.user_at == other.user_at
+    }
+}
+
+impl Eq for StoredMetadata {}
 
 impl StoredMetadata {
     pub fn new(m: Metadata) -> StoredMetadata {
         // A Map of Values always serializes.
-        StoredMetadata { text: Value::Object(m).to_string().into_boxed_str(), user_at: None }
+        StoredMetadata {
+            text: Value::Object(m).to_string().into_boxed_str(),
+            user_at: None,
+            parsed: Default::default(),
+        }
     }
     /// A user's app_metadata with the user's user_metadata.
     pub fn with_user_metadata(app: Metadata, user: Metadata) -> StoredMetadata {
         let mut text = Value::Object(app).to_string();
         let user_at = std::num::NonZeroUsize::new(text.len());
         text.push_str(&Value::Object(user).to_string());
-        StoredMetadata { text: text.into_boxed_str(), user_at }
+        StoredMetadata { text: text.into_boxed_str(), user_at, parsed: Default::default() }
     }
     /// `{}`.
     pub fn empty() -> StoredMetadata {
-        StoredMetadata { text: "{}".into(), user_at: None }
+        StoredMetadata { text: "{}".into(), user_at: None, parsed: Default::default() }
     }
     /// The JSON object text (app_metadata or client_metadata).
     pub fn json(&self) -> &str {
@@ -74,6 +98,15 @@ impl StoredMetadata {
     /// The user's user_metadata as JSON object text, when it was fetched.
     pub fn user_metadata_json(&self) -> Option<&str> {
         self.user_at.map(|at| self.text.get(at.get()..).unwrap_or("{}"))
+    }
+    /// The objects parsed, once per entry (see `parsed`).
+    pub fn parsed(&self) -> &Parsed {
+        self.parsed.get_or_init(|| {
+            Box::new(Parsed {
+                main: serde_json::from_str(self.json()).ok(),
+                user: self.user_metadata_json().and_then(|t| serde_json::from_str(t).ok()),
+            })
+        })
     }
     /// Whether the entry carries the user's user_metadata (see the type's doc).
     pub fn has_user_metadata(&self) -> bool {
@@ -208,6 +241,18 @@ mod tests {
 
     fn md(v: Value) -> Metadata {
         v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn an_entry_is_parsed_once_for_the_rules() {
+        let e = StoredMetadata::with_user_metadata(md(json!({"plan": "pro"})), md(json!({"theme": "dark"})));
+        let first: *const Parsed = e.parsed();
+        assert_eq!(e.parsed().main, Some(json!({"plan": "pro"})));
+        assert_eq!(e.parsed().user, Some(json!({"theme": "dark"})));
+        assert!(std::ptr::eq(first, e.parsed()), "the second read reuses the first parse");
+        assert_eq!(StoredMetadata::new(md(json!({}))).parsed().user, None);
+        // Equality is the content's, parsed or not.
+        assert_eq!(e, StoredMetadata::with_user_metadata(md(json!({"plan": "pro"})), md(json!({"theme": "dark"}))));
     }
 
     #[test]

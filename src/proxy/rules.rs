@@ -34,25 +34,28 @@ pub(crate) fn check_rules(
     if rules.is_empty() {
         return Ok(());
     }
-    let parse = |source: Source, json: &str| -> Result<Option<Value>, ProxyError> {
-        if !rules.reads(source) {
-            return Ok(None);
-        }
-        // The cache only holds JSON objects it wrote itself; failing to read one back
-        // is ours to fix, and must not let a rule pass.
-        serde_json::from_str(json).map(Some).map_err(|_| ProxyError::Internal)
+    // The cache only holds JSON objects it wrote itself; failing to read one back
+    // is ours to fix, and must not let a rule pass. Each entry is parsed once, the
+    // first time a rule reads it (`StoredMetadata::parsed`).
+    let app_metadata = match rules.reads(Source::AppMetadata) {
+        false => None,
+        true => Some(app_md.parsed().main.as_ref().ok_or(ProxyError::Internal)?),
     };
-    let app_metadata = parse(Source::AppMetadata, app_md.json())?;
-    let client_metadata = parse(Source::ClientMetadata, client_md.json())?;
+    let client_metadata = match rules.reads(Source::ClientMetadata) {
+        false => None,
+        true => Some(client_md.parsed().main.as_ref().ok_or(ProxyError::Internal)?),
+    };
     // Read with the user whenever a rule reads it (`Config::fetches_user_metadata`);
     // `{}` only for an issuer without a metadata source, which has none.
-    let user_metadata = parse(Source::UserMetadata, app_md.user_metadata_json().unwrap_or("{}"))?;
-    let facts = Facts {
-        claims: id.rule_claims(),
-        app_metadata: app_metadata.as_ref(),
-        client_metadata: client_metadata.as_ref(),
-        user_metadata: user_metadata.as_ref(),
+    let empty = Value::Object(Default::default());
+    let user_metadata = match rules.reads(Source::UserMetadata) {
+        false => None,
+        true => match app_md.user_metadata_json() {
+            None => Some(&empty),
+            Some(_) => Some(app_md.parsed().user.as_ref().ok_or(ProxyError::Internal)?),
+        },
     };
+    let facts = Facts { claims: id.rule_claims(), app_metadata, client_metadata, user_metadata };
     match rules.refusal(method, &facts) {
         None => Ok(()),
         Some(refusing) => {
