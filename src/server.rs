@@ -423,23 +423,32 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The listener's next connection, or `None` once `stop` fires. A failed accept (out
+/// of file descriptors and the like) pauses instead of spinning.
+async fn next_connection(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    which: &'static str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = which, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
 async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     // Every plain connection's task holds a sender; shutdown waits until all are gone.
     let (alive, mut all_gone) = tokio::sync::mpsc::channel::<()>(1);
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((stream, peer)) = next_connection(&listener, &mut stop, "proxy").await {
         let _ = stream.set_nodelay(true);
         let tls = shared.tls.load_full();
         let conn = Conn::new(peer, tls.is_some());
@@ -540,18 +549,7 @@ async fn serve_one(app: &App, req: hyper::Request<Incoming>, conn: Conn) -> hype
 /// listener.
 async fn serve_forward_auth(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the forward-auth listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((stream, _peer)) = next_connection(&listener, &mut stop, "forward_auth").await {
         let _ = stream.set_nodelay(true);
         let app = shared.app.load();
         let builder = builder(&app);
@@ -579,17 +577,7 @@ async fn serve_forward_auth(listener: TcpListener, shared: Arc<Shared>, mut stop
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream: TcpStream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((stream, _peer)) = next_connection(&listener, &mut stop, "admin").await {
         let state = shared.clone();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let app = state.app.load_full();
