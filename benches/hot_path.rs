@@ -149,7 +149,7 @@ auth = "off"
 "#,
         md = md.display()
     );
-    let config = claimsmith::Config::parse(&toml).unwrap_or_else(|e| panic!("bench config: {e}"));
+    let config = claimsmith::parse_config(&toml).unwrap_or_else(|e| panic!("bench config: {e}"));
     let running = claimsmith::start(config).await.unwrap();
     assert!(running.wait_ready(Duration::from_secs(10)).await, "claimsmith did not become ready");
     Setup { running, rsa, ec, _dir: dir }
@@ -184,7 +184,7 @@ audience = "bench-api"
 "#,
         p = path.display()
     );
-    let config = claimsmith::Config::parse(&toml).unwrap_or_else(|e| panic!("bench config: {e}"));
+    let config = claimsmith::parse_config(&toml).unwrap_or_else(|e| panic!("bench config: {e}"));
     Minter::new(&config.token).unwrap()
 }
 

@@ -1,15 +1,21 @@
 //! Wires one configuration into the shared state every request uses: routes with
 //! their upstream clients, the verifier, metadata sources and cache, the minter.
+//!
+//! It is also where claimsmith meets the machine: [`System`] is the one [`Host`]
+//! that reads real files and environment variables, and [`load_config`] /
+//! [`parse_config`] hand it to configuration validation (docs/architecture.md,
+//! "Layers").
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, SourceConfig};
+use crate::config::{CaFile, Config, ConfigErrors, SourceConfig};
+use crate::host::{FileStamp, Host};
 use crate::http_client::{self, Connector, Egress, JsonClient};
 use crate::metadata::cache::{Kind, MetadataCache};
 use crate::metadata::file::FileSource;
@@ -29,6 +35,44 @@ use crate::wire::hygiene;
 const SEEN_EVENTS_FOR: Duration = Duration::from_secs(600);
 /// Event ids remembered at most (about 100 bytes each).
 const SEEN_EVENTS_MAX: u64 = 100_000;
+
+/// The machine claimsmith runs on: its file system and its environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct System;
+
+impl Host for System {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn stat(&self, path: &Path) -> std::io::Result<FileStamp> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let (changed, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (Some((m.ctime(), m.ctime_nsec())), Some((m.dev(), m.ino())))
+        };
+        #[cfg(not(unix))]
+        let (changed, inode) = (None, None);
+        Ok(FileStamp { modified: m.modified().ok(), changed, len: m.len(), inode })
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// Reads and validates the config file at `path` and every file it names, from this
+/// machine.
+pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
+    Config::load(path, &System)
+}
+
+/// Validates config text, reading the files it names from this machine; relative
+/// paths resolve against the working directory.
+pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, &System)
+}
 
 /// Why the state could not be built from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +151,7 @@ impl App {
     fn build_from(config: Config, metrics: Arc<Metrics>, old: Option<&App>) -> Result<App, BuildError> {
         // The outbound proxy for the identity provider's clients, read once per state
         // (at start and on each reload); said once, at start.
-        let egress = Egress::from_env().map_err(|e| invalid(e.var, e.error))?;
+        let egress = Egress::from_env(&System).map_err(|e| invalid(e.var, e.error))?;
         if old.is_none()
             && let Some((https, http, no_proxy)) = egress.describe()
         {
@@ -117,27 +161,19 @@ impl App {
         // `http_client::http1_connector`), which never use the proxy; the JSON clients
         // may negotiate h2 and go through `egress`.
         let mut connectors: BTreeMap<(Option<PathBuf>, bool), Connector> = BTreeMap::new();
-        let mut connector = |ca: &Option<PathBuf>, http1_only: bool, key: String| -> Result<Connector, BuildError> {
-            if let Some(c) = connectors.get(&(ca.clone(), http1_only)) {
+        let mut connector = |ca: &Option<CaFile>, http1_only: bool, key: String| -> Result<Connector, BuildError> {
+            let id = (ca.as_ref().map(|c| c.path.clone()), http1_only);
+            if let Some(c) = connectors.get(&id) {
                 return Ok(c.clone());
             }
-            let c = if http1_only {
-                http_client::http1_connector(ca.as_deref())
-            } else {
-                http_client::connector(ca.as_deref(), &egress)
-            }
-            .map_err(|e| invalid(key, e))?;
-            connectors.insert((ca.clone(), http1_only), c.clone());
+            let pem = ca.as_ref().map(|c| &*c.pem);
+            let c = if http1_only { http_client::http1_connector(pem) } else { http_client::connector(pem, &egress) }
+                .map_err(|e| invalid(key, e))?;
+            connectors.insert(id, c.clone());
             Ok(c)
         };
         let shared = match &config.shared {
-            Some(sc) => {
-                let ca = match &sc.ca_file {
-                    Some(p) => Some(std::fs::read(p).map_err(|e| invalid("shared.ca_file", e))?),
-                    None => None,
-                };
-                Some(Arc::new(Shared::new(sc, ca).map_err(|e| invalid("shared.url", e))?))
-            }
+            Some(sc) => Some(Arc::new(Shared::new(sc).map_err(|e| invalid("shared.url", e))?)),
             None => None,
         };
         let mut named_sources = Vec::new();
@@ -145,7 +181,9 @@ impl App {
             let key = format!("metadata.{name}");
             let (source, file): (Arc<dyn MetadataSource>, _) = match sc {
                 SourceConfig::File(f) => {
-                    let fs = Arc::new(FileSource::load(&f.path).map_err(|e| invalid(format!("{key}.path"), e))?);
+                    let fs = Arc::new(
+                        FileSource::load(&f.path, Arc::new(System)).map_err(|e| invalid(format!("{key}.path"), e))?,
+                    );
                     (fs.clone(), Some(fs))
                 }
                 SourceConfig::Http(h) => {

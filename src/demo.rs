@@ -26,7 +26,6 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 
-use crate::config::Config;
 use crate::http_client;
 use crate::keys::SigningKey;
 
@@ -177,7 +176,7 @@ auth = "off"
             metadata = toml_path(&dir.join("metadata.json")),
             key = toml_path(&key_path),
         );
-        let config = Config::parse(&toml)?;
+        let config = crate::app::parse_config(&toml)?;
         let running = crate::server::start(config).await?;
         let jwks_url = format!("http://{}/.well-known/jwks.json", running.admin_addr);
         tokio::spawn(serve(backend_listener, {

@@ -6,7 +6,6 @@
 //! route upstreams never do (docs/operations.md, "Outbound proxy").
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,41 +46,41 @@ impl JsonClient {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
-    #[error("cannot read CA file {0}: {1}")]
-    CaRead(String, std::io::Error),
-    #[error("CA file {0} holds no usable certificate")]
-    CaEmpty(String),
+    /// Validation checks that a CA file holds a PEM certificate; this is one that
+    /// rustls could not use.
+    #[error("the CA file holds no usable certificate")]
+    CaEmpty,
 }
 
 /// Builds the TLS-capable connector (ALPN h2 and http/1.1) for the identity
-/// provider's clients; `ca_file` adds trusted roots, `egress` picks the proxy.
-pub fn connector(ca_file: Option<&Path>, egress: &Egress) -> Result<Connector, ClientBuildError> {
-    build_connector(ca_file, true, egress.clone())
+/// provider's clients; `ca_pem` (a `ca_file`'s content) adds trusted roots, `egress`
+/// picks the proxy.
+pub fn connector(ca_pem: Option<&[u8]>, egress: &Egress) -> Result<Connector, ClientBuildError> {
+    build_connector(ca_pem, true, egress.clone())
 }
 
 /// [`connector`] offering only http/1.1 in ALPN: route forwarding speaks HTTP/1.1 to
 /// upstreams (its pool holds HTTP/1 connections), so a TLS upstream must not pick h2.
 /// Always direct: upstreams are in-cluster backends, and the environment's proxy
 /// would silently reroute every forwarded request.
-pub fn http1_connector(ca_file: Option<&Path>) -> Result<Connector, ClientBuildError> {
-    build_connector(ca_file, false, Egress::none())
+pub fn http1_connector(ca_pem: Option<&[u8]>) -> Result<Connector, ClientBuildError> {
+    build_connector(ca_pem, false, Egress::none())
 }
 
-fn build_connector(ca_file: Option<&Path>, http2: bool, egress: Egress) -> Result<Connector, ClientBuildError> {
+fn build_connector(ca_pem: Option<&[u8]>, http2: bool, egress: Egress) -> Result<Connector, ClientBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| ClientBuildError::CaRead(path.display().to_string(), e))?;
+    if let Some(pem) = ca_pem {
         let mut added = 0;
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
-        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+        for cert in CertificateDer::pem_slice_iter(pem).flatten() {
             if roots.add(cert).is_ok() {
                 added += 1;
             }
         }
         if added == 0 {
-            return Err(ClientBuildError::CaEmpty(path.display().to_string()));
+            return Err(ClientBuildError::CaEmpty);
         }
     }
     let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
@@ -226,9 +225,9 @@ impl Egress {
     /// Reads `HTTPS_PROXY`/`https_proxy`, `HTTP_PROXY`/`http_proxy` and
     /// `NO_PROXY`/`no_proxy` (upper case first, as Go and hyper-util read them; an
     /// empty value counts as unset). `ALL_PROXY` is not read.
-    pub(crate) fn from_env() -> Result<Egress, EgressVarError> {
+    pub(crate) fn from_env(host: &dyn crate::host::Host) -> Result<Egress, EgressVarError> {
         let get = |names: [&'static str; 2]| {
-            names.into_iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
+            names.into_iter().find_map(|n| host.env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
         };
         let https = get(["HTTPS_PROXY", "https_proxy"]);
         let http = get(["HTTP_PROXY", "http_proxy"]);

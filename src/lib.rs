@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub(crate) mod error;
 pub(crate) mod h1;
+pub mod host;
 pub mod http_client;
 pub mod keys;
 pub mod metadata;
@@ -33,6 +34,7 @@ pub(crate) mod telemetry;
 pub mod verify;
 pub mod wire;
 
+pub use app::{load_config, parse_config};
 pub use config::Config;
 pub use server::{Running, start};
 

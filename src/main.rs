@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, matches!(cli.command, Command::Demo { .. }));
     claimsmith::install_crypto_provider();
     match cli.command {
-        Command::Check { config } => match claimsmith::Config::load(&config).and_then(check_build) {
+        Command::Check { config } => match claimsmith::load_config(&config).and_then(check_build) {
             Ok(summary) => {
                 println!("{summary}");
                 ExitCode::SUCCESS
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, no_watch } => {
-            let cfg = match claimsmith::Config::load(&config) {
+            let cfg = match claimsmith::load_config(&config) {
                 Ok(c) => c,
                 Err(errs) => {
                     eprintln!("claimsmith: invalid config {}:", config.display());

@@ -20,9 +20,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::App;
+use crate::app::{App, System};
 use crate::config::{Config, TlsFiles};
 use crate::h1;
+use crate::host::Host;
 use crate::proxy::{self, Conn};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -128,7 +129,7 @@ impl Running {
         let path = old.config.path.clone().ok_or(ReloadError::NoFile)?;
         // Reading the file and every file it names is blocking I/O: not on a thread
         // that serves requests.
-        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+        let config = tokio::task::spawn_blocking(move || crate::app::load_config(&path))
             .await
             .map_err(|_| ReloadError::Invalid("reading the configuration failed".into()))?
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
@@ -335,7 +336,7 @@ impl FileWatch {
 /// thread: a large file must not stall the requests of a single-threaded runtime.
 async fn fingerprint(paths: Vec<std::path::PathBuf>) -> Vec<Option<[u8; 32]>> {
     use sha2::Digest;
-    let read = move || paths.iter().map(|p| std::fs::read(p).ok().map(|b| sha2::Sha256::digest(&b).into())).collect();
+    let read = move || paths.iter().map(|p| System.read(p).ok().map(|b| sha2::Sha256::digest(&b).into())).collect();
     tokio::task::spawn_blocking(read).await.unwrap_or_default()
 }
 
@@ -387,19 +388,15 @@ impl Signals {
     }
 }
 
+/// The listener's TLS settings from the certificate and key the configuration read.
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
-    let cert_pem = std::fs::read(&files.cert_file).map_err(|e| {
-        StartError::Tls(format!("listen.tls_cert_file: cannot read {}: {e}", files.cert_file.display()))
-    })?;
-    let key_pem = std::fs::read(&files.key_file)
-        .map_err(|e| StartError::Tls(format!("listen.tls_key_file: cannot read {}: {e}", files.key_file.display())))?;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem).flatten().collect();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&files.cert_pem).flatten().collect();
     if certs.is_empty() {
         return Err(StartError::Tls("listen.tls_cert_file: no certificate found".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+    let key = PrivateKeyDer::from_pem_slice(files.key_pem.expose().as_bytes())
         .ok()
         .ok_or_else(|| StartError::Tls("listen.tls_key_file: no private key found".into()))?;
     let mut cfg = rustls::ServerConfig::builder()

@@ -382,7 +382,7 @@ async fn slot(issuer: &Issuer, dir: &std::path::Path, fast_path: bool) -> Slot {
         .replace("{upstream}", &format!("http://{}", up.addr))
         .replace("{metadata}", &metadata.display().to_string())
         .replace("{dir}", &dir.display().to_string());
-    let config = claimsmith::Config::parse(&toml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let config = claimsmith::parse_config(&toml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
     let proxy = claimsmith::start(config).await.unwrap();
     assert!(proxy.wait_ready(Duration::from_secs(10)).await, "proxy did not become ready");
     Slot { proxy, up }

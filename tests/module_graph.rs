@@ -7,12 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// Every `.rs` file under `dir` but `tests.rs` files, which hold a module's
+/// `#[cfg(test)] mod tests;`.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
         if p.is_dir() {
             rust_files(&p, out);
-        } else if p.extension().is_some_and(|e| e == "rs") {
+        } else if p.extension().is_some_and(|e| e == "rs") && p.file_name().is_some_and(|n| n != "tests.rs") {
             out.push(p);
         }
     }
@@ -131,4 +133,47 @@ fn the_reader_finds_edges_and_cycles() {
     assert_eq!(referenced(&code, &modules), modules);
     let only_tests = production_code("fn f() {}\n#[cfg(test)]\nmod tests { use crate::a::X; }\n");
     assert!(referenced(&only_tests, &modules).is_empty());
+}
+
+/// Whether production code in `code` reads or writes the machine directly.
+fn touches_the_machine(code: &str) -> Vec<&'static str> {
+    ["std::fs", "tokio::fs", "std::env::var", "env::var(", "File::open", "File::create"]
+        .into_iter()
+        .filter(|p| code.contains(p))
+        .collect()
+}
+
+/// Files and environment variables are read through `host::Host`, whose one real
+/// implementation lives in `app` (docs/architecture.md, "Layers"); only `app`, the
+/// demo (which stages its own files) and `main` (the CLI) may touch the machine.
+#[test]
+fn only_app_demo_and_main_touch_the_machine() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = ["app.rs", "demo.rs", "main.rs"];
+    let mut offenders = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        if allowed.contains(&rel.as_str()) {
+            continue;
+        }
+        let found = touches_the_machine(&production_code(&std::fs::read_to_string(f).unwrap()));
+        if !found.is_empty() {
+            offenders.push(format!("{rel}: {found:?}"));
+        }
+    }
+    assert!(offenders.is_empty(), "direct file or environment access outside app, demo and main: {offenders:#?}");
+}
+
+#[test]
+fn the_machine_check_sees_direct_access() {
+    assert_eq!(touches_the_machine("let b = std::fs::read(p)?;"), ["std::fs"]);
+    assert_eq!(touches_the_machine("std::env::var(\"X\")"), ["std::env::var", "env::var("]);
+    assert!(
+        touches_the_machine(&production_code(
+            "// std::fs::read\n#[cfg(test)]\nmod t { fn f() { std::fs::read(\"x\"); } }\n"
+        ))
+        .is_empty()
+    );
 }

@@ -276,7 +276,7 @@ async fn hs256_without_a_configured_hmac_secret_is_refused() {
         .replace("{issuer}", "https://issuer.example/")
         .replace("{upstream}", "http://127.0.0.1:9")
         .replace("{metadata}", "/nonexistent.json");
-    assert!(claimsmith::Config::parse(&toml).is_err(), "HS256 without hmac_secret_* was accepted by the config");
+    assert!(claimsmith::parse_config(&toml).is_err(), "HS256 without hmac_secret_* was accepted by the config");
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ async fn reload_keeps_entries_of_an_unchanged_remote_source() {
         std::fs::write(&path, toml).unwrap();
     };
     write("");
-    let running = claimsmith::start(claimsmith::Config::load(&path).unwrap()).await.unwrap();
+    let running = claimsmith::start(claimsmith::load_config(&path).unwrap()).await.unwrap();
     assert!(running.wait_ready(std::time::Duration::from_secs(10)).await);
     let token = issuer.token(USER_1);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -112,7 +112,7 @@ impl FileSetup {
             dir,
             running: {
                 std::fs::write(&md, note_doc("note-000")).unwrap();
-                let running = claimsmith::start(claimsmith::Config::load(&cfg).unwrap()).await.unwrap();
+                let running = claimsmith::start(claimsmith::load_config(&cfg).unwrap()).await.unwrap();
                 assert!(running.wait_ready(Duration::from_secs(10)).await);
                 running
             },

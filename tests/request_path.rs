@@ -229,7 +229,7 @@ async fn readyz_is_503_until_the_jwks_is_held() {
         .replace("{issuer}", &issuer.url)
         .replace("{upstream}", &upstream.url())
         .replace("{metadata}", &md.display().to_string());
-    let running = claimsmith::start(claimsmith::Config::parse(&toml).unwrap()).await.unwrap();
+    let running = claimsmith::start(claimsmith::parse_config(&toml).unwrap()).await.unwrap();
     let client = reqwest_like_get(&format!("http://{}/readyz", running.admin_addr)).await;
     assert_eq!(client, 503);
     // A token cannot be checked yet: 503 with Retry-After, not a false 401.

@@ -200,7 +200,7 @@ async fn a_reload_that_switches_user_metadata_on_reads_users_again() {
         std::fs::write(&path, on_this_transport(&toml)).unwrap();
     };
     write("");
-    let running = claimsmith::start(claimsmith::Config::load(&path).unwrap()).await.unwrap();
+    let running = claimsmith::start(claimsmith::load_config(&path).unwrap()).await.unwrap();
     assert!(running.wait_ready(std::time::Duration::from_secs(10)).await);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();

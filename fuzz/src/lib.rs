@@ -110,7 +110,7 @@ pub fn fixture() -> &'static Fixture {
         claimsmith::install_crypto_provider();
         let secret_file = std::env::temp_dir().join(format!("claimsmith-fuzz-hmac-{}", std::process::id()));
         std::fs::write(&secret_file, HMAC_SECRET).expect("write the HMAC secret file");
-        let cfg = claimsmith::Config::parse(&fixture_config(&secret_file)).expect("fixture config");
+        let cfg = claimsmith::parse_config(&fixture_config(&secret_file)).expect("fixture config");
         let _ = std::fs::remove_file(&secret_file);
         let keys = vec![
             fixture_key(ED_PEM, "ed-1", Algorithm::EdDSA),
@@ -536,7 +536,7 @@ pub fn config(data: &[u8]) {
     if ["/dev", "/proc", "/sys", "\\u", "\\U"].iter().any(|p| text.contains(p)) {
         return;
     }
-    match claimsmith::Config::parse(text) {
+    match claimsmith::parse_config(text) {
         Ok(cfg) => {
             assert!(!cfg.routes.is_empty());
             for w in cfg.routes.windows(2) {
@@ -1443,7 +1443,7 @@ pub fn h1_diff() -> &'static H1Diff {
                     std::fs::write(&secret_file, h1_diff_secret()).expect("write the HMAC secret file");
                     let mut running = Vec::new();
                     for fast_path in [true, false] {
-                        let cfg = claimsmith::Config::parse(&h1_diff_config(upstream, &secret_file, fast_path))
+                        let cfg = claimsmith::parse_config(&h1_diff_config(upstream, &secret_file, fast_path))
                             .expect("h1_differential config");
                         running.push(claimsmith::start(cfg).await.expect("start claimsmith"));
                     }

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 use url::Url;
 
+use crate::host::Host;
 use crate::keys::SigningKey;
 
 mod raw;
@@ -105,7 +106,7 @@ pub struct SharedConfig {
     pub timeout: Duration,
     /// The roots a `rediss://` server's certificate must chain to (PEM), instead of
     /// the webpki roots: a private CA, as in-cluster Redis usually has.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 /// Claims claimsmith sets itself (`mint.rs`, and `nbf` / `typ`, which a backend may
@@ -169,10 +170,36 @@ pub struct ListenConfig {
     pub fast_path: bool,
 }
 
-#[derive(Debug, Clone)]
+/// The listener's certificate chain and private key, as read when the configuration
+/// was (a reload reads them again: a renewed certificate is picked up).
+#[derive(Clone)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// The certificate chain (PEM); holds at least one certificate.
+    pub cert_pem: Arc<[u8]>,
+    /// The private key (PEM); holds a key rustls can read.
+    pub key_pem: Secret,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles").field("cert_file", &self.cert_file).field("key_file", &self.key_file).finish()
+    }
+}
+
+/// A CA bundle a `ca_file` key names: its path, for messages, and the PEM it held
+/// when the configuration was read (at least one certificate).
+#[derive(Clone, PartialEq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub pem: Arc<[u8]>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CaFile").field(&self.path).finish()
+    }
 }
 
 /// Which headers name the request a forward-auth check is about
@@ -199,7 +226,7 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// The share of new traces recorded (a caller's sampled flag is followed).
     pub sample_ratio: f64,
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +262,7 @@ pub struct IssuerConfig {
     pub leeway: Duration,
     pub hmac_secret: Option<Secret>,
     pub metadata: Option<String>,
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -269,7 +296,7 @@ pub struct Auth0SourceConfig {
     pub audience: String,
     pub max_requests_per_second: u32,
     pub timeout: Duration,
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 /// `kind = "keycloak"`: a realm's admin REST API, read with a confidential client's
@@ -285,7 +312,7 @@ pub struct KeycloakSourceConfig {
     pub attribute_prefix: Option<String>,
     pub max_requests_per_second: u32,
     pub timeout: Duration,
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 /// `kind = "okta"`: an Okta org's management API, read with a service app's token
@@ -302,7 +329,7 @@ pub struct OktaSourceConfig {
     pub scopes: Vec<String>,
     pub max_requests_per_second: u32,
     pub timeout: Duration,
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 /// A private key that authenticates claimsmith to an API (`metadata.NAME.private_key_file`).
@@ -328,7 +355,7 @@ pub struct HttpSourceConfig {
     pub user_url: String,
     pub client_url: String,
     pub token: Option<Secret>,
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
     pub max_requests_per_second: u32,
     pub timeout: Duration,
 }
@@ -435,7 +462,7 @@ pub struct RouteConfig {
     pub name: Arc<str>,
     pub path_prefix: String,
     pub upstream: Url,
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
     pub audience: Option<String>,
     pub auth: AuthMode,
     pub strip_prefix: bool,
@@ -474,32 +501,34 @@ impl Config {
         out
     }
 
-    /// Reads and validates the file at `path`. A missing or unreadable file is an
+    /// Reads and validates the file at `path`, and every file it names, through
+    /// `host` (`app::System` reads the machine's). A missing or unreadable file is an
     /// invalid config (docs/operations.md).
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+    pub fn load(path: &Path, host: &dyn Host) -> Result<Config, ConfigErrors> {
+        let text = host.read_text(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 key: path.display().to_string(),
                 reason: format!("cannot read the config file: {e}"),
             }])
         })?;
         let base = path.parent().map(Path::to_path_buf);
-        let mut cfg = Self::parse_with_base(&text, base)?;
+        let mut cfg = Self::parse_with_base(&text, base, host)?;
         cfg.path = Some(path.to_path_buf());
         Ok(cfg)
     }
 
-    /// Parses and validates TOML text; relative paths resolve against the working dir.
-    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse_with_base(text, None)
+    /// Parses and validates TOML text, reading the files it names through `host`;
+    /// relative paths resolve against the working dir.
+    pub fn parse(text: &str, host: &dyn Host) -> Result<Config, ConfigErrors> {
+        Self::parse_with_base(text, None, host)
     }
 
-    fn parse_with_base(text: &str, base: Option<PathBuf>) -> Result<Config, ConfigErrors> {
+    fn parse_with_base(text: &str, base: Option<PathBuf>, host: &dyn Host) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| ConfigErrors(vec![ConfigError { key: toml_error_key(&e), reason: toml_error_reason(&e) }]))?;
         let base = PathBase(base.filter(|b| !b.as_os_str().is_empty()));
-        let mut errs = Errors::default();
-        let listen = validate_listen(raw.listen, &mut errs);
+        let mut errs = Errors::new(host);
+        let listen = validate_listen(raw.listen, &base, &mut errs);
         let admin = validate_admin(raw.admin, &base, &mut errs);
         let sources = validate_sources(raw.metadata, &base, &mut errs);
         let issuers = validate_issuers(raw.issuers, &sources, &base, &mut errs);
@@ -516,10 +545,10 @@ impl Config {
                 "must differ from every [[issuer]].issuer, or claimsmith's own tokens would be accepted as ID tokens",
             );
         }
-        if !errs.0.is_empty() {
-            return Err(ConfigErrors(errs.0));
+        if !errs.found.is_empty() {
+            return Err(ConfigErrors(errs.found));
         }
-        let files = errs.1;
+        let files = errs.files;
         Ok(Config {
             listen,
             admin,

@@ -2,6 +2,75 @@
 
 use super::validate::*;
 use super::*;
+use crate::host::FileStamp;
+
+/// Validates `text` against this machine's files and environment.
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, &crate::app::System)
+}
+
+/// A machine made of a few files and variables: validation reads only through its
+/// [`Host`], so what it sees is exactly what the test gives it.
+#[derive(Default)]
+struct Machine {
+    files: BTreeMap<PathBuf, Vec<u8>>,
+    env: BTreeMap<String, String>,
+}
+
+impl Host for Machine {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.files.get(path).cloned().ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+
+    fn stat(&self, path: &Path) -> std::io::Result<FileStamp> {
+        let f = self.files.get(path).ok_or(std::io::ErrorKind::NotFound)?;
+        Ok(FileStamp { modified: None, changed: None, len: f.len() as u64, inode: None })
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
+    }
+}
+
+#[test]
+fn validation_reads_files_and_variables_only_through_its_host() {
+    let (_, key) = crate::keys::SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let mut m = Machine::default();
+    m.files.insert("/cfg/keys/signing.pem".into(), key.into_bytes());
+    m.files.insert("/cfg/admin-token".into(), b"admin-token-value\n".to_vec());
+    m.env.insert("HOOK_TOKEN".into(), "hook-token-value".into());
+    let text = r#"
+[admin]
+token_file = "admin-token"
+webhook_token_env = "HOOK_TOKEN"
+
+[token]
+key_files = ["keys/signing.pem"]
+
+[[issuer]]
+issuer = "https://idp.example/"
+audiences = ["a"]
+
+[[route]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:9000"
+audience = "backend"
+"#;
+    // Relative paths resolve against the config file's directory, on the host.
+    let c = Config::parse_with_base(text, Some("/cfg".into()), &m).expect("valid on this machine");
+    assert_eq!(c.admin.token.as_ref().map(Secret::expose), Some("admin-token-value"));
+    assert_eq!(c.admin.webhook_token.as_ref().map(Secret::expose), Some("hook-token-value"));
+    assert_eq!(c.token.keys.len(), 1);
+    assert_eq!(c.files, [PathBuf::from("/cfg/admin-token"), PathBuf::from("/cfg/keys/signing.pem")]);
+
+    // The same text on a machine without those files or that variable is refused,
+    // each missing piece named by its key.
+    let e = Config::parse_with_base(text, Some("/cfg".into()), &Machine::default()).unwrap_err();
+    let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"admin.token_file"), "{keys:?}");
+    assert!(keys.contains(&"admin.webhook_token_env"), "{keys:?}");
+    assert!(keys.contains(&"token.key_files[0]"), "{keys:?}");
+}
 
 #[test]
 fn durations() {
@@ -17,21 +86,21 @@ fn durations() {
 
 #[test]
 fn unknown_key_is_named() {
-    let e = Config::parse("[listen]\nadress = \"x\"\n").unwrap_err();
+    let e = parse("[listen]\nadress = \"x\"\n").unwrap_err();
     assert_eq!(e.0[0].key, "adress");
 }
 
 #[test]
 fn an_empty_key_still_names_a_place() {
     for text in ["[\"\"]\n", "\"\" = 1\n"] {
-        let e = Config::parse(text).unwrap_err();
+        let e = parse(text).unwrap_err();
         assert!(!e.0[0].key.is_empty(), "{text:?} gave an empty key");
     }
 }
 
 #[test]
 fn every_error_is_reported() {
-    let e = Config::parse(
+    let e = parse(
         r#"
         [cache]
         ttl = "5 minutes"
@@ -49,7 +118,7 @@ fn every_error_is_reported() {
 
 #[test]
 fn hmac_needs_a_secret() {
-    let e = Config::parse(
+    let e = parse(
         r#"
         [[issuer]]
         issuer = "https://t.example/"
@@ -69,7 +138,7 @@ fn hmac_needs_a_secret() {
 
 #[test]
 fn own_issuer_cannot_be_an_accepted_issuer() {
-    let e = Config::parse(
+    let e = parse(
         r#"
         [[issuer]]
         issuer = "https://same.example/"
@@ -88,7 +157,7 @@ fn own_issuer_cannot_be_an_accepted_issuer() {
 
 #[test]
 fn routes_sorted_longest_first() {
-    let c = Config::parse(
+    let c = parse(
         r#"
         [[route]]
         path_prefix = "/"
@@ -113,26 +182,26 @@ fn the_webhook_token_is_read_like_the_admin_token() {
     let with = |admin: &str| {
         format!("[admin]\n{admin}\n[[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"off\"\n")
     };
-    let c = Config::parse(&with("")).unwrap();
+    let c = parse(&with("")).unwrap();
     assert!(c.admin.webhook_token.is_none(), "unset: the hooks are off");
-    let c = Config::parse(&with(&format!("webhook_token_file = {:?}", good.display().to_string()))).unwrap();
+    let c = parse(&with(&format!("webhook_token_file = {:?}", good.display().to_string()))).unwrap();
     assert_eq!(c.admin.webhook_token.as_ref().map(Secret::expose), Some("hook-token-value"));
     assert!(!format!("{c:?}").contains("hook-token-value"), "Debug must not show the token");
-    let e = Config::parse(&with(&format!("webhook_token_file = {:?}", empty.display().to_string()))).unwrap_err();
+    let e = parse(&with(&format!("webhook_token_file = {:?}", empty.display().to_string()))).unwrap_err();
     assert!(e.0.iter().any(|e| e.key == "admin.webhook_token_file"), "{e}");
-    let e = Config::parse(&with(&format!(
+    let e = parse(&with(&format!(
         "webhook_token_file = {:?}\nwebhook_token_env = \"CLAIMSMITH_TEST_UNSET_HOOK_TOKEN\"",
         good.display().to_string()
     )))
     .unwrap_err();
     assert!(e.0.iter().any(|e| e.key == "admin.webhook_token_env"), "{e}");
-    let e = Config::parse(&with("webhook_token_env = \"CLAIMSMITH_TEST_UNSET_HOOK_TOKEN\"")).unwrap_err();
+    let e = parse(&with("webhook_token_env = \"CLAIMSMITH_TEST_UNSET_HOOK_TOKEN\"")).unwrap_err();
     assert!(e.0.iter().any(|e| e.key == "admin.webhook_token_env"), "{e}");
 }
 
 /// A valid config with one `/billing/` route; `rules` is appended to it.
 fn with_rules(auth: &str, rules: &str) -> Result<Config, ConfigErrors> {
-    Config::parse(&format!(
+    parse(&format!(
         r#"
         [[issuer]]
         issuer = "https://t.example/"
@@ -253,7 +322,7 @@ fn rules_on_an_auth_off_route_are_an_error() {
 }
 
 fn with_forward_auth(table: &str) -> Result<Config, ConfigErrors> {
-    Config::parse(&format!(
+    parse(&format!(
         r#"
         [listen]
         addr = "127.0.0.1:8080"
@@ -301,7 +370,7 @@ fn with_source(dir: &Path, source: &str) -> Result<Config, ConfigErrors> {
          [metadata.src]\n{source}\n\
          [[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\naudience = \"x\"\n"
     );
-    Config::parse_with_base(&text, Some(dir.to_path_buf()))
+    Config::parse_with_base(&text, Some(dir.to_path_buf()), &crate::app::System)
 }
 
 /// The keys named, without the issuer's "no such source" that follows from a source
@@ -388,7 +457,7 @@ fn an_okta_source_reads_its_key_at_load_and_each_missing_key_is_named() {
 
 /// A valid config whose `[token]` table ends with `token`, then the route with `route`.
 fn with_token(token: &str, route: &str) -> Result<Config, ConfigErrors> {
-    Config::parse(&format!(
+    parse(&format!(
         r#"
         [[issuer]]
         issuer = "https://t.example/"
@@ -530,9 +599,56 @@ fn user_metadata_is_read_when_a_route_forwards_it_or_a_rule_reads_it() {
     assert!(c.routes[0].user_metadata.is_none());
     let other = "[[route.require]]\nsource = \"app_metadata\"\npointer = \"/plan\"\nop = \"exists\"\n";
     assert!(!with_token("", other).unwrap().fetches_user_metadata());
-    let e = Config::parse(
+    let e = parse(
         "[[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nauth = \"off\"\nuser_metadata = []\n",
     )
     .unwrap_err();
     assert_eq!(e.0[0].key, "route[0].user_metadata");
+}
+
+#[test]
+fn tls_and_ca_files_are_read_and_checked_at_load() {
+    let ca = rcgen::generate_simple_self_signed(vec!["idp.example".into()]).unwrap();
+    let mut m = Machine::default();
+    m.files.insert("/cfg/tls/cert.pem".into(), ca.cert.pem().into_bytes());
+    m.files.insert("/cfg/tls/key.pem".into(), ca.signing_key.serialize_pem().into_bytes());
+    m.files.insert("/cfg/ca.pem".into(), ca.cert.pem().into_bytes());
+    m.files.insert("/cfg/empty.pem".into(), b"not a certificate\n".to_vec());
+    let text = |cert: &str, key: &str, ca: &str| {
+        format!(
+            r#"
+[listen]
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+
+[[issuer]]
+issuer = "https://idp.example/"
+audiences = ["a"]
+ca_file = "{ca}"
+
+[[route]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:9000"
+audience = "backend"
+"#
+        )
+    };
+    // Relative to the config file's folder, like every other path.
+    let c = Config::parse_with_base(&text("tls/cert.pem", "tls/key.pem", "ca.pem"), Some("/cfg".into()), &m).unwrap();
+    let tls = c.listen.tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, PathBuf::from("/cfg/tls/cert.pem"));
+    assert!(tls.key_pem.expose().contains("PRIVATE KEY"));
+    assert_eq!(c.issuers[0].ca_file.as_ref().map(|c| c.path.clone()), Some(PathBuf::from("/cfg/ca.pem")));
+    // The key's Debug never shows it.
+    assert!(!format!("{c:?}").contains("PRIVATE KEY"));
+
+    // A certificate file without a certificate, a key file without a key, a CA file
+    // without a certificate: each refused at load, by its key, without its content.
+    let e =
+        Config::parse_with_base(&text("empty.pem", "tls/cert.pem", "empty.pem"), Some("/cfg".into()), &m).unwrap_err();
+    let got: Vec<(&str, &str)> = e.0.iter().map(|e| (e.key.as_str(), e.reason.as_str())).collect();
+    assert!(got.contains(&("listen.tls_cert_file", "/cfg/empty.pem holds no PEM certificate")), "{got:?}");
+    assert!(got.contains(&("listen.tls_key_file", "/cfg/tls/cert.pem holds no PEM private key")), "{got:?}");
+    assert!(got.contains(&("issuer[0].ca_file", "/cfg/empty.pem holds no PEM certificate")), "{got:?}");
+    assert!(!format!("{e}").contains("not a certificate"));
 }

@@ -15,22 +15,46 @@ use url::Url;
 
 use super::raw::*;
 use super::*;
+use crate::host::Host;
 use crate::keys::SigningKey;
 
 /// Collects errors while validating; each names its key. Also notes every file the
 /// configuration is read from, so the running process can watch them
 /// ([`Config::files`]).
-#[derive(Default)]
-pub(super) struct Errors(pub(super) Vec<ConfigError>, pub(super) Vec<PathBuf>);
+/// What validation collects: the errors found, the files the configuration was read
+/// from, and the [`Host`] it reads them through (validation itself never touches the
+/// machine: see `crate::host`).
+pub(super) struct Errors<'h> {
+    pub(super) found: Vec<ConfigError>,
+    pub(super) files: Vec<PathBuf>,
+    host: &'h dyn Host,
+}
 
-impl Errors {
-    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(ConfigError { key: key.into(), reason: reason.into() });
+impl<'h> Errors<'h> {
+    pub(super) fn new(host: &'h dyn Host) -> Self {
+        Errors { found: Vec::new(), files: Vec::new(), host }
     }
 
-    /// Notes that the configuration depends on the file at `path`.
-    pub(super) fn read(&mut self, path: &Path) {
-        self.1.push(path.to_path_buf());
+    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.found.push(ConfigError { key: key.into(), reason: reason.into() });
+    }
+
+    /// Reads the file at `path`, noting that the configuration depends on it (a change
+    /// to it means a reload: docs/operations.md, "Reload").
+    pub(super) fn read(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.files.push(path.to_path_buf());
+        self.host.read(path)
+    }
+
+    /// [`Errors::read`] as UTF-8 text.
+    pub(super) fn read_text(&mut self, path: &Path) -> std::io::Result<String> {
+        self.files.push(path.to_path_buf());
+        self.host.read_text(path)
+    }
+
+    /// The environment variable `name`, when set and UTF-8.
+    pub(super) fn env(&self, name: &str) -> Option<String> {
+        self.host.env(name)
     }
 }
 
@@ -112,21 +136,20 @@ pub(super) fn secret(
             errs.push(format!("{prefix}_env"), format!("set only one of {prefix}_env and {prefix}_file"));
             None
         }
-        (Some(var), None) => match std::env::var(&var) {
-            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
-            Ok(_) => {
+        (Some(var), None) => match errs.env(&var) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v)),
+            Some(_) => {
                 errs.push(format!("{prefix}_env"), format!("environment variable {var} is empty"));
                 None
             }
-            Err(_) => {
+            None => {
                 errs.push(format!("{prefix}_env"), format!("environment variable {var} is not set"));
                 None
             }
         },
         (None, Some(path)) => {
             let path = base.resolve(&path);
-            errs.read(&path);
-            match std::fs::read_to_string(&path) {
+            match errs.read_text(&path) {
                 // Kubernetes Secret mounts and editors add a trailing newline.
                 Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
                     Some(Secret::new(v.trim_end_matches(['\r', '\n'])))
@@ -144,28 +167,62 @@ pub(super) fn secret(
     }
 }
 
-pub(super) fn readable_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut Errors) -> Option<PathBuf> {
-    let p = base.resolve(&p?);
-    errs.read(&p);
-    if let Err(e) = std::fs::metadata(&p) {
-        errs.push(key, format!("cannot read {}: {e}", p.display()));
+/// Reads the CA bundle a `ca_file` key names: it must hold at least one PEM
+/// certificate, or no TLS connection through it could ever be trusted.
+pub(super) fn ca_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut Errors) -> Option<CaFile> {
+    let path = base.resolve(&p?);
+    match errs.read(&path) {
+        Ok(pem) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            if CertificateDer::pem_slice_iter(&pem).flatten().next().is_none() {
+                errs.push(key, format!("{} holds no PEM certificate", path.display()));
+            }
+            Some(CaFile { path, pem: pem.into() })
+        }
+        Err(e) => {
+            errs.push(key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
     }
-    Some(p)
 }
 
-pub(super) fn validate_listen(raw: RawListen, errs: &mut Errors) -> ListenConfig {
+/// Reads the listener's certificate chain and private key. Messages name the file
+/// and what is wrong with it, never the key's content.
+fn tls_files(cert_file: PathBuf, key_file: PathBuf, errs: &mut Errors) -> Option<TlsFiles> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_pem = match errs.read(&cert_file) {
+        Ok(pem) if CertificateDer::pem_slice_iter(&pem).flatten().next().is_some() => Some(pem),
+        Ok(_) => {
+            errs.push("listen.tls_cert_file", format!("{} holds no PEM certificate", cert_file.display()));
+            None
+        }
+        Err(e) => {
+            errs.push("listen.tls_cert_file", format!("cannot read {}: {e}", cert_file.display()));
+            None
+        }
+    };
+    let key_pem = match errs.read(&key_file) {
+        Ok(pem) if PrivateKeyDer::from_pem_slice(&pem).is_ok() => Some(Secret::new(String::from_utf8_lossy(&pem))),
+        Ok(_) => {
+            errs.push("listen.tls_key_file", format!("{} holds no PEM private key", key_file.display()));
+            None
+        }
+        Err(e) => {
+            errs.push("listen.tls_key_file", format!("cannot read {}: {e}", key_file.display()));
+            None
+        }
+    };
+    Some(TlsFiles { cert_file, key_file, cert_pem: cert_pem?.into(), key_pem: key_pem? })
+}
+
+pub(super) fn validate_listen(raw: RawListen, base: &PathBase, errs: &mut Errors) -> ListenConfig {
     let addr = socket_addr("listen.addr", raw.addr, "0.0.0.0:8080", errs);
     let tls = match (raw.tls_cert_file, raw.tls_key_file) {
         (None, None) => None,
-        (Some(c), Some(k)) => {
-            for (key, p) in [("listen.tls_cert_file", &c), ("listen.tls_key_file", &k)] {
-                errs.read(p);
-                if let Err(e) = std::fs::metadata(p) {
-                    errs.push(key, format!("cannot read {}: {e}", p.display()));
-                }
-            }
-            Some(TlsFiles { cert_file: c, key_file: k })
-        }
+        // Relative to the config file's folder, as every path in it is.
+        (Some(c), Some(k)) => tls_files(base.resolve(&c), base.resolve(&k), errs),
         (Some(_), None) => {
             errs.push("listen.tls_key_file", "tls_cert_file is set, so tls_key_file is required too");
             None
@@ -308,7 +365,7 @@ pub(super) fn validate_issuers(
         {
             errs.push(k("metadata"), format!("no [metadata.{m}] source is configured"));
         }
-        let ca_file = readable_file(&k("ca_file"), r.ca_file, base, errs);
+        let ca_file = ca_file(&k("ca_file"), r.ca_file, base, errs);
         out.push(IssuerConfig {
             issuer,
             audiences: r.audiences,
@@ -413,7 +470,7 @@ pub(super) fn validate_sources(
             }
         };
         let timeout = duration(&k("timeout"), r.timeout.clone(), Duration::from_secs(5), errs);
-        let ca_file = readable_file(&k("ca_file"), r.ca_file.clone(), base, errs);
+        let ca_file = ca_file(&k("ca_file"), r.ca_file.clone(), base, errs);
         let src = match kind.as_str() {
             "auth0" => {
                 let domain = r.domain.clone().unwrap_or_default();
@@ -540,7 +597,7 @@ fn keycloak_source(
     base: &PathBase,
     max_requests_per_second: u32,
     timeout: Duration,
-    ca_file: Option<PathBuf>,
+    ca_file: Option<CaFile>,
     errs: &mut Errors,
 ) -> Option<KeycloakSourceConfig> {
     let base_url = match &r.base_url {
@@ -595,7 +652,7 @@ fn okta_source(
     base: &PathBase,
     max_requests_per_second: u32,
     timeout: Duration,
-    ca_file: Option<PathBuf>,
+    ca_file: Option<CaFile>,
     errs: &mut Errors,
 ) -> Option<OktaSourceConfig> {
     let domain = r.domain.clone().unwrap_or_default();
@@ -634,9 +691,8 @@ fn okta_source(
         }
         Some(p) => {
             let path = base.resolve(p);
-            errs.read(&path);
             // Errors name the file and why, never its content.
-            match std::fs::read(&path) {
+            match errs.read(&path) {
                 Err(e) => {
                     errs.push(k("private_key_file"), format!("cannot read {}: {e}", path.display()));
                     None
@@ -717,8 +773,7 @@ pub(super) fn validate_token(raw: RawToken, base: &PathBase, errs: &mut Errors) 
     for (i, p) in raw.key_files.iter().enumerate() {
         let key = format!("token.key_files[{i}]");
         let path = base.resolve(p);
-        errs.read(&path);
-        match std::fs::read(&path) {
+        match errs.read(&path) {
             Ok(pem) => match SigningKey::from_pem(&pem) {
                 Ok(k) => {
                     if i == 0 && k.algorithm() != algorithm {
@@ -837,21 +892,20 @@ fn secret_claim(key: &str, raw: RawSecretClaim, base: &PathBase, errs: &mut Erro
             errs.push(key, "set only one of env and file");
             None
         }
-        (Some(var), None) => match std::env::var(&var) {
-            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
-            Ok(_) => {
+        (Some(var), None) => match errs.env(&var) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v)),
+            Some(_) => {
                 errs.push(key, format!("environment variable {var} is empty"));
                 None
             }
-            Err(_) => {
+            None => {
                 errs.push(key, format!("environment variable {var} is not set (or not UTF-8)"));
                 None
             }
         },
         (None, Some(path)) => {
             let path = base.resolve(&path);
-            errs.read(&path);
-            match std::fs::read_to_string(&path) {
+            match errs.read_text(&path) {
                 Ok(v) => {
                     // Editors and Kubernetes Secret mounts end a file with a newline;
                     // only that one is not part of the value.
@@ -947,7 +1001,7 @@ pub(super) fn validate_routes(
                 errs.push(k("auth"), "this route checks tokens, but no [[issuer]] is configured");
             }
         }
-        let ca_file = readable_file(&k("ca_file"), r.ca_file, base, errs);
+        let ca_file = ca_file(&k("ca_file"), r.ca_file, base, errs);
         // A tunnel carries bytes nobody inspects: only a verified caller may open one
         // by default (docs/security.md, "Upgrades").
         let websocket = r.websocket.unwrap_or(auth != AuthMode::Off);
@@ -1048,8 +1102,7 @@ pub(super) fn validate_shared(raw: RawShared, base: &PathBase, errs: &mut Errors
     for (i, p) in raw.key_files.iter().enumerate() {
         let key = format!("shared.key_files[{i}]");
         let path = base.resolve(p);
-        errs.read(&path);
-        match std::fs::read(&path) {
+        match errs.read(&path) {
             Ok(bytes) => match parse_shared_key(&bytes) {
                 Some(k) => keys.push(k),
                 None => {
@@ -1071,7 +1124,7 @@ pub(super) fn validate_shared(raw: RawShared, base: &PathBase, errs: &mut Errors
     if timeout.is_zero() || timeout > Duration::from_secs(10) {
         errs.push("shared.timeout", "must be more than 0 and at most 10s");
     }
-    let ca_file = readable_file("shared.ca_file", raw.ca_file, base, errs);
+    let ca_file = ca_file("shared.ca_file", raw.ca_file, base, errs);
     if ca_file.is_some() && !url.expose().starts_with("rediss://") {
         errs.push("shared.ca_file", "only a rediss:// (TLS) URL uses a CA file");
     }
@@ -1155,6 +1208,6 @@ pub(super) fn validate_telemetry(raw: RawTelemetry, base: &PathBase, errs: &mut 
     if !(0.0..=1.0).contains(&sample_ratio) {
         errs.push("telemetry.sample_ratio", format!("{sample_ratio} is not between 0 and 1"));
     }
-    let ca_file = readable_file("telemetry.ca_file", raw.ca_file, base, errs);
+    let ca_file = ca_file("telemetry.ca_file", raw.ca_file, base, errs);
     TelemetryConfig { otlp_endpoint, service_name, sample_ratio, ca_file }
 }

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 
 use super::{BoxFuture, Lookup, Metadata, MetadataSource, SourceError};
+use crate::host::{FileStamp, Host};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,40 +48,6 @@ struct Loaded {
     origin: u64,
 }
 
-/// What the file looked like when it was last read.
-#[derive(Clone, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    /// Changed by every write and by setting the modification time, which a copy
-    /// that keeps times (`cp -p`, `rsync -t`) does.
-    changed: Option<(i64, i64)>,
-    len: u64,
-    inode: Option<(u64, u64)>,
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
-        #[cfg(unix)]
-        let (changed, inode) = {
-            use std::os::unix::fs::MetadataExt;
-            (Some((m.ctime(), m.ctime_nsec())), Some((m.dev(), m.ino())))
-        };
-        #[cfg(not(unix))]
-        let (changed, inode) = (None, None);
-        Stamp { modified: m.modified().ok(), changed, len: m.len(), inode }
-    }
-
-    /// The later of the file's two times (the change time as wall-clock time).
-    fn latest(&self) -> Option<SystemTime> {
-        let changed = self.changed.and_then(|(s, ns)| {
-            let secs = u64::try_from(s).ok()?;
-            let nanos = u32::try_from(ns).ok()?;
-            SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-        });
-        self.modified.max(changed)
-    }
-}
-
 /// How long after a write a file's status may still look the same after another
 /// one: longer than the coarsest clock tick of common file systems, with room for
 /// a little clock skew (network file systems).
@@ -88,7 +55,7 @@ const RACY: Duration = Duration::from_secs(3);
 
 /// The file as last read: its status, when the read began, and a hash of its bytes.
 struct Seen {
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
     read_at: SystemTime,
     hash: u64,
 }
@@ -97,7 +64,7 @@ impl Seen {
     /// Whether an edit since the read could have left the status unchanged: the
     /// file had been written less than [`RACY`] before the read began.
     fn racy(&self) -> bool {
-        match self.stamp.as_ref().and_then(Stamp::latest) {
+        match self.stamp.as_ref().and_then(FileStamp::latest) {
             Some(t) => t + RACY > self.read_at,
             None => true,
         }
@@ -118,6 +85,8 @@ pub enum FileSourceError {
 /// Metadata read from a JSON file.
 pub struct FileSource {
     path: PathBuf,
+    /// Where the file is read from (`app::System`: this machine).
+    host: Arc<dyn Host>,
     doc: ArcSwap<Loaded>,
     /// Also serialises re-reads, so two never race to store their content.
     seen: Mutex<Seen>,
@@ -125,17 +94,10 @@ pub struct FileSource {
 
 impl FileSource {
     /// Reads and parses the file.
-    pub fn load(path: &Path) -> Result<FileSource, FileSourceError> {
-        let (seen, bytes) = read(path)?;
+    pub fn load(path: &Path, host: Arc<dyn Host>) -> Result<FileSource, FileSourceError> {
+        let (seen, bytes) = read(&*host, path)?;
         let doc = parse(path, &bytes)?;
-        Ok(FileSource { path: path.to_path_buf(), doc: ArcSwap::from_pointee(doc), seen: Mutex::new(seen) })
-    }
-
-    /// Parses a document given as text (the demo embeds its own).
-    pub fn from_json(path: &Path, text: &str) -> Result<FileSource, FileSourceError> {
-        let doc = parse(path, text.as_bytes())?;
-        let seen = Seen { stamp: None, read_at: SystemTime::now(), hash: hash(text.as_bytes()) };
-        Ok(FileSource { path: path.to_path_buf(), doc: ArcSwap::from_pointee(doc), seen: Mutex::new(seen) })
+        Ok(FileSource { path: path.to_path_buf(), host, doc: ArcSwap::from_pointee(doc), seen: Mutex::new(seen) })
     }
 
     pub fn path(&self) -> &Path {
@@ -147,11 +109,11 @@ impl FileSource {
     pub fn reload_if_changed(&self) -> Result<bool, FileSourceError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         // Gone for a moment (replaced by a rename): keep what we have.
-        let Ok(now) = std::fs::metadata(&self.path) else { return Ok(false) };
-        if seen.stamp.as_ref() == Some(&Stamp::of(&now)) && !seen.racy() {
+        let Ok(now) = self.host.stat(&self.path) else { return Ok(false) };
+        if seen.stamp.as_ref() == Some(&now) && !seen.racy() {
             return Ok(false);
         }
-        let (fresh, bytes) = read(&self.path)?;
+        let (fresh, bytes) = read(&*self.host, &self.path)?;
         if fresh.hash == seen.hash {
             // Touched, or read again while racy: same content, nothing to drop.
             *seen = fresh;
@@ -171,10 +133,10 @@ impl FileSource {
 
 /// The file's bytes and how it looked. The time and status are taken before the
 /// bytes are read, so a write racing the read at worst makes the next look read again.
-fn read(path: &Path) -> Result<(Seen, Vec<u8>), FileSourceError> {
+fn read(host: &dyn Host, path: &Path) -> Result<(Seen, Vec<u8>), FileSourceError> {
     let read_at = SystemTime::now();
-    let stamp = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
-    let bytes = std::fs::read(path).map_err(|e| FileSourceError::Read(path.display().to_string(), e))?;
+    let stamp = host.stat(path).ok();
+    let bytes = host.read(path).map_err(|e| FileSourceError::Read(path.display().to_string(), e))?;
     Ok((Seen { stamp, read_at, hash: hash(&bytes) }, bytes))
 }
 
@@ -223,9 +185,17 @@ pub const EXAMPLE: &str = r#"{"users":   {"auth0|u1": {"app_metadata": {"roles":
 mod tests {
     use super::*;
 
+    /// Parses a document given as text.
+    fn from_json(path: &Path, text: &str) -> Result<FileSource, FileSourceError> {
+        let doc = parse(path, text.as_bytes())?;
+        let seen = Seen { stamp: None, read_at: SystemTime::now(), hash: hash(text.as_bytes()) };
+        let host = Arc::new(crate::app::System);
+        Ok(FileSource { path: path.to_path_buf(), host, doc: ArcSwap::from_pointee(doc), seen: Mutex::new(seen) })
+    }
+
     #[tokio::test]
     async fn reads_the_spec_example() {
-        let s = FileSource::from_json(Path::new("x.json"), EXAMPLE).unwrap();
+        let s = from_json(Path::new("x.json"), EXAMPLE).unwrap();
         let u = s.user("auth0|u1").await.unwrap().unwrap();
         assert_eq!(u["roles"][0], "admin");
         assert!(s.user("auth0|nobody").await.unwrap().is_none());
@@ -247,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.json");
         std::fs::write(&path, doc("aaa")).unwrap();
-        let s = FileSource::load(&path).unwrap();
+        let s = FileSource::load(&path, Arc::new(crate::app::System)).unwrap();
         let first = s.origin();
         assert!(!s.reload_if_changed().unwrap(), "nothing changed");
         assert_eq!(s.origin(), first, "re-reading the same content is no new origin");
@@ -266,7 +236,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.json");
         std::fs::write(&path, doc("aaa")).unwrap();
-        let s = FileSource::load(&path).unwrap();
+        let s = FileSource::load(&path, Arc::new(crate::app::System)).unwrap();
         let first = s.origin();
         std::fs::write(&path, "{not json").unwrap();
         assert!(s.reload_if_changed().is_err());
@@ -278,7 +248,7 @@ mod tests {
 
     #[test]
     fn parse_errors_do_not_quote_content() {
-        let e = FileSource::from_json(Path::new("m.json"), r#"{"users": {"u": "secret-value"}}"#).err().unwrap();
+        let e = from_json(Path::new("m.json"), r#"{"users": {"u": "secret-value"}}"#).err().unwrap();
         assert!(!e.to_string().contains("secret-value"), "{e}");
     }
 }

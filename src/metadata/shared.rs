@@ -228,10 +228,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Reads the configuration (`ca_pem`: the content of `ca_file`); connects later,
-    /// in [`Shared::maintain`].
-    pub fn new(cfg: &SharedConfig, ca_pem: Option<Vec<u8>>) -> Result<Shared, String> {
-        let client = match ca_pem {
+    /// Reads the configuration; connects later, in [`Shared::maintain`].
+    pub fn new(cfg: &SharedConfig) -> Result<Shared, String> {
+        let client = match cfg.ca_file.as_ref().map(|c| c.pem.to_vec()) {
             None => redis::Client::open(cfg.url.expose()),
             Some(pem) => redis::Client::build_with_tls(
                 cfg.url.expose(),
@@ -709,17 +708,14 @@ mod tests {
     use crate::config::SharedKey;
 
     fn shared(keys: &[[u8; 32]]) -> Shared {
-        Shared::new(
-            &SharedConfig {
-                url: Secret::new("redis://127.0.0.1:1/"),
-                keys: keys.iter().map(|k| SharedKey(*k)).collect(),
-                key_files: vec![],
-                prefix: "p".into(),
-                timeout: Duration::from_millis(100),
-                ca_file: None,
-            },
-            None,
-        )
+        Shared::new(&SharedConfig {
+            url: Secret::new("redis://127.0.0.1:1/"),
+            keys: keys.iter().map(|k| SharedKey(*k)).collect(),
+            key_files: vec![],
+            prefix: "p".into(),
+            timeout: Duration::from_millis(100),
+            ca_file: None,
+        })
         .expect("a valid config")
     }
 

@@ -294,7 +294,7 @@ impl Harness {
             .replace("{metadata}", &metadata_path.display().to_string())
             .replace("{dir}", &dir.path().display().to_string());
         let toml = on_this_transport(&toml);
-        let config = claimsmith::Config::parse(&toml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let config = claimsmith::parse_config(&toml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let proxy = claimsmith::start(config).await.unwrap();
         assert!(proxy.wait_ready(Duration::from_secs(10)).await, "proxy did not become ready");
         let mut secrets = vec![TENANT_KEY.to_string(), USER_NOTE.to_string()];

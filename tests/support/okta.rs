@@ -246,6 +246,7 @@ async fn handle(
     let path = parts.uri.path().to_string();
     let target = parts.uri.path_and_query().map_or(path.clone(), |p| p.as_str().to_string());
     let endpoint = classify(&parts.method, &path);
+    let org = Org { state: &state, issued: &issued, public, token_url };
     let fault = {
         let mut st = state.lock().unwrap();
         let queued = st.queued.get_mut(&endpoint).and_then(VecDeque::pop_front);
@@ -263,7 +264,7 @@ async fn handle(
         }
         Some(Fault::Slow(d)) => {
             tokio::time::sleep(d).await;
-            answer(&state, &issued, public, token_url, endpoint, &parts, &path, &body)
+            answer(org, endpoint, &parts, &path, &body)
         }
         Some(Fault::RateLimited { reset_in }) => {
             reset = now() + reset_in;
@@ -274,7 +275,7 @@ async fn handle(
         Some(Fault::Status(s)) => okta_error(s, "E0000009", "Internal Server Error"),
         Some(Fault::Unauthorized) => unauthorized(),
         Some(Fault::AfterHandling(status)) => {
-            let _ = answer(&state, &issued, public, token_url, endpoint, &parts, &path, &body);
+            let _ = answer(org, endpoint, &parts, &path, &body);
             okta_error(status, "E0000009", "Internal Server Error")
         }
         Some(Fault::PlainNotFound) => {
@@ -282,7 +283,7 @@ async fn handle(
             *r.status_mut() = StatusCode::NOT_FOUND;
             r
         }
-        None => answer(&state, &issued, public, token_url, endpoint, &parts, &path, &body),
+        None => answer(org, endpoint, &parts, &path, &body),
     };
     record(resp.status().as_u16());
     if endpoint != Endpoint::Token {
@@ -310,19 +311,26 @@ fn unauthorized() -> Response<Full<Bytes>> {
     r
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The org's side of one call: its state, the tokens it issued, the app's
+/// registered public key and the token URL assertions must name.
+#[derive(Clone, Copy)]
+struct Org<'a> {
+    state: &'a Mutex<OrgState>,
+    issued: &'a AtomicU64,
+    public: &'a jsonwebtoken::DecodingKey,
+    token_url: &'a str,
+}
+
 fn answer(
-    state: &Mutex<OrgState>,
-    issued: &AtomicU64,
-    public: &jsonwebtoken::DecodingKey,
-    token_url: &str,
+    org: Org<'_>,
     endpoint: Endpoint,
     parts: &http::request::Parts,
     path: &str,
     body: &Bytes,
 ) -> Response<Full<Bytes>> {
+    let state = org.state;
     match endpoint {
-        Endpoint::Token => return token(state, issued, public, token_url, body),
+        Endpoint::Token => return token(org, body),
         Endpoint::Other => {
             return okta_error(404, "E0000022", "The endpoint does not support the provided HTTP method");
         }
@@ -346,13 +354,8 @@ fn answer(
 }
 
 /// The token endpoint: verifies the client assertion as Okta does.
-fn token(
-    state: &Mutex<OrgState>,
-    issued: &AtomicU64,
-    public: &jsonwebtoken::DecodingKey,
-    token_url: &str,
-    body: &Bytes,
-) -> Response<Full<Bytes>> {
+fn token(org: Org<'_>, body: &Bytes) -> Response<Full<Bytes>> {
+    let Org { state, issued, public, token_url } = org;
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let get = |k: &str| form.get(k).map(String::as_str);
     if get("grant_type") != Some("client_credentials") {
