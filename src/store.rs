@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -37,13 +37,22 @@ struct Slot<V> {
 /// One call in flight for a key, shared by every caller that missed meanwhile.
 type Flight<V, E> = Arc<OnceCell<Result<V, Arc<E>>>>;
 
-type Shard<K, V> = Mutex<HashMap<K, Slot<V>>>;
+/// The hasher of shard choice and of each shard's map. foldhash rather than std's
+/// SipHash: every request hashes its keys six times (user, client and minted-token
+/// lookups, each picking a shard and then a slot), and SipHash cost ~2,700
+/// instructions of it (docs/performance.md). What SipHash adds is resistance to
+/// keys chosen to collide, and these keys are not chosen by a caller: they are the
+/// issuer and subject or client of an identity whose token has been verified, or a
+/// SHA-256 of such a token. The seed is still random per store.
+type Hasher = foldhash::fast::RandomState;
+
+type Shard<K, V> = Mutex<HashMap<K, Slot<V>, Hasher>>;
 
 pub struct Store<K, V, E> {
     shards: Box<[Shard<K, V>]>,
     per_shard: usize,
     lifetime: Lifetime<V>,
-    hasher: RandomState,
+    hasher: Hasher,
     uses: AtomicU64,
     flights: Mutex<HashMap<K, Flight<V, E>>>,
 }
@@ -58,16 +67,16 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         let shards = SHARDS.min(capacity);
         Store {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            shards: (0..shards).map(|_| Mutex::new(HashMap::with_hasher(Hasher::default()))).collect(),
             per_shard: capacity / shards,
             lifetime,
-            hasher: RandomState::new(),
+            hasher: Hasher::default(),
             uses: AtomicU64::new(0),
             flights: Mutex::default(),
         }
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, Slot<V>>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, Slot<V>, Hasher>> {
         let i = (self.hasher.hash_one(key) >> 7) as usize % self.shards.len();
         lock(&self.shards[i])
     }
@@ -190,7 +199,7 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
 
 /// A full shard drops its expired entries, then, if still full, its least recently
 /// used eighth: one scan per `per_shard / 8` inserts, not one per insert.
-fn make_room<K: Hash + Eq, V: Timestamped>(shard: &mut HashMap<K, Slot<V>>, per_shard: usize, lifetime: &Lifetime<V>) {
+fn make_room<K: Hash + Eq, V: Timestamped>(shard: &mut HashMap<K, Slot<V>, Hasher>, per_shard: usize, lifetime: &Lifetime<V>) {
     shard.retain(|_, s| s.value.created().elapsed() < lifetime(&s.value));
     if shard.len() < per_shard {
         return;
