@@ -793,6 +793,10 @@ errs = lambda d: d["non2xx"] + d["socket_errors"]
 # bench_client's own CPU while it sent (warm-up included), as a share of one core: the
 # load core also runs the upstream, so a client near a full core limits the rate.
 client_cpu = lambda d: f"{d['client_cpu_s'] / (warmup + d['seconds']):.0%}"
+# bench_client's errors with their kinds ("never sent": still owed 10 s after the end,
+# the server never caught up; "timed out": no answer within 5 s).
+errs_kinds = lambda d: f"{errs(d)}" + (" (" + ", ".join(f"{k}: {n}" for k, n in d["error_kinds"].items()) + ")"
+                                       if d.get("error_kinds") else "")
 out_md, chart = [], {}
 
 def closed_table(set_, order, label, title, note=""):
@@ -845,7 +849,7 @@ if fb["nginx"] and fb["claimsmith"]:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for t, d in (("nginx", n), ("claimsmith", c)):
         lines.append(f"| {label[t]} | {d['target_rate']:.0f} | {d['done_rate']:.0f} | {d['pct']['50']:.3f} | "
-                     f"{d['pct']['99']:.3f} | {d['pct']['99.9']:.3f} | {d['max_ms']:.3f} | {errs(d)} | {d['late_sends']} | "
+                     f"{d['pct']['99']:.3f} | {d['pct']['99.9']:.3f} | {d['max_ms']:.3f} | {errs_kinds(d)} | {d['late_sends']} | "
                      f"{client_cpu(d)} | {', '.join('%.3f' % x['pct']['99'] for x in d['all'])} |")
     r = lambda k: c["pct"][k] / n["pct"][k] if n["pct"][k] else float("nan")
     lines.append(f"| **ratio claimsmith / nginx** | | | {r('50'):.2f} | {r('99'):.2f} | {r('99.9'):.2f} | | | | | |")
@@ -878,7 +882,7 @@ if bb["cached"] and bb["cached+burst"]:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, d in (("no burst", a), (f"during the burst of {burst_new}", b)):
         lines.append(f"| {name} | {d['done_rate']:.0f} | {d['pct']['50']:.3f} | {d['pct']['99']:.3f} | "
-                     f"{d['pct']['99.9']:.3f} | {d['max_ms']:.3f} | {errs(d)} | {d['late_sends']} | "
+                     f"{d['pct']['99.9']:.3f} | {d['max_ms']:.3f} | {errs_kinds(d)} | {d['late_sends']} | "
                      f"{client_cpu(d)} | {d['cs_cpu_s']:.2f} | {d['listen_overflows']} | "
                      f"{', '.join('%.3f' % x['pct']['99'] for x in d['all'])} |")
     ratio = b["pct"]["99"] / a["pct"]["99"] if a["pct"]["99"] else float("nan")

@@ -213,6 +213,8 @@ struct ConnStats {
     lat: Vec<u64>,
     non2xx: u64,
     errors: u64,
+    /// Errors by kind ("timed out", "connection closed", ...).
+    kinds: std::collections::BTreeMap<String, u64>,
     /// Idle sends that went out more than 1 ms after their intended time.
     late: u64,
     /// When the last recorded answer arrived.
@@ -291,6 +293,9 @@ fn fixed(addr: SocketAddr, reqs: Arc<Vec<Vec<u8>>>, rate: f64, conns: usize, war
             all.lat.extend(s.lat);
             all.non2xx += s.non2xx;
             all.errors += s.errors;
+            for (k, n) in s.kinds {
+                *all.kinds.entry(k).or_default() += n;
+            }
             all.late += s.late;
             all.last_done = all.last_done.max(s.last_done);
         }
@@ -300,10 +305,12 @@ fn fixed(addr: SocketAddr, reqs: Arc<Vec<Vec<u8>>>, rate: f64, conns: usize, war
     let cpu = cpu_seconds() - cpu0;
     // The rate answers actually came back at: the rate asked when the server kept up.
     let took = all.last_done.map_or(duration, |t| t.duration_since(record_from).as_secs_f64().max(duration));
+    let kinds: Vec<String> = all.kinds.iter().map(|(k, n)| format!("{k:?}: {n}")).collect();
     let extra = format!(
-        r#""target_rate": {rate:.1}, "done_rate": {:.1}, "client_cpu_s": {cpu:.3}, "late_sends": {}"#,
+        r#""target_rate": {rate:.1}, "done_rate": {:.1}, "client_cpu_s": {cpu:.3}, "late_sends": {}, "error_kinds": {{{}}}"#,
         all.lat.len() as f64 / took,
-        all.late
+        all.late,
+        kinds.join(", ")
     );
     summary(all.lat, duration, all.non2xx, all.errors, &extra)
 }
@@ -333,7 +340,9 @@ async fn fixed_conn(
         if Instant::now() > give_up {
             // Every request still owed counts as failed.
             let left = sched.end.saturating_duration_since(intended).as_secs_f64();
-            st.errors += (left * sched.rate / sched.conns as f64).ceil() as u64;
+            let owed = (left * sched.rate / sched.conns as f64).ceil() as u64;
+            st.errors += owed;
+            *st.kinds.entry("never sent".into()).or_default() += owed;
             break;
         }
         while sched.released[i].load(Acquire) <= k {
@@ -358,7 +367,10 @@ async fn fixed_conn(
                 st.last_done = Some(prev_done);
                 st.non2xx += u64::from(!(200..300).contains(&status));
             }
-            Err(_) if record => st.errors += 1,
+            Err(e) if record => {
+                st.errors += 1;
+                *st.kinds.entry(e).or_default() += 1;
+            }
             _ => {}
         }
     }
