@@ -184,15 +184,7 @@ impl Minter {
             client_metadata: &project(req.client_metadata, req.client_keys),
             user_metadata: req.user_keys.map(|keys| req.app_metadata.project_user_metadata(keys)).as_deref(),
         });
-        let prefix = if self.bearer { "Bearer " } else { "" };
-        let mut token = String::with_capacity(prefix.len() + self.header_json_b64.len() + payload.len() * 4 / 3 + 400);
-        token.push_str(prefix);
-        token.push_str(&self.header_json_b64);
-        token.push('.');
-        B64.encode_string(&payload, &mut token);
-        let sig = self.signing.sign(&token.as_bytes()[prefix.len()..]).map_err(|_| MintError::Sign)?;
-        token.push('.');
-        B64.encode_string(&sig, &mut token);
+        let token = self.signed(&payload)?;
         // Base64url and "Bearer " only: always a valid header value.
         let mut header_value =
             HeaderValue::from_maybe_shared(bytes::Bytes::from(token)).map_err(|_| MintError::Encode)?;
@@ -212,6 +204,31 @@ impl Minter {
             );
         }
         Ok(header_value)
+    }
+
+    /// The signed token (`Bearer ` first for `Authorization`) for the claims `payload`.
+    fn signed(&self, payload: &[u8]) -> Result<String, MintError> {
+        let prefix = if self.bearer { "Bearer " } else { "" };
+        // Exactly the token's length: the reuse store keeps the buffer as it is, so
+        // room left over would be held with every reused token (docs/performance.md,
+        // memory). `None` only for lengths no token reaches; then the buffer grows.
+        let b64_len = |n: usize| base64::encoded_len(n, false).unwrap_or(0);
+        let mut token = String::with_capacity(
+            prefix.len()
+                + self.header_json_b64.len()
+                + 1
+                + b64_len(payload.len())
+                + 1
+                + b64_len(self.signing.signature_len()),
+        );
+        token.push_str(prefix);
+        token.push_str(&self.header_json_b64);
+        token.push('.');
+        B64.encode_string(payload, &mut token);
+        let sig = self.signing.sign(&token.as_bytes()[prefix.len()..]).map_err(|_| MintError::Sign)?;
+        token.push('.');
+        B64.encode_string(&sig, &mut token);
+        Ok(token)
     }
 }
 
@@ -357,5 +374,25 @@ mod tests {
         };
         let v: Value = serde_json::from_slice(&claims_json(&none)).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn a_token_fills_its_buffer_exactly() {
+        // The reuse store keeps each token's buffer: none may hold spare room.
+        for alg in ["EdDSA", "ES256", "RS256"] {
+            let toml = format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n\
+                 [[issuer]]\nissuer = \"https://idp/\"\naudiences = [\"c\"]\n\
+                 jwks_uri = \"http://127.0.0.1:9/jwks.json\"\n\
+                 [token]\nissuer = \"https://cs/\"\nalgorithm = \"{alg}\"\n\
+                 [[route]]\npath_prefix = \"/api/\"\nupstream = \"http://127.0.0.1:9\"\naudience = \"api\"\n"
+            );
+            let config = crate::Config::parse(&toml).unwrap();
+            let minter = Minter::new(&config.token).unwrap();
+            for payload in [&b"{}"[..], br#"{"sub":"a","n":12345}"#] {
+                let token = minter.signed(payload).unwrap();
+                assert_eq!(token.len(), token.capacity(), "{alg}");
+            }
+        }
     }
 }
