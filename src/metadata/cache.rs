@@ -16,49 +16,64 @@ use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
 use crate::store::{Store, Timestamped};
 
-/// (issuer, user or client id).
-pub type Key = (Arc<str>, Arc<str>);
-
-/// A [`Key`] seen as two strings, so a lookup can use `(&str, &str)` and allocate
-/// nothing; hashes and compares exactly as the tuple of `Arc<str>` does.
-trait KeyParts {
-    fn parts(&self) -> (&str, &str);
+/// The key of an entry: the issuer, and [`digest`] of the issuer and the user or
+/// client id. The id itself is not kept: the cache holds one entry per caller, and
+/// the id's own allocation cost more than the entry's metadata
+/// (docs/performance.md, memory). Lookups, evictions and the second level all have
+/// the id at hand when they need it.
+#[derive(Clone)]
+pub struct Key {
+    /// What [`MetadataCache::forget_issuer`] selects by.
+    issuer: Arc<str>,
+    digest: Digest,
 }
 
-impl KeyParts for Key {
-    fn parts(&self) -> (&str, &str) {
-        (&self.0, &self.1)
+/// SHA-256 of an (issuer, id) pair, its first 128 bits.
+type Digest = [u8; 16];
+
+/// Two ids share an entry only if their digests collide: finding an id whose digest
+/// is a given user's (to read that user's metadata) is a second preimage of SHA-256
+/// cut to 128 bits. The issuer is length-prefixed, so no (issuer, id) pair writes
+/// the same bytes as another.
+fn digest(issuer: &str, id: &str) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update((issuer.len() as u64).to_le_bytes());
+    h.update(issuer.as_bytes());
+    h.update(id.as_bytes());
+    let full = h.finalize();
+    let mut d = [0; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
+impl Key {
+    fn new(issuer: &Arc<str>, id: &str) -> Key {
+        Key { issuer: issuer.clone(), digest: digest(issuer, id) }
     }
 }
 
-impl KeyParts for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        (self.0, self.1)
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for Key {
-    fn borrow(&self) -> &(dyn KeyParts + 'a) {
-        self
-    }
-}
-
-impl std::hash::Hash for dyn KeyParts + '_ {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As `(Arc<str>, Arc<str>)` hashes: each `str` in turn.
-        let (a, b) = self.parts();
-        a.hash(state);
-        b.hash(state);
-    }
-}
-
-impl PartialEq for dyn KeyParts + '_ {
+// Equality and hashing are the digest's (which covers the issuer), so a lookup can
+// use the digest alone: no `Arc` to clone per request.
+impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
+        self.digest == other.digest
     }
 }
 
-impl Eq for dyn KeyParts + '_ {}
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digest.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<Digest> for Key {
+    fn borrow(&self) -> &Digest {
+        &self.digest
+    }
+}
 
 #[derive(Clone)]
 struct Entry {
@@ -279,17 +294,17 @@ impl MetadataCache {
         lookup: &mut CacheLookup,
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
-        let probe: &dyn KeyParts = &(&**issuer, id);
+        let digest = digest(issuer, id);
         // An entry read from other content than the source's now (a file re-read, a
         // source a reload replaced) is a miss, however it got here.
-        if let Some((e, age)) = cache.get_aged(probe)
+        if let Some((e, age)) = cache.get_aged(&digest)
             && e.origin == source.origin()
             && self.complete(kind, &e)
         {
             if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
-                self.refresh_in_background(kind, source, (issuer.clone(), Arc::from(id)));
+                self.refresh_in_background(kind, source, Key { issuer: issuer.clone(), digest }, id);
             } else {
                 self.stats.hits.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Hit;
@@ -300,7 +315,7 @@ impl MetadataCache {
         *lookup = CacheLookup::Miss;
         // Boxed: a miss is the rare path, and its state (single-flight, the source
         // call) would otherwise enlarge, and be copied with, every lookup's future.
-        Box::pin(self.load(kind, source, (issuer.clone(), Arc::from(id)))).await
+        Box::pin(self.load(kind, source, Key { issuer: issuer.clone(), digest }, id)).await
     }
 
     /// A miss: asks the source (one call for concurrent misses of one key), unless
@@ -310,6 +325,7 @@ impl MetadataCache {
         kind: Kind,
         source: &Arc<dyn MetadataSource>,
         key: Key,
+        id: &str,
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
         let fkey = (kind, key.clone());
@@ -322,7 +338,7 @@ impl MetadataCache {
         let origin = source.origin();
         let entry = match cache
             .try_get_with(key.clone(), |e| e.origin == origin && self.complete(kind, e), async move {
-                self.fetch_through(kind, source.as_ref(), &key, false).await
+                self.fetch_through(kind, source.as_ref(), &key, id, false).await
             })
             .await
         {
@@ -354,7 +370,7 @@ impl MetadataCache {
         wait
     }
 
-    fn refresh_in_background(&self, kind: Kind, source: &Arc<dyn MetadataSource>, key: Key) {
+    fn refresh_in_background(&self, kind: Kind, source: &Arc<dyn MetadataSource>, key: Key, id: &str) {
         let fkey = (kind, key);
         // After a failed refresh, keep serving the stale value until the backoff ends
         // rather than asking the source on every request.
@@ -363,9 +379,9 @@ impl MetadataCache {
         {
             return;
         }
-        let (this, source) = (self.clone(), source.clone());
+        let (this, source, id) = (self.clone(), source.clone(), Box::<str>::from(id));
         tokio::spawn(async move {
-            match this.fetch_through(kind, source.as_ref(), &fkey.1, true).await {
+            match this.fetch_through(kind, source.as_ref(), &fkey.1, &id, true).await {
                 Ok(entry) => {
                     this.failures.invalidate(&fkey);
                     // A change pushed while this read ran is newer than its answer:
@@ -407,14 +423,27 @@ impl MetadataCache {
 
     /// Removes one entry from this replica's in-process cache only.
     pub fn evict_local(&self, kind: Kind, issuer: Option<&str>, id: &str) -> bool {
-        let id: Arc<str> = Arc::from(id);
-        let issuer: Option<Arc<str>> = issuer.map(Arc::from);
-        let (fid, fissuer) = (id.clone(), issuer.clone());
+        // Without an issuer, the id's digest under each entry's own issuer; the
+        // last one is remembered, since most entries share a few issuers.
+        let named = issuer.map(|i| digest(i, id));
+        let last: std::cell::RefCell<Option<(Arc<str>, Digest)>> = Default::default();
+        let is_id = |k: &Key| match named {
+            Some(d) => k.digest == d,
+            None => {
+                let mut last = last.borrow_mut();
+                let d = match &*last {
+                    Some((i, d)) if *i == k.issuer => *d,
+                    _ => last.insert((k.issuer.clone(), digest(&k.issuer, id))).1,
+                };
+                k.digest == d
+            }
+        };
+        let fid: Box<str> = id.into();
         let _ = self.failures.invalidate_entries_if(move |k, _| {
-            k.0 == kind && k.1.1 == fid && fissuer.as_ref().is_none_or(|i| *i == k.1.0)
+            k.0 == kind && named.map_or_else(|| k.1.digest == digest(&k.1.issuer, &fid), |d| k.1.digest == d)
         });
         self.failures.run_pending_tasks();
-        self.cache(kind).remove_if(|k| k.1 == id && issuer.as_ref().is_none_or(|i| *i == k.0)) > 0
+        self.cache(kind).remove_if(is_id) > 0
     }
 
     /// Drops every in-process entry (the shared cache came back after an outage, so
@@ -451,7 +480,7 @@ impl MetadataCache {
             self.evict(kind, Some(issuer), id).await;
             return Replace::Evicted;
         }
-        let key: Key = (issuer.clone(), Arc::from(id));
+        let key = Key::new(issuer, id);
         let mut outcome = Replace::Evicted;
         // user_metadata is held only while wanted; a push without it leaves a user
         // entry that a state wanting it reads again (see `complete`).
@@ -493,7 +522,7 @@ impl MetadataCache {
     /// not-found answer from the source would be; here, in the shared cache, and (by
     /// dropping their copies) on every other replica.
     pub async fn remember_absent(&self, kind: Kind, (issuer, origin): (&Arc<str>, u64), id: &str) {
-        let key: Key = (issuer.clone(), Arc::from(id));
+        let key = Key::new(issuer, id);
         let now_ms = crate::clock::unix_now_ms();
         let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: now_ms, origin };
         if let Some((sh, name)) = self.shared_name(kind, issuer, id) {
@@ -518,10 +547,10 @@ impl MetadataCache {
     /// Frees the memory; that none is served any more is the entries' origin's doing.
     pub fn forget_issuer(&self, issuer: &Arc<str>) {
         for kind in [Kind::User, Kind::Client] {
-            self.cache(kind).remove_if(|k| k.0 == *issuer);
+            self.cache(kind).remove_if(|k| k.issuer == *issuer);
         }
         let issuer = issuer.clone();
-        let _ = self.failures.invalidate_entries_if(move |k, _| k.1.0 == issuer);
+        let _ = self.failures.invalidate_entries_if(move |k, _| k.1.issuer == issuer);
         self.failures.run_pending_tasks();
     }
 
@@ -536,15 +565,16 @@ impl MetadataCache {
         kind: Kind,
         source: &dyn MetadataSource,
         key: &Key,
+        id: &str,
         want_fresh: bool,
     ) -> Result<Entry, SourceError> {
         // Taken before the read: content replaced during it leaves the entry marked
         // with the older origin, to be read again, never the reverse.
         let origin = source.origin();
         let (Some(sh), Some(scope)) = (self.shared.as_ref().filter(|s| s.up()), source.shared_scope()) else {
-            return self.fetch_entry(kind, source, &key.1, origin).await;
+            return self.fetch_entry(kind, source, id, origin).await;
         };
-        let name = sh.entry_name(kind, scope, &key.0, &key.1);
+        let name = sh.entry_name(kind, scope, &key.issuer, id);
         let give_up = Instant::now() + LEASE_WAIT;
         let mut waited = false;
         loop {
@@ -573,7 +603,7 @@ impl MetadataCache {
                         sh.stats.hits.fetch_add(1, Relaxed);
                         return Ok(entry);
                     }
-                    let r = self.fetch_entry(kind, source, &key.1, origin).await;
+                    let r = self.fetch_entry(kind, source, id, origin).await;
                     if let Ok(e) = &r {
                         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
                         let shared = SharedEntry {
@@ -701,26 +731,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_borrowed_key_finds_what_an_owned_key_stored() {
+    fn the_digest_finds_what_a_key_stored() {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
+        let iss: Arc<str> = Arc::from("https://issuer/");
         for i in 0..200 {
-            let key: Key = (Arc::from("https://issuer/"), Arc::from(format!("user|{i}").as_str()));
+            let key = Key::new(&iss, &format!("user|{i}"));
             store.insert(key, Entry { value: None, fetched_at: Instant::now(), as_of_ms: 0, origin: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
-            let probe: &dyn KeyParts = &("https://issuer/", id.as_str());
-            assert!(store.get_aged(probe).is_some(), "{id} not found by a borrowed key");
+            assert!(store.get_aged(&digest("https://issuer/", &id)).is_some(), "{id} not found by its digest");
         }
-        let other: &dyn KeyParts = &("https://other/", "user|1");
-        assert!(store.get_aged(other).is_none());
-        let swapped: &dyn KeyParts = &("user|1", "https://issuer/");
-        assert!(store.get_aged(swapped).is_none());
+        assert!(store.get_aged(&digest("https://other/", "user|1")).is_none());
+        assert!(store.get_aged(&digest("user|1", "https://issuer/")).is_none());
+        // The issuer's length is part of what is hashed: moving bytes between the
+        // issuer and the id makes another key.
+        assert_ne!(digest("https://issuer/u", "ser|1"), digest("https://issuer/", "user|1"));
+    }
+
+    #[tokio::test]
+    async fn an_eviction_without_issuer_reaches_every_issuer() {
+        let c = MetadataCache::new(&CacheConfig {
+            ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            max_entries: 1000,
+        });
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("https://a/"), Arc::from("https://b/"));
+        for (iss, id) in [(&a, "u"), (&b, "u"), (&a, "v"), (&b, "w")] {
+            c.remember_absent(Kind::User, (iss, 0), id).await;
+        }
+        assert!(c.evict_local(Kind::User, None, "u"));
+        assert!(held(&c, "https://a/", "u").is_none() && held(&c, "https://b/", "u").is_none());
+        assert!(held(&c, "https://a/", "v").is_some() && held(&c, "https://b/", "w").is_some());
+        assert!(c.evict_local(Kind::User, Some("https://b/"), "w"));
+        assert!(!c.evict_local(Kind::User, Some("https://b/"), "v"), "v is a's, not b's");
+        assert!(held(&c, "https://a/", "v").is_some());
+        c.forget_issuer(&a);
+        assert_eq!(c.users.len(), 0);
     }
 
     fn held(c: &MetadataCache, issuer: &str, id: &str) -> Option<(Option<String>, u64)> {
-        let probe: &dyn KeyParts = &(issuer, id);
-        c.users.get_aged(probe).map(|(e, _)| (e.value.map(|v| v.json().to_string()), e.as_of_ms))
+        c.users.get_aged(&digest(issuer, id)).map(|(e, _)| (e.value.map(|v| v.json().to_string()), e.as_of_ms))
     }
 
     #[tokio::test]
