@@ -184,6 +184,45 @@ struct Failure {
     err: Arc<SourceError>,
 }
 
+/// Equal metadata values held once. Users of one tenant, plan or role mostly have
+/// the same app_metadata, and each value held costs two allocations besides its
+/// entry (docs/performance.md, memory); sharing it also means an authorization rule
+/// parses it once for all of them. Values are compared by content (the text and
+/// where user_metadata begins), so sharing changes nothing a caller can see; the
+/// minter's reuse (same `Arc`: metadata unchanged) holds for equal content too.
+///
+/// Weak references, so holding a value here never keeps it alive: a value no entry
+/// and no reused token holds is freed as before, and its slot swept once the map
+/// has grown by a quarter since the last sweep.
+#[derive(Default)]
+struct Interner {
+    /// By a keyed hash of the content; a value whose hash is taken by other content
+    /// (a 64-bit collision) is simply not shared.
+    held: std::collections::HashMap<u64, std::sync::Weak<StoredMetadata>>,
+    hasher: std::hash::RandomState,
+    /// Sweep once `held` has this many slots.
+    sweep_at: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, v: StoredMetadata) -> Arc<StoredMetadata> {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one((&*v.text, v.user_at));
+        if let Some(held) = self.held.get(&hash).and_then(std::sync::Weak::upgrade)
+            && *held == v
+        {
+            return held;
+        }
+        if self.held.len() >= self.sweep_at {
+            self.held.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (self.held.len() + self.held.len() / 4).max(1024);
+        }
+        let v = Arc::new(v);
+        self.held.insert(hash, Arc::downgrade(&v));
+        v
+    }
+}
+
 /// One kind's entries: a failed source call is shared by every waiter as one `Arc`.
 type Entries = Store<Key, Entry, SourceError>;
 
@@ -197,6 +236,8 @@ pub struct MetadataCache {
     /// Keys whose background refresh is running (one at a time per key). A set
     /// beside the caches rather than a flag in every entry: few keys are ever in it.
     refreshing: Arc<Mutex<HashSet<(Kind, Key)>>>,
+    /// Every value read, by content: equal values share one allocation.
+    interned: Arc<Mutex<Interner>>,
     ttl: Duration,
     /// How long a value (`ttl + max_stale`) and a "does not exist" answer live.
     lifetimes: (Duration, Duration),
@@ -244,6 +285,7 @@ impl MetadataCache {
                 .support_invalidation_closures()
                 .build(),
             refreshing: Arc::default(),
+            interned: Arc::default(),
             ttl: cfg.ttl,
             lifetimes: (fresh_and_stale, negative),
             stats: Arc::new(CacheStats::default()),
@@ -484,7 +526,7 @@ impl MetadataCache {
         let mut outcome = Replace::Evicted;
         // user_metadata is held only while wanted; a push without it leaves a user
         // entry that a state wanting it reads again (see `complete`).
-        let stored = Arc::new(match user_metadata.filter(|_| self.wants_user_metadata(kind)) {
+        let stored = self.intern(match user_metadata.filter(|_| self.wants_user_metadata(kind)) {
             Some(user) => StoredMetadata::with_user_metadata(value, user),
             None => StoredMetadata::new(value),
         });
@@ -637,7 +679,7 @@ impl MetadataCache {
             // JSON object ever reaches a token.
             Some(text) => {
                 let app = serde_json::from_str::<Metadata>(&text).ok()?;
-                Some(Arc::new(match (want_user, e.user_metadata) {
+                Some(self.intern(match (want_user, e.user_metadata) {
                     (true, Some(user)) => {
                         StoredMetadata::with_user_metadata(app, serde_json::from_str::<Metadata>(&user).ok()?)
                     }
@@ -662,11 +704,16 @@ impl MetadataCache {
         // Current as of when the read was sent: a change pushed after that is newer.
         let as_of_ms = crate::clock::unix_now_ms();
         fetch(kind, source, id, self.wants_user_metadata(kind), &self.stats).await.map(|value| Entry {
-            value: value.map(Arc::new),
+            value: value.map(|v| self.intern(v)),
             fetched_at: Instant::now(),
             as_of_ms,
             origin,
         })
+    }
+
+    /// `v`, or the value held already with the same content.
+    fn intern(&self, v: StoredMetadata) -> Arc<StoredMetadata> {
+        self.interned.lock().unwrap_or_else(|p| p.into_inner()).intern(v)
     }
 
     /// Entries held (users, clients).
@@ -808,6 +855,32 @@ mod tests {
         let (value, as_of) = held(&c, "https://issuer/", "u").expect("a negative entry");
         assert!(value.is_none());
         assert!(as_of > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn equal_values_are_held_once() {
+        let md = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let mut i = Interner::default();
+        let a = i.intern(StoredMetadata::new(md(serde_json::json!({"plan": "pro"}))));
+        let b = i.intern(StoredMetadata::new(md(serde_json::json!({"plan": "pro"}))));
+        assert!(Arc::ptr_eq(&a, &b));
+        // Other content, or the same app_metadata with user_metadata, is another value.
+        let c = i.intern(StoredMetadata::new(md(serde_json::json!({"plan": "free"}))));
+        let d = i.intern(StoredMetadata::with_user_metadata(
+            md(serde_json::json!({"plan": "pro"})),
+            md(serde_json::json!({})),
+        ));
+        assert!(!Arc::ptr_eq(&a, &c) && !Arc::ptr_eq(&a, &d));
+        assert_eq!(
+            (c.json(), d.json(), d.user_metadata_json()),
+            (r#"{"plan":"free"}"#, r#"{"plan":"pro"}"#, Some("{}"))
+        );
+        // A value nobody holds any more is not kept alive, and its slot is swept.
+        drop((a, b, c, d));
+        for n in 0..3000 {
+            drop(i.intern(StoredMetadata::new(md(serde_json::json!({ "n": n })))));
+        }
+        assert!(i.held.len() <= 1024 + 1024 / 4, "{} slots", i.held.len());
     }
 
     #[test]
