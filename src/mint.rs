@@ -55,11 +55,11 @@ pub struct Minted {
     app: Arc<StoredMetadata>,
     client: Arc<StoredMetadata>,
     /// When it was minted, for the reuse store's expiry.
-    created: std::time::Instant,
+    created: crate::store::Stamp,
 }
 
 impl crate::store::Timestamped for Minted {
-    fn created(&self) -> std::time::Instant {
+    fn created(&self) -> crate::store::Stamp {
         self.created
     }
 }
@@ -199,7 +199,7 @@ impl Minter {
                     expires_at: exp,
                     app: req.app_metadata.clone(),
                     client: req.client_metadata.clone(),
-                    created: std::time::Instant::now(),
+                    created: crate::store::Stamp::now(),
                 },
             );
         }

@@ -14,18 +14,55 @@ use std::time::{Duration, Instant};
 use super::shared::{Invalidation, Lease, Shared, SharedEntry};
 use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
-use crate::store::{Store, Timestamped};
+use crate::store::{Stamp, Store, Timestamped};
 
 /// The key of an entry: the issuer, and [`digest`] of the issuer and the user or
 /// client id. The id itself is not kept: the cache holds one entry per caller, and
 /// the id's own allocation cost more than the entry's metadata
 /// (docs/performance.md, memory). Lookups, evictions and the second level all have
 /// the id at hand when they need it.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct Key {
-    /// What [`MetadataCache::forget_issuer`] selects by.
-    issuer: Arc<str>,
+    /// The issuer's place in [`Issuers`]: what [`MetadataCache::forget_issuer`]
+    /// selects by.
+    issuer: u32,
     digest: Digest,
+}
+
+/// Every issuer an entry was stored for, each once, so a key holds a 4-byte index
+/// rather than a 16-byte `Arc<str>`. Only a miss, a refresh or an eviction reads it,
+/// never a hit. As many as the issuers configured over the cache's life.
+#[derive(Default)]
+struct Issuers(Mutex<Vec<Arc<str>>>);
+
+impl Issuers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index of `issuer`, added when new.
+    fn index(&self, issuer: &Arc<str>) -> u32 {
+        let mut all = self.lock();
+        let i = match all.iter().position(|i| **i == **issuer) {
+            Some(i) => i,
+            None => {
+                all.push(issuer.clone());
+                all.len() - 1
+            }
+        };
+        // Past u32::MAX issuers (never), indexes are shared: a forget_issuer then
+        // drops another issuer's entries too, which costs reads, never a wrong answer.
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    fn find(&self, issuer: &str) -> Option<u32> {
+        self.lock().iter().position(|i| &**i == issuer).map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+    }
+
+    /// The digest of `id` under each issuer (`None` where `only` names another).
+    fn digests(&self, only: Option<&str>, id: &str) -> Vec<Option<Digest>> {
+        self.lock().iter().map(|i| only.is_none_or(|o| o == &**i).then(|| digest(i, id))).collect()
+    }
 }
 
 /// SHA-256 of an (issuer, id) pair, its first 128 bits.
@@ -47,14 +84,8 @@ fn digest(issuer: &str, id: &str) -> Digest {
     d
 }
 
-impl Key {
-    fn new(issuer: &Arc<str>, id: &str) -> Key {
-        Key { issuer: issuer.clone(), digest: digest(issuer, id) }
-    }
-}
-
 // Equality and hashing are the digest's (which covers the issuer), so a lookup can
-// use the digest alone: no `Arc` to clone per request.
+// use the digest alone, without finding the issuer's index.
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
         self.digest == other.digest
@@ -79,7 +110,7 @@ impl std::borrow::Borrow<Digest> for Key {
 struct Entry {
     /// `None`: the source said this id does not exist.
     value: Option<Arc<StoredMetadata>>,
-    fetched_at: Instant,
+    fetched_at: Stamp,
     /// Wall-clock ms since the epoch the value is known current as of: when the
     /// source read began, or the `updated_at` of the pushed change that wrote it
     /// (docs/operations.md, "Push invalidation"). A pushed change replaces only a value
@@ -91,7 +122,7 @@ struct Entry {
 }
 
 impl Timestamped for Entry {
-    fn created(&self) -> Instant {
+    fn created(&self) -> Stamp {
         self.fetched_at
     }
 }
@@ -238,6 +269,8 @@ pub struct MetadataCache {
     refreshing: Arc<Mutex<HashSet<(Kind, Key)>>>,
     /// Every value read, by content: equal values share one allocation.
     interned: Arc<Mutex<Interner>>,
+    /// The issuers the keys name.
+    issuers: Arc<Issuers>,
     ttl: Duration,
     /// How long a value (`ttl + max_stale`) and a "does not exist" answer live.
     lifetimes: (Duration, Duration),
@@ -286,6 +319,7 @@ impl MetadataCache {
                 .build(),
             refreshing: Arc::default(),
             interned: Arc::default(),
+            issuers: Arc::default(),
             ttl: cfg.ttl,
             lifetimes: (fresh_and_stale, negative),
             stats: Arc::new(CacheStats::default()),
@@ -346,7 +380,8 @@ impl MetadataCache {
             if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
-                self.refresh_in_background(kind, source, Key { issuer: issuer.clone(), digest }, id);
+                let key = Key { issuer: self.issuers.index(issuer), digest };
+                self.refresh_in_background(kind, source, key, (issuer, id));
             } else {
                 self.stats.hits.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Hit;
@@ -357,7 +392,8 @@ impl MetadataCache {
         *lookup = CacheLookup::Miss;
         // Boxed: a miss is the rare path, and its state (single-flight, the source
         // call) would otherwise enlarge, and be copied with, every lookup's future.
-        Box::pin(self.load(kind, source, Key { issuer: issuer.clone(), digest }, id)).await
+        let key = Key { issuer: self.issuers.index(issuer), digest };
+        Box::pin(self.load(kind, source, key, (issuer, id))).await
     }
 
     /// A miss: asks the source (one call for concurrent misses of one key), unless
@@ -367,10 +403,10 @@ impl MetadataCache {
         kind: Kind,
         source: &Arc<dyn MetadataSource>,
         key: Key,
-        id: &str,
+        (issuer, id): (&str, &str),
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
-        let fkey = (kind, key.clone());
+        let fkey = (kind, key);
         if let Some(f) = self.failures.get(&fkey)
             && let Some(left) = f.until.checked_duration_since(Instant::now())
         {
@@ -379,8 +415,8 @@ impl MetadataCache {
         }
         let origin = source.origin();
         let entry = match cache
-            .try_get_with(key.clone(), |e| e.origin == origin && self.complete(kind, e), async move {
-                self.fetch_through(kind, source.as_ref(), &key, id, false).await
+            .try_get_with(key, |e| e.origin == origin && self.complete(kind, e), async move {
+                self.fetch_through(kind, source.as_ref(), (issuer, id), false).await
             })
             .await
         {
@@ -412,29 +448,35 @@ impl MetadataCache {
         wait
     }
 
-    fn refresh_in_background(&self, kind: Kind, source: &Arc<dyn MetadataSource>, key: Key, id: &str) {
+    fn refresh_in_background(
+        &self,
+        kind: Kind,
+        source: &Arc<dyn MetadataSource>,
+        key: Key,
+        (issuer, id): (&Arc<str>, &str),
+    ) {
         let fkey = (kind, key);
         // After a failed refresh, keep serving the stale value until the backoff ends
         // rather than asking the source on every request.
         if self.failures.get(&fkey).is_some_and(|f| f.until > Instant::now())
-            || !self.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(fkey.clone())
+            || !self.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(fkey)
         {
             return;
         }
-        let (this, source, id) = (self.clone(), source.clone(), Box::<str>::from(id));
+        let (this, source, issuer, id) = (self.clone(), source.clone(), issuer.clone(), Box::<str>::from(id));
         tokio::spawn(async move {
-            match this.fetch_through(kind, source.as_ref(), &fkey.1, &id, true).await {
+            match this.fetch_through(kind, source.as_ref(), (&issuer, &id), true).await {
                 Ok(entry) => {
                     this.failures.invalidate(&fkey);
                     // A change pushed while this read ran is newer than its answer:
                     // keep the pushed value.
-                    this.cache(kind).update(fkey.1.clone(), |held| match held {
+                    this.cache(kind).update(fkey.1, |held| match held {
                         Some(h) if h.as_of_ms > entry.as_of_ms => Some(h.clone()),
                         _ => Some(entry),
                     });
                 }
                 Err(err) => {
-                    this.note_failure(fkey.clone(), Arc::new(err));
+                    this.note_failure(fkey, Arc::new(err));
                 }
             }
             this.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&fkey);
@@ -465,27 +507,13 @@ impl MetadataCache {
 
     /// Removes one entry from this replica's in-process cache only.
     pub fn evict_local(&self, kind: Kind, issuer: Option<&str>, id: &str) -> bool {
-        // Without an issuer, the id's digest under each entry's own issuer; the
-        // last one is remembered, since most entries share a few issuers.
-        let named = issuer.map(|i| digest(i, id));
-        let last: std::cell::RefCell<Option<(Arc<str>, Digest)>> = Default::default();
-        let is_id = |k: &Key| match named {
-            Some(d) => k.digest == d,
-            None => {
-                let mut last = last.borrow_mut();
-                let d = match &*last {
-                    Some((i, d)) if *i == k.issuer => *d,
-                    _ => last.insert((k.issuer.clone(), digest(&k.issuer, id))).1,
-                };
-                k.digest == d
-            }
-        };
-        let fid: Box<str> = id.into();
-        let _ = self.failures.invalidate_entries_if(move |k, _| {
-            k.0 == kind && named.map_or_else(|| k.1.digest == digest(&k.1.issuer, &fid), |d| k.1.digest == d)
-        });
+        // The id's digest under each issuer (only `issuer`'s when given).
+        let digests = Arc::new(self.issuers.digests(issuer, id));
+        let is_id = |digests: &[Option<Digest>], k: &Key| digests.get(k.issuer as usize) == Some(&Some(k.digest));
+        let fdigests = digests.clone();
+        let _ = self.failures.invalidate_entries_if(move |k, _| k.0 == kind && is_id(&fdigests, &k.1));
         self.failures.run_pending_tasks();
-        self.cache(kind).remove_if(is_id) > 0
+        self.cache(kind).remove_if(|k| is_id(&digests, k)) > 0
     }
 
     /// Drops every in-process entry (the shared cache came back after an outage, so
@@ -522,7 +550,7 @@ impl MetadataCache {
             self.evict(kind, Some(issuer), id).await;
             return Replace::Evicted;
         }
-        let key = Key::new(issuer, id);
+        let key = Key { issuer: self.issuers.index(issuer), digest: digest(issuer, id) };
         let mut outcome = Replace::Evicted;
         // user_metadata is held only while wanted; a push without it leaves a user
         // entry that a state wanting it reads again (see `complete`).
@@ -530,8 +558,8 @@ impl MetadataCache {
             Some(user) => StoredMetadata::with_user_metadata(value, user),
             None => StoredMetadata::new(value),
         });
-        let fresh = Entry { value: Some(stored.clone()), fetched_at: Instant::now(), as_of_ms: updated_at_ms, origin };
-        self.cache(kind).update(key.clone(), |held| {
+        let fresh = Entry { value: Some(stored.clone()), fetched_at: Stamp::now(), as_of_ms: updated_at_ms, origin };
+        self.cache(kind).update(key, |held| {
             if held.is_some_and(|h| h.as_of_ms >= updated_at_ms) {
                 return None;
             }
@@ -564,15 +592,15 @@ impl MetadataCache {
     /// not-found answer from the source would be; here, in the shared cache, and (by
     /// dropping their copies) on every other replica.
     pub async fn remember_absent(&self, kind: Kind, (issuer, origin): (&Arc<str>, u64), id: &str) {
-        let key = Key::new(issuer, id);
+        let key = Key { issuer: self.issuers.index(issuer), digest: digest(issuer, id) };
         let now_ms = crate::clock::unix_now_ms();
-        let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: now_ms, origin };
+        let entry = Entry { value: None, fetched_at: Stamp::now(), as_of_ms: now_ms, origin };
         if let Some((sh, name)) = self.shared_name(kind, issuer, id) {
             let absent = SharedEntry { fetched_ms: now_ms, as_of_ms: now_ms, value: None, user_metadata: None };
             sh.put_entry(&name, &absent, self.lifetimes.1).await;
             sh.publish(&Invalidation::Entry { kind, issuer: Some(issuer.to_string()), id: id.to_string() }).await;
         }
-        self.cache(kind).insert(key.clone(), entry);
+        self.cache(kind).insert(key, entry);
         self.failures.invalidate(&(kind, key));
     }
 
@@ -588,10 +616,11 @@ impl MetadataCache {
     /// backoff of its failed calls: the source now asked is not the one that failed.
     /// Frees the memory; that none is served any more is the entries' origin's doing.
     pub fn forget_issuer(&self, issuer: &Arc<str>) {
+        // Never stored for: nothing to drop.
+        let Some(issuer) = self.issuers.find(issuer) else { return };
         for kind in [Kind::User, Kind::Client] {
-            self.cache(kind).remove_if(|k| k.issuer == *issuer);
+            self.cache(kind).remove_if(|k| k.issuer == issuer);
         }
-        let issuer = issuer.clone();
         let _ = self.failures.invalidate_entries_if(move |k, _| k.1.issuer == issuer);
         self.failures.run_pending_tasks();
     }
@@ -606,8 +635,7 @@ impl MetadataCache {
         &self,
         kind: Kind,
         source: &dyn MetadataSource,
-        key: &Key,
-        id: &str,
+        (issuer, id): (&str, &str),
         want_fresh: bool,
     ) -> Result<Entry, SourceError> {
         // Taken before the read: content replaced during it leaves the entry marked
@@ -616,7 +644,7 @@ impl MetadataCache {
         let (Some(sh), Some(scope)) = (self.shared.as_ref().filter(|s| s.up()), source.shared_scope()) else {
             return self.fetch_entry(kind, source, id, origin).await;
         };
-        let name = sh.entry_name(kind, scope, &key.issuer, id);
+        let name = sh.entry_name(kind, scope, issuer, id);
         let give_up = Instant::now() + LEASE_WAIT;
         let mut waited = false;
         loop {
@@ -691,7 +719,7 @@ impl MetadataCache {
             None => None,
         };
         let now = Instant::now();
-        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now), as_of_ms: e.as_of_ms, origin })
+        Some(Entry { value, fetched_at: Stamp::at(now.checked_sub(age).unwrap_or(now)), as_of_ms: e.as_of_ms, origin })
     }
 
     async fn fetch_entry(
@@ -705,7 +733,7 @@ impl MetadataCache {
         let as_of_ms = crate::clock::unix_now_ms();
         fetch(kind, source, id, self.wants_user_metadata(kind), &self.stats).await.map(|value| Entry {
             value: value.map(|v| self.intern(v)),
-            fetched_at: Instant::now(),
+            fetched_at: Stamp::now(),
             as_of_ms,
             origin,
         })
@@ -780,10 +808,9 @@ mod tests {
     #[test]
     fn the_digest_finds_what_a_key_stored() {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
-        let iss: Arc<str> = Arc::from("https://issuer/");
         for i in 0..200 {
-            let key = Key::new(&iss, &format!("user|{i}"));
-            store.insert(key, Entry { value: None, fetched_at: Instant::now(), as_of_ms: 0, origin: 0 });
+            let key = Key { issuer: 0, digest: digest("https://issuer/", &format!("user|{i}")) };
+            store.insert(key, Entry { value: None, fetched_at: Stamp::now(), as_of_ms: 0, origin: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
@@ -794,6 +821,13 @@ mod tests {
         // The issuer's length is part of what is hashed: moving bytes between the
         // issuer and the id makes another key.
         assert_ne!(digest("https://issuer/u", "ser|1"), digest("https://issuer/", "user|1"));
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // One per caller, in a table with room for more: docs/performance.md, memory.
+        let slot = std::mem::size_of::<(Key, Entry, u64)>();
+        assert!(slot <= 64, "{slot}");
     }
 
     #[tokio::test]
