@@ -114,10 +114,14 @@ pub(crate) struct IdentityCore {
     /// rules"), parsed once at verification; `None` when no rule reads claims, so
     /// a configuration without such rules keeps nothing more per token.
     rule_claims: Option<Arc<Value>>,
-    exp: u64,
+    /// Seconds since the epoch in 32 bits, which last until 2106. A later `exp` is
+    /// held as `u32::MAX`: until then every check and the internal token's `exp`
+    /// (at most `ttl` from now) come out the same.
+    exp: u32,
     /// `nbf`, 0 when the token has none: a not-before of 0 (1970) never holds a
-    /// token back, so the two mean the same here.
-    nbf: u64,
+    /// token back, so the two mean the same here. A token whose `nbf` is past 2106
+    /// is not valid yet, so never gets here.
+    nbf: u32,
     /// Offsets in `text`: a claim is at most a token long, and a token at most
     /// [`MAX_TOKEN_BYTES`].
     client_at: u16,
@@ -148,8 +152,8 @@ impl IdentityCore {
             text: Arc::from([subject, client_id, kept_claims].concat()),
             issuer_index: u16::try_from(issuer_index).ok()?,
             leeway_secs: u16::try_from(leeway.as_secs()).ok()?,
-            exp,
-            nbf: nbf.unwrap_or(0),
+            exp: u32::try_from(exp).unwrap_or(u32::MAX),
+            nbf: u32::try_from(nbf.unwrap_or(0)).ok()?,
             rule_claims: None,
         })
     }
@@ -160,10 +164,10 @@ impl IdentityCore {
         usize::from(self.issuer_index)
     }
     pub(crate) fn exp(&self) -> u64 {
-        self.exp
+        u64::from(self.exp)
     }
     pub(crate) fn nbf(&self) -> Option<u64> {
-        (self.nbf != 0).then_some(self.nbf)
+        (self.nbf != 0).then_some(u64::from(self.nbf))
     }
     pub(crate) fn leeway_secs(&self) -> u64 {
         u64::from(self.leeway_secs)
@@ -187,7 +191,7 @@ impl VerifiedIdentity {
         &self.core.text[usize::from(self.core.client_at)..usize::from(self.core.kept_at)]
     }
     pub fn exp(&self) -> u64 {
-        self.core.exp
+        self.core.exp()
     }
     /// `nbf` of the token, if any (a `nbf` of 0 counts as none: it holds nothing back).
     pub fn nbf(&self) -> Option<u64> {
@@ -586,6 +590,22 @@ mod tests {
         assert!(part.ends_with('='));
         assert!(decode_object(&part).is_none());
         assert!(decode_object(" eyJhIjoxfQ").is_none());
+    }
+
+    #[test]
+    fn the_compact_identity_keeps_what_the_checks_read() {
+        let l = Duration::from_secs(30);
+        let id = IdentityCore::new(2, "u", "c", r#""a":1"#, 2_000_000_000, Some(1_900_000_000), l).unwrap();
+        assert_eq!(
+            (id.subject(), id.issuer_index(), id.exp(), id.nbf(), id.leeway_secs()),
+            ("u", 2, 2_000_000_000, Some(1_900_000_000), 30)
+        );
+        // Past 2106: exp is held as the last second 32 bits count, still far ahead.
+        let late = IdentityCore::new(0, "u", "c", "", u64::MAX, None, l).unwrap();
+        assert_eq!((late.exp(), late.nbf()), (u64::from(u32::MAX), None));
+        // An nbf past 2106 (a token not valid yet) or a leeway beyond 16 bits does not fit.
+        assert!(IdentityCore::new(0, "u", "c", "", u64::MAX, Some(1 << 33), l).is_none());
+        assert!(IdentityCore::new(0, "u", "c", "", 10, None, Duration::from_secs(1 << 16)).is_none());
     }
 
     #[test]
