@@ -178,7 +178,7 @@ impl Minter {
             iat: now,
             exp,
             jti: &new_jti(),
-            kept_claims: id.kept_claims_json(),
+            kept_claims: &id.kept_claims_json(),
             extra_claims: self.extra_claims.members_json(),
             app_metadata: &project(req.app_metadata, req.app_keys),
             client_metadata: &project(req.client_metadata, req.client_keys),

@@ -58,8 +58,12 @@ pub(crate) struct Cached {
 }
 
 impl Cached {
-    fn expired(&self, now: u64) -> bool {
-        now >= self.identity.exp().saturating_add(self.identity.leeway_secs())
+    /// Past `exp` and the issuer's leeway (`leeways`, by issuer index). An issuer
+    /// not there (never: one cache per verifier) counts as expired.
+    fn expired(&self, now: u64, leeways: &[u64]) -> bool {
+        leeways
+            .get(self.identity.issuer_index())
+            .is_none_or(|leeway| now >= self.identity.exp().saturating_add(*leeway))
     }
 }
 
@@ -87,19 +91,21 @@ type Shard = HashMap<Key, Cached, BuildHasherDefault<DigestHasher>>;
 pub struct TokenCache {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
-}
-
-impl Default for TokenCache {
-    fn default() -> Self {
-        Self::with_capacity(DEFAULT_CAPACITY)
-    }
+    /// Each issuer's leeway in seconds, by issuer index: the same for all its
+    /// tokens, so not held per token.
+    leeways: Box<[u64]>,
 }
 
 impl TokenCache {
-    pub fn with_capacity(capacity: u64) -> TokenCache {
+    /// At most `capacity` tokens, of issuers with these leeways (seconds, by index).
+    pub fn new(capacity: u64, leeways: Vec<u64>) -> TokenCache {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         let shards = SHARDS.min(capacity);
-        TokenCache { shards: (0..shards).map(|_| Mutex::default()).collect(), per_shard: capacity / shards }
+        TokenCache {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            per_shard: capacity / shards,
+            leeways: leeways.into(),
+        }
     }
 
     fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
@@ -119,12 +125,14 @@ impl TokenCache {
         let key = key(hash);
         // Cloned out (two reference counts) so the shard's lock is held for the lookup only.
         let c = self.shard(&key).get(&key).cloned()?;
-        if c.expired(now) {
+        if c.expired(now, &self.leeways) {
             self.shard(&key).remove(&key);
             return None;
         }
         let id = &c.identity;
-        if id.nbf().is_some_and(|nbf| nbf > now.saturating_add(id.leeway_secs())) {
+        // Not expired, so the issuer's leeway is there.
+        let leeway = self.leeways.get(id.issuer_index()).copied().unwrap_or(0);
+        if id.nbf().is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
             return None;
         }
         if let Some(keys) = &c.keys {
@@ -143,13 +151,13 @@ impl TokenCache {
     pub(crate) fn insert(&self, hash: &TokenHash, identity: IdentityCore, keys: Option<Arc<KeySet>>) {
         let entry = Cached { identity, keys };
         let now = crate::clock::unix_now();
-        if entry.expired(now) {
+        if entry.expired(now, &self.leeways) {
             return;
         }
         let key = key(hash);
         let mut shard = self.shard(&key);
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
-            shard.retain(|_, c| !c.expired(now));
+            shard.retain(|_, c| !c.expired(now, &self.leeways));
             if shard.len() >= self.per_shard {
                 // Drop about half: the keys are uniform, so one bit splits them evenly.
                 let bit = key[9] & 1;
@@ -176,11 +184,10 @@ impl TokenCache {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::time::Duration;
 
     fn identity(exp: u64, extra: serde_json::Value) -> IdentityCore {
         let nbf = extra.get("nbf").and_then(serde_json::Value::as_u64);
-        IdentityCore::new(0, "u1", "c1", "", exp, nbf, Duration::from_secs(30)).unwrap()
+        IdentityCore::new(0, "u1", super::super::Client::Other("c1"), "", exp, nbf).unwrap()
     }
 
     fn key_set() -> Arc<KeySet> {
@@ -193,7 +200,7 @@ mod tests {
     fn a_hit_is_rechecked_against_exp_at_use() {
         // Insert refuses tokens already expired by the real clock: times are relative to now.
         let t = crate::clock::unix_now();
-        let c = TokenCache::with_capacity(10);
+        let c = TokenCache::new(10, vec![30]);
         let keys = key_set();
         c.insert(&[1; 32], identity(t + 1_000, json!({})), Some(keys.clone()));
         assert_eq!(c.get(&[1; 32], t + 900, |_| Some(keys.clone())).unwrap().subject(), "u1");
@@ -207,7 +214,7 @@ mod tests {
     #[test]
     fn an_expired_token_is_not_kept() {
         let t = crate::clock::unix_now();
-        let c = TokenCache::with_capacity(10);
+        let c = TokenCache::new(10, vec![30]);
         c.insert(&[1; 32], identity(t - 60, json!({})), None);
         assert!(c.get(&[1; 32], t - 100, |_| None).is_none());
     }
@@ -215,7 +222,7 @@ mod tests {
     #[test]
     fn nbf_is_rechecked_at_use() {
         let t = crate::clock::unix_now();
-        let c = TokenCache::with_capacity(10);
+        let c = TokenCache::new(10, vec![30]);
         c.insert(&[1; 32], identity(t + 10_000, json!({"nbf": t + 5_000})), None);
         assert!(c.get(&[1; 32], t + 4_000, |_| None).is_none());
         assert!(c.get(&[1; 32], t + 5_000, |_| None).is_some());
@@ -223,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_new_key_set_means_verifying_again() {
-        let c = TokenCache::with_capacity(10);
+        let c = TokenCache::new(10, vec![30]);
         let (old, new) = (key_set(), key_set());
         c.insert(&[1; 32], identity(u64::MAX / 2, json!({})), Some(old.clone()));
         assert!(c.get(&[1; 32], 100, |_| Some(old.clone())).is_some());
@@ -245,7 +252,7 @@ mod tests {
     fn it_is_bounded() {
         use sha2::{Digest, Sha256};
         let key = |i: u32| -> TokenHash { Sha256::digest(i.to_le_bytes()).into() };
-        let c = TokenCache::with_capacity(50);
+        let c = TokenCache::new(50, vec![30]);
         for i in 0..500u32 {
             c.insert(&key(i), identity(u64::MAX / 2, json!({})), None);
         }
