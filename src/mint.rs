@@ -50,8 +50,8 @@ pub struct Minted {
     /// `Authorization`), built and validated once: a reused token is then one
     /// reference-count increment per request, not a copy and a byte-by-byte check.
     pub header_value: HeaderValue,
-    issued_at: u64,
-    expires_at: u64,
+    /// Reused until then: while more than half of its life is left.
+    fresh_until: u64,
     app: Arc<StoredMetadata>,
     client: Arc<StoredMetadata>,
     /// When it was minted, for the reuse store's expiry.
@@ -64,7 +64,11 @@ impl crate::store::Timestamped for Minted {
     }
 }
 
-type ReuseKey = ([u8; 32], Arc<str>);
+/// The first 128 bits of the ID token's SHA-256, and the route. The token has
+/// passed verification when its key is built, so two keys meet only for two tokens
+/// the issuer signed whose hashes share 128 bits: a second preimage of a given
+/// caller's token, 2^128 work.
+type ReuseKey = ([u8; 16], Arc<str>);
 
 /// Minted tokens kept for reuse at most.
 pub const REUSE_CAPACITY: u64 = 10_000;
@@ -156,16 +160,17 @@ impl Minter {
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<HeaderValue, MintError> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = crate::clock::unix_now();
-        let key: ReuseKey = (req.identity.token_hash(), req.route.clone());
-        if let Some(m) = self.reuse.get(&key) {
-            let half = (m.expires_at - m.issued_at) / 2;
-            if now + half < m.expires_at
-                && Arc::ptr_eq(&m.app, req.app_metadata)
-                && Arc::ptr_eq(&m.client, req.client_metadata)
-            {
-                self.reused.fetch_add(1, Relaxed);
-                return Ok(m.header_value);
-            }
+        let hash = req.identity.token_hash();
+        let mut head = [0; 16];
+        head.copy_from_slice(&hash[..16]);
+        let key: ReuseKey = (head, req.route.clone());
+        if let Some(m) = self.reuse.get(&key)
+            && now < m.fresh_until
+            && Arc::ptr_eq(&m.app, req.app_metadata)
+            && Arc::ptr_eq(&m.client, req.client_metadata)
+        {
+            self.reused.fetch_add(1, Relaxed);
+            return Ok(m.header_value);
         }
         let id = req.identity;
         let leeway = id.leeway().as_secs();
@@ -195,8 +200,8 @@ impl Minter {
                 key,
                 Minted {
                     header_value: header_value.clone(),
-                    issued_at: now,
-                    expires_at: exp,
+                    // A later request at `t` reuses it while `t + (exp - now) / 2 < exp`.
+                    fresh_until: exp - (exp - now) / 2,
                     app: req.app_metadata.clone(),
                     client: req.client_metadata.clone(),
                     created: crate::store::Stamp::now(),
@@ -374,6 +379,13 @@ mod tests {
         };
         let v: Value = serde_json::from_slice(&claims_json(&none)).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn a_reuse_entry_stays_small() {
+        // 10,000 of them, in a table with room for more: docs/performance.md, memory.
+        let entry = std::mem::size_of::<(ReuseKey, Minted)>();
+        assert!(entry <= 104, "{entry}");
     }
 
     #[test]
