@@ -29,39 +29,54 @@ pub struct Key {
     digest: Digest,
 }
 
-/// Every issuer an entry was stored for, each once, so a key holds a 4-byte index
-/// rather than a 16-byte `Arc<str>`. Only a miss, a refresh or an eviction reads it,
-/// never a hit. As many as the issuers configured over the cache's life.
+/// Every issuer an entry was stored for, each once, in the order first seen, so a
+/// key names its issuer by a 4-byte index rather than an `Arc<str>`, and the digest
+/// hashes that index rather than the name (one SHA-256 block for an id of up to 51
+/// bytes). Only added to: an index names the same issuer for the life of the cache,
+/// across reloads. As many as the issuers configured over that life.
 #[derive(Default)]
-struct Issuers(Mutex<Vec<Arc<str>>>);
+struct Issuers {
+    /// Read on every lookup, without a lock.
+    all: arc_swap::ArcSwap<Vec<Arc<str>>>,
+    /// Held while adding one.
+    adding: Mutex<()>,
+}
 
 impl Issuers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The index of `issuer`, added when new.
     fn index(&self, issuer: &Arc<str>) -> u32 {
-        let mut all = self.lock();
-        let i = match all.iter().position(|i| **i == **issuer) {
+        let at = |all: &[Arc<str>]| all.iter().position(|i| Arc::ptr_eq(i, issuer) || **i == **issuer);
+        let i = match at(&self.all.load()) {
             Some(i) => i,
             None => {
-                all.push(issuer.clone());
-                all.len() - 1
+                let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+                let all = self.all.load_full();
+                at(&all).unwrap_or_else(|| {
+                    let mut more = Vec::clone(&all);
+                    more.push(issuer.clone());
+                    self.all.store(Arc::new(more));
+                    all.len()
+                })
             }
         };
-        // Past u32::MAX issuers (never), indexes are shared: a forget_issuer then
-        // drops another issuer's entries too, which costs reads, never a wrong answer.
+        // Past u32::MAX issuers (never), indexes are shared: their ids' digests are
+        // then as if of one issuer.
         u32::try_from(i).unwrap_or(u32::MAX)
     }
 
     fn find(&self, issuer: &str) -> Option<u32> {
-        self.lock().iter().position(|i| &**i == issuer).map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+        self.all.load().iter().position(|i| &**i == issuer).map(|i| u32::try_from(i).unwrap_or(u32::MAX))
     }
 
     /// The digest of `id` under each issuer (`None` where `only` names another).
     fn digests(&self, only: Option<&str>, id: &str) -> Vec<Option<Digest>> {
-        self.lock().iter().map(|i| only.is_none_or(|o| o == &**i).then(|| digest(i, id))).collect()
+        let all = self.all.load();
+        (0..all.len())
+            .zip(all.iter())
+            .map(|(i, name)| {
+                only.is_none_or(|o| o == &**name).then(|| digest(u32::try_from(i).unwrap_or(u32::MAX), id))
+            })
+            .collect()
     }
 }
 
@@ -70,13 +85,12 @@ type Digest = [u8; 16];
 
 /// Two ids share an entry only if their digests collide: finding an id whose digest
 /// is a given user's (to read that user's metadata) is a second preimage of SHA-256
-/// cut to 128 bits. The issuer is length-prefixed, so no (issuer, id) pair writes
-/// the same bytes as another.
-fn digest(issuer: &str, id: &str) -> Digest {
+/// cut to 128 bits. The issuer's index has a fixed length, so no (issuer, id) pair
+/// writes the same bytes as another.
+fn digest(issuer: u32, id: &str) -> Digest {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
-    h.update((issuer.len() as u64).to_le_bytes());
-    h.update(issuer.as_bytes());
+    h.update(issuer.to_le_bytes());
     h.update(id.as_bytes());
     let full = h.finalize();
     let mut d = [0; 16];
@@ -85,7 +99,7 @@ fn digest(issuer: &str, id: &str) -> Digest {
 }
 
 // Equality and hashing are the digest's (which covers the issuer), so a lookup can
-// use the digest alone, without finding the issuer's index.
+// use the digest alone.
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
         self.digest == other.digest
@@ -370,7 +384,8 @@ impl MetadataCache {
         lookup: &mut CacheLookup,
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
-        let digest = digest(issuer, id);
+        let issuer_index = self.issuers.index(issuer);
+        let digest = digest(issuer_index, id);
         // An entry read from other content than the source's now (a file re-read, a
         // source a reload replaced) is a miss, however it got here.
         if let Some((e, age)) = cache.get_aged(&digest)
@@ -380,7 +395,7 @@ impl MetadataCache {
             if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
-                let key = Key { issuer: self.issuers.index(issuer), digest };
+                let key = Key { issuer: issuer_index, digest };
                 self.refresh_in_background(kind, source, key, (issuer, id));
             } else {
                 self.stats.hits.fetch_add(1, Relaxed);
@@ -392,7 +407,7 @@ impl MetadataCache {
         *lookup = CacheLookup::Miss;
         // Boxed: a miss is the rare path, and its state (single-flight, the source
         // call) would otherwise enlarge, and be copied with, every lookup's future.
-        let key = Key { issuer: self.issuers.index(issuer), digest };
+        let key = Key { issuer: issuer_index, digest };
         Box::pin(self.load(kind, source, key, (issuer, id))).await
     }
 
@@ -550,7 +565,7 @@ impl MetadataCache {
             self.evict(kind, Some(issuer), id).await;
             return Replace::Evicted;
         }
-        let key = Key { issuer: self.issuers.index(issuer), digest: digest(issuer, id) };
+        let key = self.key(issuer, id);
         let mut outcome = Replace::Evicted;
         // user_metadata is held only while wanted; a push without it leaves a user
         // entry that a state wanting it reads again (see `complete`).
@@ -592,7 +607,7 @@ impl MetadataCache {
     /// not-found answer from the source would be; here, in the shared cache, and (by
     /// dropping their copies) on every other replica.
     pub async fn remember_absent(&self, kind: Kind, (issuer, origin): (&Arc<str>, u64), id: &str) {
-        let key = Key { issuer: self.issuers.index(issuer), digest: digest(issuer, id) };
+        let key = self.key(issuer, id);
         let now_ms = crate::clock::unix_now_ms();
         let entry = Entry { value: None, fetched_at: Stamp::now(), as_of_ms: now_ms, origin };
         if let Some((sh, name)) = self.shared_name(kind, issuer, id) {
@@ -739,6 +754,11 @@ impl MetadataCache {
         })
     }
 
+    fn key(&self, issuer: &Arc<str>, id: &str) -> Key {
+        let issuer = self.issuers.index(issuer);
+        Key { issuer, digest: digest(issuer, id) }
+    }
+
     /// `v`, or the value held already with the same content.
     fn intern(&self, v: StoredMetadata) -> Arc<StoredMetadata> {
         self.interned.lock().unwrap_or_else(|p| p.into_inner()).intern(v)
@@ -809,18 +829,15 @@ mod tests {
     fn the_digest_finds_what_a_key_stored() {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
         for i in 0..200 {
-            let key = Key { issuer: 0, digest: digest("https://issuer/", &format!("user|{i}")) };
+            let key = Key { issuer: 0, digest: digest(0, &format!("user|{i}")) };
             store.insert(key, Entry { value: None, fetched_at: Stamp::now(), as_of_ms: 0, origin: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
-            assert!(store.get_aged(&digest("https://issuer/", &id)).is_some(), "{id} not found by its digest");
+            assert!(store.get_aged(&digest(0, &id)).is_some(), "{id} not found by its digest");
         }
-        assert!(store.get_aged(&digest("https://other/", "user|1")).is_none());
-        assert!(store.get_aged(&digest("user|1", "https://issuer/")).is_none());
-        // The issuer's length is part of what is hashed: moving bytes between the
-        // issuer and the id makes another key.
-        assert_ne!(digest("https://issuer/u", "ser|1"), digest("https://issuer/", "user|1"));
+        assert!(store.get_aged(&digest(1, "user|1")).is_none(), "another issuer's");
+        assert_ne!(digest(0, "user|1"), digest(1, "user|1"));
     }
 
     #[test]
@@ -853,6 +870,7 @@ mod tests {
     }
 
     fn held(c: &MetadataCache, issuer: &str, id: &str) -> Option<(Option<String>, u64)> {
+        let issuer = c.issuers.find(issuer)?;
         c.users.get_aged(&digest(issuer, id)).map(|(e, _)| (e.value.map(|v| v.json().to_string()), e.as_of_ms))
     }
 
