@@ -14,8 +14,12 @@
 //! ```text
 //! cargo build --release --bin claimsmith --example fill_cache
 //! target/release/examples/fill_cache [--users 100000] [--requests N] [--source http|file]
-//!     [--bin target/release/claimsmith]
+//!     [--orgs 97] [--bin target/release/claimsmith]
 //! ```
+//! Each user's app_metadata names one of `--orgs` organisations (user `i` is in org
+//! `i % orgs`), so there are that many distinct metadata values; claimsmith holds
+//! equal values once, so `--orgs` as large as `--users` shows the case where no two
+//! users' metadata are the same.
 //! ID tokens are ES256 here only because signing 100,000 RS256 tokens takes minutes;
 //! what is cached per user does not depend on the algorithm.
 
@@ -86,8 +90,11 @@ async fn serve_static(body: Arc<String>) -> SocketAddr {
     addr
 }
 
+/// How many organisations the users are spread over (`--orgs`).
+static ORGS: AtomicUsize = AtomicUsize::new(97);
+
 fn app_metadata(i: usize) -> serde_json::Value {
-    json!({"roles": ["reader"], "plan": "pro", "org_id": format!("org-{}", i % 97)})
+    json!({"roles": ["reader"], "plan": "pro", "org_id": format!("org-{}", i % ORGS.load(Relaxed).max(1))})
 }
 
 /// The generic JSON source: `/users/{id}` answers that user's app_metadata, any
@@ -132,6 +139,7 @@ async fn main() {
             "--requests" => requests = Some(v.parse::<usize>().expect("--requests takes a number")),
             "--bin" => bin = PathBuf::from(v),
             "--source" if v == "http" || v == "file" => source = v,
+            "--orgs" => ORGS.store(v.parse().expect("--orgs takes a number"), Relaxed),
             _ => panic!("unknown argument {a}"),
         }
     }
@@ -226,7 +234,7 @@ audience = "fill-api"
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let rss_ready = rss_kib(pid);
-    println!("users in the {source} metadata source: {users}");
+    println!("users in the {source} metadata source: {users} (in {} organisations)", ORGS.load(Relaxed));
     println!("start to ready: {:.1} ms (spawn to first 200 from /readyz)", ready_after.as_secs_f64() * 1e3);
     println!("VmRSS when ready: {:.1} MiB", rss_ready as f64 / 1024.0);
 

@@ -171,6 +171,16 @@ impl SigningKey {
         &self.jwk
     }
 
+    /// The length in bytes of every signature [`Self::sign`] makes.
+    pub fn signature_len(&self) -> usize {
+        match &self.pair {
+            KeyPairKind::Ed25519(_) => 64,
+            // JWS form: r and s of 32 bytes each (RFC 7518 §3.4).
+            KeyPairKind::Es256(_) => 64,
+            KeyPairKind::Rs256(k) => k.public_modulus_len(),
+        }
+    }
+
     /// The signature of `message` (JWS form: raw r||s for ES256).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         let rng = SystemRandom::new();
@@ -214,7 +224,9 @@ mod tests {
             assert_eq!(thumb, k.kid(), "kid is the RFC 7638 thumbprint for {alg:?}");
             let dk = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
             let msg = b"header.payload";
-            let sig = B64.encode(k.sign(msg).unwrap());
+            let raw = k.sign(msg).unwrap();
+            assert_eq!(raw.len(), k.signature_len(), "{alg:?}");
+            let sig = B64.encode(raw);
             assert!(jsonwebtoken::crypto::verify(&sig, msg, &dk, alg).unwrap());
         }
     }

@@ -50,21 +50,25 @@ pub struct Minted {
     /// `Authorization`), built and validated once: a reused token is then one
     /// reference-count increment per request, not a copy and a byte-by-byte check.
     pub header_value: HeaderValue,
-    issued_at: u64,
-    expires_at: u64,
+    /// Reused until then: while more than half of its life is left.
+    fresh_until: u64,
     app: Arc<StoredMetadata>,
     client: Arc<StoredMetadata>,
     /// When it was minted, for the reuse store's expiry.
-    created: std::time::Instant,
+    created: crate::store::Stamp,
 }
 
 impl crate::store::Timestamped for Minted {
-    fn created(&self) -> std::time::Instant {
+    fn created(&self) -> crate::store::Stamp {
         self.created
     }
 }
 
-type ReuseKey = ([u8; 32], Arc<str>);
+/// The first 128 bits of the ID token's SHA-256, and the route. The token has
+/// passed verification when its key is built, so two keys meet only for two tokens
+/// the issuer signed whose hashes share 128 bits: a second preimage of a given
+/// caller's token, 2^128 work.
+type ReuseKey = ([u8; 16], Arc<str>);
 
 /// Minted tokens kept for reuse at most.
 pub const REUSE_CAPACITY: u64 = 10_000;
@@ -156,16 +160,17 @@ impl Minter {
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<HeaderValue, MintError> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = crate::clock::unix_now();
-        let key: ReuseKey = (req.identity.token_hash(), req.route.clone());
-        if let Some(m) = self.reuse.get(&key) {
-            let half = (m.expires_at - m.issued_at) / 2;
-            if now + half < m.expires_at
-                && Arc::ptr_eq(&m.app, req.app_metadata)
-                && Arc::ptr_eq(&m.client, req.client_metadata)
-            {
-                self.reused.fetch_add(1, Relaxed);
-                return Ok(m.header_value);
-            }
+        let hash = req.identity.token_hash();
+        let mut head = [0; 16];
+        head.copy_from_slice(&hash[..16]);
+        let key: ReuseKey = (head, req.route.clone());
+        if let Some(m) = self.reuse.get(&key)
+            && now < m.fresh_until
+            && Arc::ptr_eq(&m.app, req.app_metadata)
+            && Arc::ptr_eq(&m.client, req.client_metadata)
+        {
+            self.reused.fetch_add(1, Relaxed);
+            return Ok(m.header_value);
         }
         let id = req.identity;
         let leeway = id.leeway().as_secs();
@@ -178,21 +183,13 @@ impl Minter {
             iat: now,
             exp,
             jti: &new_jti(),
-            kept_claims: id.kept_claims_json(),
+            kept_claims: &id.kept_claims_json(),
             extra_claims: self.extra_claims.members_json(),
             app_metadata: &project(req.app_metadata, req.app_keys),
             client_metadata: &project(req.client_metadata, req.client_keys),
             user_metadata: req.user_keys.map(|keys| req.app_metadata.project_user_metadata(keys)).as_deref(),
         });
-        let prefix = if self.bearer { "Bearer " } else { "" };
-        let mut token = String::with_capacity(prefix.len() + self.header_json_b64.len() + payload.len() * 4 / 3 + 400);
-        token.push_str(prefix);
-        token.push_str(&self.header_json_b64);
-        token.push('.');
-        B64.encode_string(&payload, &mut token);
-        let sig = self.signing.sign(&token.as_bytes()[prefix.len()..]).map_err(|_| MintError::Sign)?;
-        token.push('.');
-        B64.encode_string(&sig, &mut token);
+        let token = self.signed(&payload)?;
         // Base64url and "Bearer " only: always a valid header value.
         let mut header_value =
             HeaderValue::from_maybe_shared(bytes::Bytes::from(token)).map_err(|_| MintError::Encode)?;
@@ -203,15 +200,40 @@ impl Minter {
                 key,
                 Minted {
                     header_value: header_value.clone(),
-                    issued_at: now,
-                    expires_at: exp,
+                    // A later request at `t` reuses it while `t + (exp - now) / 2 < exp`.
+                    fresh_until: exp - (exp - now) / 2,
                     app: req.app_metadata.clone(),
                     client: req.client_metadata.clone(),
-                    created: std::time::Instant::now(),
+                    created: crate::store::Stamp::now(),
                 },
             );
         }
         Ok(header_value)
+    }
+
+    /// The signed token (`Bearer ` first for `Authorization`) for the claims `payload`.
+    fn signed(&self, payload: &[u8]) -> Result<String, MintError> {
+        let prefix = if self.bearer { "Bearer " } else { "" };
+        // Exactly the token's length: the reuse store keeps the buffer as it is, so
+        // room left over would be held with every reused token (docs/performance.md,
+        // memory). `None` only for lengths no token reaches; then the buffer grows.
+        let b64_len = |n: usize| base64::encoded_len(n, false).unwrap_or(0);
+        let mut token = String::with_capacity(
+            prefix.len()
+                + self.header_json_b64.len()
+                + 1
+                + b64_len(payload.len())
+                + 1
+                + b64_len(self.signing.signature_len()),
+        );
+        token.push_str(prefix);
+        token.push_str(&self.header_json_b64);
+        token.push('.');
+        B64.encode_string(payload, &mut token);
+        let sig = self.signing.sign(&token.as_bytes()[prefix.len()..]).map_err(|_| MintError::Sign)?;
+        token.push('.');
+        B64.encode_string(&sig, &mut token);
+        Ok(token)
     }
 }
 
@@ -357,5 +379,32 @@ mod tests {
         };
         let v: Value = serde_json::from_slice(&claims_json(&none)).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn a_reuse_entry_stays_small() {
+        // 10,000 of them, in a table with room for more: docs/performance.md, memory.
+        let entry = std::mem::size_of::<(ReuseKey, Minted)>();
+        assert!(entry <= 104, "{entry}");
+    }
+
+    #[test]
+    fn a_token_fills_its_buffer_exactly() {
+        // The reuse store keeps each token's buffer: none may hold spare room.
+        for alg in ["EdDSA", "ES256", "RS256"] {
+            let toml = format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n\
+                 [[issuer]]\nissuer = \"https://idp/\"\naudiences = [\"c\"]\n\
+                 jwks_uri = \"http://127.0.0.1:9/jwks.json\"\n\
+                 [token]\nissuer = \"https://cs/\"\nalgorithm = \"{alg}\"\n\
+                 [[route]]\npath_prefix = \"/api/\"\nupstream = \"http://127.0.0.1:9\"\naudience = \"api\"\n"
+            );
+            let config = crate::parse_config(&toml).unwrap();
+            let minter = Minter::new(&config.token).unwrap();
+            for payload in [&b"{}"[..], br#"{"sub":"a","n":12345}"#] {
+                let token = minter.signed(payload).unwrap();
+                assert_eq!(token.len(), token.capacity(), "{alg}");
+            }
+        }
     }
 }

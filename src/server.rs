@@ -219,11 +219,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.listen.addr,
         err,
     })?;
-    let admin_listener = bind(config.admin.addr).map_err(|err| StartError::Bind {
-        what: "admin.addr",
-        addr: config.admin.addr,
-        err,
-    })?;
+    let admin_listener =
+        bind(config.admin.addr).map_err(|err| StartError::Bind { what: "admin.addr", addr: config.admin.addr, err })?;
     let proxy_addr = proxy_listener.local_addr().map_err(|err| StartError::Bind {
         what: "listen.addr",
         addr: config.listen.addr,

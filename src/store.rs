@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
@@ -22,7 +22,40 @@ const SHARDS: usize = 16;
 /// What a store holds per key: when it was made (its lifetime is the store's
 /// `lifetime` of it).
 pub trait Timestamped: Clone {
-    fn created(&self) -> Instant;
+    fn created(&self) -> Stamp;
+}
+
+/// A point in monotonic time in 8 bytes, where an `Instant` takes 16: every entry
+/// holds one, and the caches hold one entry per caller (docs/performance.md,
+/// memory). Nanoseconds from a base taken once per process, signed, so a time
+/// before the base (an entry adopted from the second level, already old) is held
+/// as it is: ±292 years either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(i64);
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp::at(Instant::now())
+    }
+
+    pub fn at(t: Instant) -> Stamp {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        match t.checked_duration_since(base) {
+            Some(after) => Stamp(nanos(after)),
+            None => Stamp(-nanos(base.duration_since(t))),
+        }
+    }
+
+    /// The time from `self` to `later`; zero when `later` is not later.
+    pub fn until(self, later: Stamp) -> Duration {
+        Duration::from_nanos(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
+    }
+
+    pub fn elapsed(self) -> Duration {
+        self.until(Stamp::now())
+    }
 }
 
 /// How long a value stays usable.
@@ -41,9 +74,9 @@ type Flight<V, E> = Arc<OnceCell<Result<V, Arc<E>>>>;
 /// SipHash: every request hashes its keys six times (user, client and minted-token
 /// lookups, each picking a shard and then a slot), and SipHash cost ~2,700
 /// instructions of it (docs/performance.md). What SipHash adds is resistance to
-/// keys chosen to collide, and these keys are not chosen by a caller: they are the
-/// issuer and subject or client of an identity whose token has been verified, or a
-/// SHA-256 of such a token. The seed is still random per store.
+/// keys chosen to collide, and these keys are not chosen by a caller: they are
+/// SHA-256 digests, of a verified token or of an issuer and the subject or client
+/// of a verified identity. The seed is still random per store.
 type Hasher = foldhash::fast::RandomState;
 
 type Shard<K, V> = Mutex<HashMap<K, Slot<V>, Hasher>>;
@@ -199,8 +232,13 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
 
 /// A full shard drops its expired entries, then, if still full, its least recently
 /// used eighth: one scan per `per_shard / 8` inserts, not one per insert.
-fn make_room<K: Hash + Eq, V: Timestamped>(shard: &mut HashMap<K, Slot<V>, Hasher>, per_shard: usize, lifetime: &Lifetime<V>) {
-    shard.retain(|_, s| s.value.created().elapsed() < lifetime(&s.value));
+fn make_room<K: Hash + Eq, V: Timestamped>(
+    shard: &mut HashMap<K, Slot<V>, Hasher>,
+    per_shard: usize,
+    lifetime: &Lifetime<V>,
+) {
+    let now = Stamp::now();
+    shard.retain(|_, s| s.value.created().until(now) < lifetime(&s.value));
     if shard.len() < per_shard {
         return;
     }
@@ -216,9 +254,9 @@ mod tests {
     use super::*;
 
     #[derive(Clone, Debug, PartialEq)]
-    struct V(u32, Instant, Duration);
+    struct V(u32, Stamp, Duration);
     impl Timestamped for V {
-        fn created(&self) -> Instant {
+        fn created(&self) -> Stamp {
             self.1
         }
     }
@@ -226,13 +264,25 @@ mod tests {
         Store::new(capacity, Box::new(|v: &V| v.2))
     }
     fn v(n: u32) -> V {
-        V(n, Instant::now(), Duration::from_secs(60))
+        V(n, Stamp::now(), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_stamp_keeps_times_before_its_base() {
+        let now = Instant::now();
+        let (then, later) = (Stamp::at(now), Stamp::at(now + Duration::from_millis(1500)));
+        assert_eq!(then.until(later), Duration::from_millis(1500));
+        assert_eq!(later.until(then), Duration::ZERO);
+        if let Some(earlier) = now.checked_sub(Duration::from_secs(3)) {
+            // Before the process's base: negative, still exact.
+            assert_eq!(Stamp::at(earlier).until(then), Duration::from_secs(3));
+        }
     }
 
     #[test]
     fn expired_values_are_not_returned() {
         let s: Store<u32, V, ()> = store(10);
-        s.insert(1, V(1, Instant::now(), Duration::ZERO));
+        s.insert(1, V(1, Stamp::now(), Duration::ZERO));
         s.insert(2, v(2));
         assert_eq!(s.get(&1), None);
         assert_eq!(s.get(&2).map(|v| v.0), Some(2));
@@ -298,7 +348,7 @@ mod tests {
         s.update(1, |_| None);
         assert_eq!(s.get(&1), None);
         // An expired value counts as not held.
-        s.insert(2, V(2, Instant::now(), Duration::ZERO));
+        s.insert(2, V(2, Stamp::now(), Duration::ZERO));
         s.update(2, |held| {
             assert!(held.is_none());
             None

@@ -14,57 +14,117 @@ use std::time::{Duration, Instant};
 use super::shared::{Invalidation, Lease, Shared, SharedEntry};
 use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
-use crate::store::{Store, Timestamped};
+use crate::store::{Stamp, Store, Timestamped};
 
-/// (issuer, user or client id).
-pub type Key = (Arc<str>, Arc<str>);
-
-/// A [`Key`] seen as two strings, so a lookup can use `(&str, &str)` and allocate
-/// nothing; hashes and compares exactly as the tuple of `Arc<str>` does.
-trait KeyParts {
-    fn parts(&self) -> (&str, &str);
+/// The key of an entry: the issuer, and [`digest`] of the issuer and the user or
+/// client id. The id itself is not kept: the cache holds one entry per caller, and
+/// the id's own allocation cost more than the entry's metadata
+/// (docs/performance.md, memory). Lookups, evictions and the second level all have
+/// the id at hand when they need it.
+#[derive(Clone, Copy)]
+pub struct Key {
+    /// The issuer's place in [`Issuers`]: what [`MetadataCache::forget_issuer`]
+    /// selects by.
+    issuer: u32,
+    digest: Digest,
 }
 
-impl KeyParts for Key {
-    fn parts(&self) -> (&str, &str) {
-        (&self.0, &self.1)
+/// Every issuer an entry was stored for, each once, in the order first seen, so a
+/// key names its issuer by a 4-byte index rather than an `Arc<str>`, and the digest
+/// hashes that index rather than the name (one SHA-256 block for an id of up to 51
+/// bytes). Only added to: an index names the same issuer for the life of the cache,
+/// across reloads. As many as the issuers configured over that life.
+#[derive(Default)]
+struct Issuers {
+    /// Read on every lookup, without a lock.
+    all: arc_swap::ArcSwap<Vec<Arc<str>>>,
+    /// Held while adding one.
+    adding: Mutex<()>,
+}
+
+impl Issuers {
+    /// The index of `issuer`, added when new.
+    fn index(&self, issuer: &Arc<str>) -> u32 {
+        let at = |all: &[Arc<str>]| all.iter().position(|i| Arc::ptr_eq(i, issuer) || **i == **issuer);
+        let i = match at(&self.all.load()) {
+            Some(i) => i,
+            None => {
+                let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+                let all = self.all.load_full();
+                at(&all).unwrap_or_else(|| {
+                    let mut more = Vec::clone(&all);
+                    more.push(issuer.clone());
+                    self.all.store(Arc::new(more));
+                    all.len()
+                })
+            }
+        };
+        // Past u32::MAX issuers (never), indexes are shared: their ids' digests are
+        // then as if of one issuer.
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    fn find(&self, issuer: &str) -> Option<u32> {
+        self.all.load().iter().position(|i| &**i == issuer).map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+    }
+
+    /// The digest of `id` under each issuer (`None` where `only` names another).
+    fn digests(&self, only: Option<&str>, id: &str) -> Vec<Option<Digest>> {
+        let all = self.all.load();
+        (0..all.len())
+            .zip(all.iter())
+            .map(|(i, name)| {
+                only.is_none_or(|o| o == &**name).then(|| digest(u32::try_from(i).unwrap_or(u32::MAX), id))
+            })
+            .collect()
     }
 }
 
-impl KeyParts for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        (self.0, self.1)
-    }
+/// SHA-256 of an (issuer, id) pair, its first 128 bits.
+type Digest = [u8; 16];
+
+/// Two ids share an entry only if their digests collide: finding an id whose digest
+/// is a given user's (to read that user's metadata) is a second preimage of SHA-256
+/// cut to 128 bits. The issuer's index has a fixed length, so no (issuer, id) pair
+/// writes the same bytes as another.
+fn digest(issuer: u32, id: &str) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(issuer.to_le_bytes());
+    h.update(id.as_bytes());
+    let full = h.finalize();
+    let mut d = [0; 16];
+    d.copy_from_slice(&full[..16]);
+    d
 }
 
-impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for Key {
-    fn borrow(&self) -> &(dyn KeyParts + 'a) {
-        self
-    }
-}
-
-impl std::hash::Hash for dyn KeyParts + '_ {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As `(Arc<str>, Arc<str>)` hashes: each `str` in turn.
-        let (a, b) = self.parts();
-        a.hash(state);
-        b.hash(state);
-    }
-}
-
-impl PartialEq for dyn KeyParts + '_ {
+// Equality and hashing are the digest's (which covers the issuer), so a lookup can
+// use the digest alone.
+impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
+        self.digest == other.digest
     }
 }
 
-impl Eq for dyn KeyParts + '_ {}
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digest.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<Digest> for Key {
+    fn borrow(&self) -> &Digest {
+        &self.digest
+    }
+}
 
 #[derive(Clone)]
 struct Entry {
     /// `None`: the source said this id does not exist.
     value: Option<Arc<StoredMetadata>>,
-    fetched_at: Instant,
+    fetched_at: Stamp,
     /// Wall-clock ms since the epoch the value is known current as of: when the
     /// source read began, or the `updated_at` of the pushed change that wrote it
     /// (docs/operations.md, "Push invalidation"). A pushed change replaces only a value
@@ -76,7 +136,7 @@ struct Entry {
 }
 
 impl Timestamped for Entry {
-    fn created(&self) -> Instant {
+    fn created(&self) -> Stamp {
         self.fetched_at
     }
 }
@@ -169,6 +229,45 @@ struct Failure {
     err: Arc<SourceError>,
 }
 
+/// Equal metadata values held once. Users of one tenant, plan or role mostly have
+/// the same app_metadata, and each value held costs two allocations besides its
+/// entry (docs/performance.md, memory); sharing it also means an authorization rule
+/// parses it once for all of them. Values are compared by content (the text and
+/// where user_metadata begins), so sharing changes nothing a caller can see; the
+/// minter's reuse (same `Arc`: metadata unchanged) holds for equal content too.
+///
+/// Weak references, so holding a value here never keeps it alive: a value no entry
+/// and no reused token holds is freed as before, and its slot swept once the map
+/// has grown by a quarter since the last sweep.
+#[derive(Default)]
+struct Interner {
+    /// By a keyed hash of the content; a value whose hash is taken by other content
+    /// (a 64-bit collision) is simply not shared.
+    held: std::collections::HashMap<u64, std::sync::Weak<StoredMetadata>>,
+    hasher: std::hash::RandomState,
+    /// Sweep once `held` has this many slots.
+    sweep_at: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, v: StoredMetadata) -> Arc<StoredMetadata> {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one((&*v.text, v.user_at));
+        if let Some(held) = self.held.get(&hash).and_then(std::sync::Weak::upgrade)
+            && *held == v
+        {
+            return held;
+        }
+        if self.held.len() >= self.sweep_at {
+            self.held.retain(|_, w| w.strong_count() > 0);
+            self.sweep_at = (self.held.len() + self.held.len() / 4).max(1024);
+        }
+        let v = Arc::new(v);
+        self.held.insert(hash, Arc::downgrade(&v));
+        v
+    }
+}
+
 /// One kind's entries: a failed source call is shared by every waiter as one `Arc`.
 type Entries = Store<Key, Entry, SourceError>;
 
@@ -182,6 +281,10 @@ pub struct MetadataCache {
     /// Keys whose background refresh is running (one at a time per key). A set
     /// beside the caches rather than a flag in every entry: few keys are ever in it.
     refreshing: Arc<Mutex<HashSet<(Kind, Key)>>>,
+    /// Every value read, by content: equal values share one allocation.
+    interned: Arc<Mutex<Interner>>,
+    /// The issuers the keys name.
+    issuers: Arc<Issuers>,
     ttl: Duration,
     /// How long a value (`ttl + max_stale`) and a "does not exist" answer live.
     lifetimes: (Duration, Duration),
@@ -229,6 +332,8 @@ impl MetadataCache {
                 .support_invalidation_closures()
                 .build(),
             refreshing: Arc::default(),
+            interned: Arc::default(),
+            issuers: Arc::default(),
             ttl: cfg.ttl,
             lifetimes: (fresh_and_stale, negative),
             stats: Arc::new(CacheStats::default()),
@@ -279,17 +384,19 @@ impl MetadataCache {
         lookup: &mut CacheLookup,
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
-        let probe: &dyn KeyParts = &(&**issuer, id);
+        let issuer_index = self.issuers.index(issuer);
+        let digest = digest(issuer_index, id);
         // An entry read from other content than the source's now (a file re-read, a
         // source a reload replaced) is a miss, however it got here.
-        if let Some((e, age)) = cache.get_aged(probe)
+        if let Some((e, age)) = cache.get_aged(&digest)
             && e.origin == source.origin()
             && self.complete(kind, &e)
         {
             if e.value.is_some() && age >= self.ttl {
                 self.stats.stale_served.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Stale;
-                self.refresh_in_background(kind, source, (issuer.clone(), Arc::from(id)));
+                let key = Key { issuer: issuer_index, digest };
+                self.refresh_in_background(kind, source, key, (issuer, id));
             } else {
                 self.stats.hits.fetch_add(1, Relaxed);
                 *lookup = CacheLookup::Hit;
@@ -300,7 +407,8 @@ impl MetadataCache {
         *lookup = CacheLookup::Miss;
         // Boxed: a miss is the rare path, and its state (single-flight, the source
         // call) would otherwise enlarge, and be copied with, every lookup's future.
-        Box::pin(self.load(kind, source, (issuer.clone(), Arc::from(id)))).await
+        let key = Key { issuer: issuer_index, digest };
+        Box::pin(self.load(kind, source, key, (issuer, id))).await
     }
 
     /// A miss: asks the source (one call for concurrent misses of one key), unless
@@ -310,9 +418,10 @@ impl MetadataCache {
         kind: Kind,
         source: &Arc<dyn MetadataSource>,
         key: Key,
+        (issuer, id): (&str, &str),
     ) -> Result<Option<Arc<StoredMetadata>>, Unavailable> {
         let cache = self.cache(kind);
-        let fkey = (kind, key.clone());
+        let fkey = (kind, key);
         if let Some(f) = self.failures.get(&fkey)
             && let Some(left) = f.until.checked_duration_since(Instant::now())
         {
@@ -321,8 +430,8 @@ impl MetadataCache {
         }
         let origin = source.origin();
         let entry = match cache
-            .try_get_with(key.clone(), |e| e.origin == origin && self.complete(kind, e), async move {
-                self.fetch_through(kind, source.as_ref(), &key, false).await
+            .try_get_with(key, |e| e.origin == origin && self.complete(kind, e), async move {
+                self.fetch_through(kind, source.as_ref(), (issuer, id), false).await
             })
             .await
         {
@@ -354,29 +463,35 @@ impl MetadataCache {
         wait
     }
 
-    fn refresh_in_background(&self, kind: Kind, source: &Arc<dyn MetadataSource>, key: Key) {
+    fn refresh_in_background(
+        &self,
+        kind: Kind,
+        source: &Arc<dyn MetadataSource>,
+        key: Key,
+        (issuer, id): (&Arc<str>, &str),
+    ) {
         let fkey = (kind, key);
         // After a failed refresh, keep serving the stale value until the backoff ends
         // rather than asking the source on every request.
         if self.failures.get(&fkey).is_some_and(|f| f.until > Instant::now())
-            || !self.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(fkey.clone())
+            || !self.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(fkey)
         {
             return;
         }
-        let (this, source) = (self.clone(), source.clone());
+        let (this, source, issuer, id) = (self.clone(), source.clone(), issuer.clone(), Box::<str>::from(id));
         tokio::spawn(async move {
-            match this.fetch_through(kind, source.as_ref(), &fkey.1, true).await {
+            match this.fetch_through(kind, source.as_ref(), (&issuer, &id), true).await {
                 Ok(entry) => {
                     this.failures.invalidate(&fkey);
                     // A change pushed while this read ran is newer than its answer:
                     // keep the pushed value.
-                    this.cache(kind).update(fkey.1.clone(), |held| match held {
+                    this.cache(kind).update(fkey.1, |held| match held {
                         Some(h) if h.as_of_ms > entry.as_of_ms => Some(h.clone()),
                         _ => Some(entry),
                     });
                 }
                 Err(err) => {
-                    this.note_failure(fkey.clone(), Arc::new(err));
+                    this.note_failure(fkey, Arc::new(err));
                 }
             }
             this.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&fkey);
@@ -407,14 +522,13 @@ impl MetadataCache {
 
     /// Removes one entry from this replica's in-process cache only.
     pub fn evict_local(&self, kind: Kind, issuer: Option<&str>, id: &str) -> bool {
-        let id: Arc<str> = Arc::from(id);
-        let issuer: Option<Arc<str>> = issuer.map(Arc::from);
-        let (fid, fissuer) = (id.clone(), issuer.clone());
-        let _ = self.failures.invalidate_entries_if(move |k, _| {
-            k.0 == kind && k.1.1 == fid && fissuer.as_ref().is_none_or(|i| *i == k.1.0)
-        });
+        // The id's digest under each issuer (only `issuer`'s when given).
+        let digests = Arc::new(self.issuers.digests(issuer, id));
+        let is_id = |digests: &[Option<Digest>], k: &Key| digests.get(k.issuer as usize) == Some(&Some(k.digest));
+        let fdigests = digests.clone();
+        let _ = self.failures.invalidate_entries_if(move |k, _| k.0 == kind && is_id(&fdigests, &k.1));
         self.failures.run_pending_tasks();
-        self.cache(kind).remove_if(|k| k.1 == id && issuer.as_ref().is_none_or(|i| *i == k.0)) > 0
+        self.cache(kind).remove_if(|k| is_id(&digests, k)) > 0
     }
 
     /// Drops every in-process entry (the shared cache came back after an outage, so
@@ -451,16 +565,16 @@ impl MetadataCache {
             self.evict(kind, Some(issuer), id).await;
             return Replace::Evicted;
         }
-        let key: Key = (issuer.clone(), Arc::from(id));
+        let key = self.key(issuer, id);
         let mut outcome = Replace::Evicted;
         // user_metadata is held only while wanted; a push without it leaves a user
         // entry that a state wanting it reads again (see `complete`).
-        let stored = Arc::new(match user_metadata.filter(|_| self.wants_user_metadata(kind)) {
+        let stored = self.intern(match user_metadata.filter(|_| self.wants_user_metadata(kind)) {
             Some(user) => StoredMetadata::with_user_metadata(value, user),
             None => StoredMetadata::new(value),
         });
-        let fresh = Entry { value: Some(stored.clone()), fetched_at: Instant::now(), as_of_ms: updated_at_ms, origin };
-        self.cache(kind).update(key.clone(), |held| {
+        let fresh = Entry { value: Some(stored.clone()), fetched_at: Stamp::now(), as_of_ms: updated_at_ms, origin };
+        self.cache(kind).update(key, |held| {
             if held.is_some_and(|h| h.as_of_ms >= updated_at_ms) {
                 return None;
             }
@@ -493,15 +607,15 @@ impl MetadataCache {
     /// not-found answer from the source would be; here, in the shared cache, and (by
     /// dropping their copies) on every other replica.
     pub async fn remember_absent(&self, kind: Kind, (issuer, origin): (&Arc<str>, u64), id: &str) {
-        let key: Key = (issuer.clone(), Arc::from(id));
+        let key = self.key(issuer, id);
         let now_ms = crate::clock::unix_now_ms();
-        let entry = Entry { value: None, fetched_at: Instant::now(), as_of_ms: now_ms, origin };
+        let entry = Entry { value: None, fetched_at: Stamp::now(), as_of_ms: now_ms, origin };
         if let Some((sh, name)) = self.shared_name(kind, issuer, id) {
             let absent = SharedEntry { fetched_ms: now_ms, as_of_ms: now_ms, value: None, user_metadata: None };
             sh.put_entry(&name, &absent, self.lifetimes.1).await;
             sh.publish(&Invalidation::Entry { kind, issuer: Some(issuer.to_string()), id: id.to_string() }).await;
         }
-        self.cache(kind).insert(key.clone(), entry);
+        self.cache(kind).insert(key, entry);
         self.failures.invalidate(&(kind, key));
     }
 
@@ -517,11 +631,12 @@ impl MetadataCache {
     /// backoff of its failed calls: the source now asked is not the one that failed.
     /// Frees the memory; that none is served any more is the entries' origin's doing.
     pub fn forget_issuer(&self, issuer: &Arc<str>) {
+        // Never stored for: nothing to drop.
+        let Some(issuer) = self.issuers.find(issuer) else { return };
         for kind in [Kind::User, Kind::Client] {
-            self.cache(kind).remove_if(|k| k.0 == *issuer);
+            self.cache(kind).remove_if(|k| k.issuer == issuer);
         }
-        let issuer = issuer.clone();
-        let _ = self.failures.invalidate_entries_if(move |k, _| k.1.0 == issuer);
+        let _ = self.failures.invalidate_entries_if(move |k, _| k.1.issuer == issuer);
         self.failures.run_pending_tasks();
     }
 
@@ -535,16 +650,16 @@ impl MetadataCache {
         &self,
         kind: Kind,
         source: &dyn MetadataSource,
-        key: &Key,
+        (issuer, id): (&str, &str),
         want_fresh: bool,
     ) -> Result<Entry, SourceError> {
         // Taken before the read: content replaced during it leaves the entry marked
         // with the older origin, to be read again, never the reverse.
         let origin = source.origin();
         let (Some(sh), Some(scope)) = (self.shared.as_ref().filter(|s| s.up()), source.shared_scope()) else {
-            return self.fetch_entry(kind, source, &key.1, origin).await;
+            return self.fetch_entry(kind, source, id, origin).await;
         };
-        let name = sh.entry_name(kind, scope, &key.0, &key.1);
+        let name = sh.entry_name(kind, scope, issuer, id);
         let give_up = Instant::now() + LEASE_WAIT;
         let mut waited = false;
         loop {
@@ -573,7 +688,7 @@ impl MetadataCache {
                         sh.stats.hits.fetch_add(1, Relaxed);
                         return Ok(entry);
                     }
-                    let r = self.fetch_entry(kind, source, &key.1, origin).await;
+                    let r = self.fetch_entry(kind, source, id, origin).await;
                     if let Ok(e) = &r {
                         let life = if e.value.is_some() { self.lifetimes.0 } else { self.lifetimes.1 };
                         let shared = SharedEntry {
@@ -607,7 +722,7 @@ impl MetadataCache {
             // JSON object ever reaches a token.
             Some(text) => {
                 let app = serde_json::from_str::<Metadata>(&text).ok()?;
-                Some(Arc::new(match (want_user, e.user_metadata) {
+                Some(self.intern(match (want_user, e.user_metadata) {
                     (true, Some(user)) => {
                         StoredMetadata::with_user_metadata(app, serde_json::from_str::<Metadata>(&user).ok()?)
                     }
@@ -619,7 +734,7 @@ impl MetadataCache {
             None => None,
         };
         let now = Instant::now();
-        Some(Entry { value, fetched_at: now.checked_sub(age).unwrap_or(now), as_of_ms: e.as_of_ms, origin })
+        Some(Entry { value, fetched_at: Stamp::at(now.checked_sub(age).unwrap_or(now)), as_of_ms: e.as_of_ms, origin })
     }
 
     async fn fetch_entry(
@@ -632,11 +747,21 @@ impl MetadataCache {
         // Current as of when the read was sent: a change pushed after that is newer.
         let as_of_ms = crate::clock::unix_now_ms();
         fetch(kind, source, id, self.wants_user_metadata(kind), &self.stats).await.map(|value| Entry {
-            value: value.map(Arc::new),
-            fetched_at: Instant::now(),
+            value: value.map(|v| self.intern(v)),
+            fetched_at: Stamp::now(),
             as_of_ms,
             origin,
         })
+    }
+
+    fn key(&self, issuer: &Arc<str>, id: &str) -> Key {
+        let issuer = self.issuers.index(issuer);
+        Key { issuer, digest: digest(issuer, id) }
+    }
+
+    /// `v`, or the value held already with the same content.
+    fn intern(&self, v: StoredMetadata) -> Arc<StoredMetadata> {
+        self.interned.lock().unwrap_or_else(|p| p.into_inner()).intern(v)
     }
 
     /// Entries held (users, clients).
@@ -701,26 +826,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_borrowed_key_finds_what_an_owned_key_stored() {
+    fn the_digest_finds_what_a_key_stored() {
         let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
         for i in 0..200 {
-            let key: Key = (Arc::from("https://issuer/"), Arc::from(format!("user|{i}").as_str()));
-            store.insert(key, Entry { value: None, fetched_at: Instant::now(), as_of_ms: 0, origin: 0 });
+            let key = Key { issuer: 0, digest: digest(0, &format!("user|{i}")) };
+            store.insert(key, Entry { value: None, fetched_at: Stamp::now(), as_of_ms: 0, origin: 0 });
         }
         for i in 0..200 {
             let id = format!("user|{i}");
-            let probe: &dyn KeyParts = &("https://issuer/", id.as_str());
-            assert!(store.get_aged(probe).is_some(), "{id} not found by a borrowed key");
+            assert!(store.get_aged(&digest(0, &id)).is_some(), "{id} not found by its digest");
         }
-        let other: &dyn KeyParts = &("https://other/", "user|1");
-        assert!(store.get_aged(other).is_none());
-        let swapped: &dyn KeyParts = &("user|1", "https://issuer/");
-        assert!(store.get_aged(swapped).is_none());
+        assert!(store.get_aged(&digest(1, "user|1")).is_none(), "another issuer's");
+        assert_ne!(digest(0, "user|1"), digest(1, "user|1"));
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // One per caller, in a table with room for more: docs/performance.md, memory.
+        let slot = std::mem::size_of::<(Key, Entry, u64)>();
+        assert!(slot <= 64, "{slot}");
+    }
+
+    #[tokio::test]
+    async fn an_eviction_without_issuer_reaches_every_issuer() {
+        let c = MetadataCache::new(&CacheConfig {
+            ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            max_entries: 1000,
+        });
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("https://a/"), Arc::from("https://b/"));
+        for (iss, id) in [(&a, "u"), (&b, "u"), (&a, "v"), (&b, "w")] {
+            c.remember_absent(Kind::User, (iss, 0), id).await;
+        }
+        assert!(c.evict_local(Kind::User, None, "u"));
+        assert!(held(&c, "https://a/", "u").is_none() && held(&c, "https://b/", "u").is_none());
+        assert!(held(&c, "https://a/", "v").is_some() && held(&c, "https://b/", "w").is_some());
+        assert!(c.evict_local(Kind::User, Some("https://b/"), "w"));
+        assert!(!c.evict_local(Kind::User, Some("https://b/"), "v"), "v is a's, not b's");
+        assert!(held(&c, "https://a/", "v").is_some());
+        c.forget_issuer(&a);
+        assert_eq!(c.users.len(), 0);
     }
 
     fn held(c: &MetadataCache, issuer: &str, id: &str) -> Option<(Option<String>, u64)> {
-        let probe: &dyn KeyParts = &(issuer, id);
-        c.users.get_aged(probe).map(|(e, _)| (e.value.map(|v| v.json().to_string()), e.as_of_ms))
+        let issuer = c.issuers.find(issuer)?;
+        c.users.get_aged(&digest(issuer, id)).map(|(e, _)| (e.value.map(|v| v.json().to_string()), e.as_of_ms))
     }
 
     #[tokio::test]
@@ -756,6 +907,32 @@ mod tests {
         let (value, as_of) = held(&c, "https://issuer/", "u").expect("a negative entry");
         assert!(value.is_none());
         assert!(as_of > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn equal_values_are_held_once() {
+        let md = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let mut i = Interner::default();
+        let a = i.intern(StoredMetadata::new(md(serde_json::json!({"plan": "pro"}))));
+        let b = i.intern(StoredMetadata::new(md(serde_json::json!({"plan": "pro"}))));
+        assert!(Arc::ptr_eq(&a, &b));
+        // Other content, or the same app_metadata with user_metadata, is another value.
+        let c = i.intern(StoredMetadata::new(md(serde_json::json!({"plan": "free"}))));
+        let d = i.intern(StoredMetadata::with_user_metadata(
+            md(serde_json::json!({"plan": "pro"})),
+            md(serde_json::json!({})),
+        ));
+        assert!(!Arc::ptr_eq(&a, &c) && !Arc::ptr_eq(&a, &d));
+        assert_eq!(
+            (c.json(), d.json(), d.user_metadata_json()),
+            (r#"{"plan":"free"}"#, r#"{"plan":"pro"}"#, Some("{}"))
+        );
+        // A value nobody holds any more is not kept alive, and its slot is swept.
+        drop((a, b, c, d));
+        for n in 0..3000 {
+            drop(i.intern(StoredMetadata::new(md(serde_json::json!({ "n": n })))));
+        }
+        assert!(i.held.len() <= 1024 + 1024 / 4, "{} slots", i.held.len());
     }
 
     #[test]

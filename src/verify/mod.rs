@@ -97,76 +97,125 @@ impl VerifyError {
 #[derive(Debug, Clone)]
 pub struct VerifiedIdentity {
     core: IdentityCore,
-    issuer: Arc<str>,
+    issuer: Arc<IssuerShared>,
     token_hash: [u8; 32],
+}
+
+/// What every identity from one issuer shares, so a cached identity holds indexes
+/// into it rather than text: the issuer's name, its audiences (a client id that is
+/// one of them, the usual case, is held as its index), the kept claims' names, and
+/// its leeway.
+#[derive(Debug)]
+pub(crate) struct IssuerShared {
+    name: Arc<str>,
+    audiences: Box<[Box<str>]>,
+    /// Each of [`Verifier::keep_only_claims`]'s names as a JSON object member's
+    /// name (`"email":`), by its index there.
+    kept_names: Box<[Box<str>]>,
+    leeway: Duration,
+}
+
+impl IssuerShared {
+    fn new(config: &IssuerConfig, keep: &[String]) -> IssuerShared {
+        IssuerShared {
+            name: Arc::from(config.issuer.as_str()),
+            audiences: config.audiences.iter().map(|a| Box::from(a.as_str())).collect(),
+            kept_names: kept_names(keep),
+            leeway: config.leeway,
+        }
+    }
+}
+
+/// `keep`'s names as JSON object members' names (`"email":`).
+fn kept_names(keep: &[String]) -> Box<[Box<str>]> {
+    // Serializing a string cannot fail.
+    keep.iter().map(|n| format!("{}:", Value::String(n.clone())).into_boxed_str()).collect()
+}
+
+/// The client id as an [`IdentityCore`] holds it.
+enum Client<'a> {
+    /// The issuer's audience of this index.
+    Audience(usize),
+    Other(&'a str),
 }
 
 /// What the token cache keeps of a verified identity; the issuer's name and the
 /// token's hash are known at lookup, so they are not stored per token. Compact on
-/// purpose: the cache holds one per caller (docs/performance.md, memory).
+/// purpose: the cache holds one per caller, in a table with room for more
+/// (docs/performance.md, memory), so every word here is paid about 1.3 times per
+/// caller.
 #[derive(Debug, Clone)]
 pub(crate) struct IdentityCore {
-    /// `sub`, then the client id, then the kept claims, in one allocation.
+    /// `sub`, then the client id unless it is one of the issuer's audiences, then
+    /// the kept claims (see [`kept_members`]), in one allocation.
     text: Arc<str>,
-    client_at: u32,
-    kept_at: u32,
-    issuer_index: u32,
-    leeway_secs: u32,
-    exp: u64,
-    nbf: Option<u64>,
     /// The claims the routes' rules read (docs/configuration.md, "Authorization
     /// rules"), parsed once at verification; `None` when no rule reads claims, so
     /// a configuration without such rules keeps nothing more per token.
     rule_claims: Option<Arc<Value>>,
+    /// Seconds since the epoch in 32 bits, which last until 2106. A later `exp` is
+    /// held as `u32::MAX`: until then every check and the internal token's `exp`
+    /// (at most `ttl` from now) come out the same.
+    exp: u32,
+    /// `nbf`, 0 when the token has none: a not-before of 0 (1970) never holds a
+    /// token back, so the two mean the same here. A token whose `nbf` is past 2106
+    /// is not valid yet, so never gets here.
+    nbf: u32,
+    /// Offsets in `text`: a claim is at most a token long, and a token at most
+    /// [`MAX_TOKEN_BYTES`].
+    client_at: u16,
+    kept_at: u16,
+    issuer_index: u16,
+    /// 1 + the index of the client id in the issuer's audiences; 0: the client id
+    /// is in `text`.
+    audience: u16,
 }
 
 impl IdentityCore {
-    /// `kept_claims`: the claims the internal token copies, as JSON object members
-    /// written by serde_json (`"email":"a@b.c","name":"A"`), empty when none; the
-    /// minter splices them in as they are, and text costs far less memory than a
-    /// `Value` per claim.
+    /// `kept_claims`: the claims the internal token copies, as [`kept_members`]
+    /// writes them; text costs far less memory than a `Value` per claim. `None`
+    /// when a part does not fit the compact fields (never for a token within
+    /// [`MAX_TOKEN_BYTES`] and a config's issuers).
     fn new(
         issuer_index: usize,
         subject: &str,
-        client_id: &str,
+        client: Client<'_>,
         kept_claims: &str,
         exp: u64,
         nbf: Option<u64>,
-        leeway: Duration,
     ) -> Option<IdentityCore> {
-        let client_at = u32::try_from(subject.len()).ok()?;
-        let kept_at = u32::try_from(subject.len() + client_id.len()).ok()?;
+        let (audience, client_text) = match client {
+            Client::Audience(i) => (u16::try_from(i + 1).ok()?, ""),
+            Client::Other(text) => (0, text),
+        };
         Some(IdentityCore {
-            text: Arc::from([subject, client_id, kept_claims].concat()),
-            client_at,
-            kept_at,
-            issuer_index: u32::try_from(issuer_index).ok()?,
-            leeway_secs: u32::try_from(leeway.as_secs()).unwrap_or(u32::MAX),
-            exp,
-            nbf,
+            client_at: u16::try_from(subject.len()).ok()?,
+            kept_at: u16::try_from(subject.len() + client_text.len()).ok()?,
+            text: Arc::from([subject, client_text, kept_claims].concat()),
+            issuer_index: u16::try_from(issuer_index).ok()?,
+            audience,
+            exp: u32::try_from(exp).unwrap_or(u32::MAX),
+            nbf: u32::try_from(nbf.unwrap_or(0)).ok()?,
             rule_claims: None,
         })
     }
     pub(crate) fn subject(&self) -> &str {
-        &self.text[..self.client_at as usize]
+        &self.text[..usize::from(self.client_at)]
     }
     pub(crate) fn issuer_index(&self) -> usize {
-        self.issuer_index as usize
+        usize::from(self.issuer_index)
     }
     pub(crate) fn exp(&self) -> u64 {
-        self.exp
+        u64::from(self.exp)
     }
     pub(crate) fn nbf(&self) -> Option<u64> {
-        self.nbf
-    }
-    pub(crate) fn leeway_secs(&self) -> u64 {
-        u64::from(self.leeway_secs)
+        (self.nbf != 0).then_some(u64::from(self.nbf))
     }
 }
 
 impl VerifiedIdentity {
     pub fn issuer(&self) -> &Arc<str> {
-        &self.issuer
+        &self.issuer.name
     }
     /// Index of the issuer in the configuration.
     pub fn issuer_index(&self) -> usize {
@@ -178,22 +227,54 @@ impl VerifiedIdentity {
     }
     /// The application: `azp`, else the audience that matched.
     pub fn client_id(&self) -> &str {
-        &self.core.text[self.core.client_at as usize..self.core.kept_at as usize]
+        match self.core.audience.checked_sub(1) {
+            // The index was taken from this issuer's audiences: always there.
+            Some(i) => self.issuer.audiences.get(usize::from(i)).map_or("", |a| a),
+            None => &self.core.text[usize::from(self.core.client_at)..usize::from(self.core.kept_at)],
+        }
     }
     pub fn exp(&self) -> u64 {
-        self.core.exp
+        self.core.exp()
     }
-    /// `nbf` of the token, if any.
+    /// `nbf` of the token, if any (a `nbf` of 0 counts as none: it holds nothing back).
     pub fn nbf(&self) -> Option<u64> {
-        self.core.nbf
+        self.core.nbf()
     }
     pub fn leeway(&self) -> Duration {
-        Duration::from_secs(self.core.leeway_secs())
+        self.issuer.leeway
     }
     /// The claims the internal token copies, as JSON object members (`"a":1,"b":"x"`),
     /// empty when the token has none of them.
-    pub fn kept_claims_json(&self) -> &str {
-        &self.core.text[self.core.kept_at as usize..]
+    pub fn kept_claims_json(&self) -> std::borrow::Cow<'_, str> {
+        let kept = &self.core.text[usize::from(self.core.kept_at)..];
+        if kept.is_empty() {
+            return "".into();
+        }
+        let mut out = String::with_capacity(kept.len() + 16 * self.issuer.kept_names.len());
+        let mut at = 0;
+        // Each member: its marker, then its value's text up to the next marker.
+        while let Some(&marker) = kept.as_bytes().get(at) {
+            let start = at + 1;
+            let end =
+                kept.as_bytes()[start..].iter().position(|b| *b <= MEMBER_WHOLE).map_or(kept.len(), |n| start + n);
+            // Markers are ASCII, so `start` and `end` are character boundaries.
+            let value = kept.get(start..end).unwrap_or_default();
+            at = end;
+            let name = match marker {
+                MEMBER_WHOLE => "",
+                // The index was taken from the names the issuer shares: always there.
+                i => match self.issuer.kept_names.get(usize::from(i - 1)) {
+                    Some(name) => name,
+                    None => continue,
+                },
+            };
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(name);
+            out.push_str(value);
+        }
+        out.into()
     }
     /// The token's claims that the routes' rules read, as a JSON object (only the
     /// top-level members some rule points into); `None` when no rule reads claims.
@@ -206,16 +287,28 @@ impl VerifiedIdentity {
     }
 }
 
-/// The members of `claims` named in `keep`, as JSON object members without braces.
+/// Marks a kept member held whole (`"name":value`); a byte below it, `1 + i`,
+/// marks the value of the `i`-th kept claim, whose name [`IssuerShared`] holds.
+const MEMBER_WHOLE: u8 = 0x1f;
+
+/// The members of `claims` named in `keep`, in the token's order, for
+/// [`VerifiedIdentity::kept_claims_json`]: each one a control character, then the
+/// value's JSON text (for the first 30 names; past them, the whole member). Names
+/// are the same for every token, so they are not held per token. serde_json escapes
+/// every control character within JSON text, so a marker never occurs in a value.
 fn kept_members(claims: &Map<String, Value>, keep: &[String]) -> String {
     let mut out = String::new();
-    for (name, value) in claims.iter().filter(|(k, _)| keep.contains(k)) {
-        if !out.is_empty() {
-            out.push(',');
-        }
+    for (name, value) in claims {
+        let Some(i) = keep.iter().position(|k| k == name) else { continue };
         // Serializing a string or a `Value` into a String cannot fail.
-        out.push_str(&Value::String(name.clone()).to_string());
-        out.push(':');
+        match u8::try_from(i + 1).ok().filter(|m| *m < MEMBER_WHOLE) {
+            Some(marker) => out.push(char::from(marker)),
+            None => {
+                out.push(char::from(MEMBER_WHOLE));
+                out.push_str(&Value::String(name.clone()).to_string());
+                out.push(':');
+            }
+        }
         out.push_str(&value.to_string());
     }
     out
@@ -227,6 +320,7 @@ pub struct IssuerVerifier {
     pub issuer: Arc<str>,
     pub jwks: Arc<Jwks>,
     hmac: Option<DecodingKey>,
+    shared: Arc<IssuerShared>,
 }
 
 /// Verifies tokens against every configured issuer.
@@ -275,20 +369,20 @@ impl Verifier {
                 issuer: Arc::from(cfg.issuer.as_str()),
                 jwks: Arc::new(Jwks::new(cfg, client.clone())),
                 hmac: cfg.hmac_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+                shared: Arc::new(IssuerShared::new(cfg, &[])),
             })
-            .collect();
-        Verifier {
-            issuers,
-            tokens: cache::TokenCache::default(),
-            keep_claims: Vec::new(),
-            rule_claims: RuleClaims::None,
-        }
+            .collect::<Vec<_>>();
+        let tokens = cache::TokenCache::new(cache::DEFAULT_CAPACITY, leeways(&issuers));
+        Verifier { issuers, tokens, keep_claims: Vec::new(), rule_claims: RuleClaims::None }
     }
 
     /// Keeps these claims of each verified token (for the internal token's
     /// `copy_claims`), see [`VerifiedIdentity::kept_claims_json`].
     pub fn keep_only_claims(mut self, names: &[String]) -> Verifier {
         self.keep_claims = names.to_vec();
+        for i in &mut self.issuers {
+            i.shared = Arc::new(IssuerShared::new(&i.config, names));
+        }
         self
     }
 
@@ -319,7 +413,7 @@ impl Verifier {
     /// Holds at most `n` verified tokens (the configured `cache.max_entries`: one
     /// token per caller, as the metadata cache holds one entry per caller).
     pub fn token_cache_capacity(mut self, n: u64) -> Verifier {
-        self.tokens = cache::TokenCache::with_capacity(n);
+        self.tokens = cache::TokenCache::new(n, leeways(&self.issuers));
         self
     }
 
@@ -349,12 +443,12 @@ impl Verifier {
         if let Some(core) = self.tokens.get(&token_hash, now, |i| self.issuers.get(i).and_then(|i| i.jwks.current()))
             && let Some(issuer) = self.issuers.get(core.issuer_index())
         {
-            return Ok(VerifiedIdentity { core, issuer: issuer.issuer.clone(), token_hash });
+            return Ok(VerifiedIdentity { core, issuer: issuer.shared.clone(), token_hash });
         }
         // Boxed: the full check (and a JWKS refetch) is the rare path; unboxed, its
         // state would enlarge, and be copied with, every request's future.
         let (identity, keys) = Box::pin(self.verify_full(token, token_hash, now)).await?;
-        self.tokens.insert(token_hash, identity.core.clone(), keys);
+        self.tokens.insert(&token_hash, identity.core.clone(), keys);
         Ok(identity)
     }
 
@@ -416,10 +510,14 @@ impl Verifier {
         // validate_claims accepted it, so it is a valid NumericDate or absent.
         let nbf = numeric_date(claims.get("nbf"))?;
         let kept = kept_members(&claims, &self.keep_claims);
-        let mut core = IdentityCore::new(issuer_index, &subject, &client_id, &kept, exp, nbf, issuer.config.leeway)
-            .ok_or(VerifyError::TooLarge)?;
+        let client = match issuer.config.audiences.iter().position(|a| *a == client_id) {
+            Some(i) => Client::Audience(i),
+            None => Client::Other(&client_id),
+        };
+        let mut core =
+            IdentityCore::new(issuer_index, &subject, client, &kept, exp, nbf).ok_or(VerifyError::TooLarge)?;
         core.rule_claims = self.rule_claims.select(claims);
-        let identity = VerifiedIdentity { core, issuer: issuer.issuer.clone(), token_hash };
+        let identity = VerifiedIdentity { core, issuer: issuer.shared.clone(), token_hash };
         Ok((identity, keys))
     }
 
@@ -450,6 +548,11 @@ impl Verifier {
             }
         }
     }
+}
+
+/// Each issuer's leeway in seconds, by index, for the token cache's checks.
+fn leeways(issuers: &[IssuerVerifier]) -> Vec<u64> {
+    issuers.iter().map(|i| i.config.leeway.as_secs()).collect()
 }
 
 fn check_signature(sig_b64: &str, signing_input: &str, key: &DecodingKey, alg: Algorithm) -> bool {
@@ -580,6 +683,62 @@ mod tests {
         assert!(part.ends_with('='));
         assert!(decode_object(&part).is_none());
         assert!(decode_object(" eyJhIjoxfQ").is_none());
+    }
+
+    /// What the internal token copies: the kept members as JSON text, in the
+    /// token's order, read back from the compact form.
+    fn kept_json(claims: serde_json::Value, keep: &[&str], audiences: &[&str], client: &str) -> (String, String) {
+        let keep: Vec<String> = keep.iter().map(|k| k.to_string()).collect();
+        let shared = Arc::new(IssuerShared {
+            name: Arc::from("https://idp/"),
+            audiences: audiences.iter().map(|a| Box::from(*a)).collect(),
+            kept_names: kept_names(&keep),
+            leeway: Duration::from_secs(30),
+        });
+        let claims = claims.as_object().cloned().unwrap();
+        let kept = kept_members(&claims, &keep);
+        let client = match audiences.iter().position(|a| *a == client) {
+            Some(i) => Client::Audience(i),
+            None => Client::Other(client),
+        };
+        let core = IdentityCore::new(0, "sub|1", client, &kept, 10, None).unwrap();
+        let id = VerifiedIdentity { core, issuer: shared, token_hash: [0; 32] };
+        assert_eq!(id.subject(), "sub|1");
+        (id.client_id().to_string(), id.kept_claims_json().into_owned())
+    }
+
+    #[test]
+    fn kept_claims_and_the_client_read_back_as_they_were() {
+        use serde_json::json;
+        let claims =
+            json!({"name": "A \"B\"", "iss": "x", "email": "a@b.c", "ctl": "1\u{1}2\u{1f}", "n": [1, {"k": null}]});
+        // In the token's order, names from the shared list, values as serde_json writes them.
+        let (client, kept) = kept_json(claims.clone(), &["email", "ctl", "name", "n", "absent"], &["api"], "api");
+        assert_eq!(client, "api");
+        assert_eq!(kept, r#""name":"A \"B\"","email":"a@b.c","ctl":"1\u00012\u001f","n":[1,{"k":null}]"#);
+        let v: Value = serde_json::from_str(&format!("{{{kept}}}")).unwrap();
+        assert_eq!(v, json!({"name": "A \"B\"", "email": "a@b.c", "ctl": "1\u{1}2\u{1f}", "n": [1, {"k": null}]}));
+        // None kept; a client id that is not an audience is held as text.
+        assert_eq!(kept_json(claims.clone(), &[], &["api"], "other"), ("other".into(), String::new()));
+        assert_eq!(kept_json(claims.clone(), &["absent"], &["api"], "").0, "");
+        // Past 30 names a member is held whole: the same text comes back.
+        let mut many: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        many.push("name".into());
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let big = json!({"c0": 0, "c35": "x", "name": "n", "c29": true, "c30": 30});
+        let (_, kept) = kept_json(big, &many, &[], "c");
+        assert_eq!(kept, r#""c0":0,"c35":"x","name":"n","c29":true,"c30":30"#);
+    }
+
+    #[test]
+    fn the_compact_identity_keeps_what_the_checks_read() {
+        let id = IdentityCore::new(2, "u", Client::Other("c"), "", 2_000_000_000, Some(1_900_000_000)).unwrap();
+        assert_eq!((id.subject(), id.issuer_index(), id.exp(), id.nbf()), ("u", 2, 2_000_000_000, Some(1_900_000_000)));
+        // Past 2106: exp is held as the last second 32 bits count, still far ahead.
+        let late = IdentityCore::new(0, "u", Client::Other("c"), "", u64::MAX, None).unwrap();
+        assert_eq!((late.exp(), late.nbf()), (u64::from(u32::MAX), None));
+        // An nbf past 2106 (a token not valid yet) does not fit.
+        assert!(IdentityCore::new(0, "u", Client::Other("c"), "", u64::MAX, Some(1 << 33)).is_none());
     }
 
     #[test]
