@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -61,10 +60,16 @@ impl Stamp {
 /// How long a value stays usable.
 pub type Lifetime<V> = Box<dyn Fn(&V) -> Duration + Send + Sync>;
 
+/// An entry. Both counters in 32 bits, side by side: with a value of whole words
+/// they take one word, where a 64-bit clock alone took one and a tag another.
 struct Slot<V> {
     value: V,
-    /// The store's use counter at the last read: a logical clock, no time read needed.
-    last_used: u64,
+    /// The shard's use counter at the last read: a logical clock, no time read
+    /// needed. It wraps; ages are taken modulo 2^32 (see [`make_room`]).
+    last_used: u32,
+    /// What the caller stored the entry with, for [`Store::remove_if`] (the
+    /// metadata cache: its issuer), so that need not be part of the key.
+    tag: u32,
 }
 
 /// One call in flight for a key, shared by every caller that missed meanwhile.
@@ -79,14 +84,35 @@ type Flight<V, E> = Arc<OnceCell<Result<V, Arc<E>>>>;
 /// of a verified identity. The seed is still random per store.
 type Hasher = foldhash::fast::RandomState;
 
-type Shard<K, V> = Mutex<HashMap<K, Slot<V>, Hasher>>;
+struct Shard<K, V> {
+    map: HashMap<K, Slot<V>, Hasher>,
+    /// Reads and writes of this shard so far (the clock of `last_used`).
+    uses: u32,
+}
+
+impl<K, V> Default for Shard<K, V> {
+    fn default() -> Self {
+        Shard { map: HashMap::with_hasher(Hasher::default()), uses: 0 }
+    }
+}
+
+impl<K: Hash + Eq, V> Shard<K, V> {
+    fn tick(&mut self) -> u32 {
+        self.uses = self.uses.wrapping_add(1);
+        self.uses
+    }
+
+    fn put(&mut self, key: K, tag: u32, value: V) {
+        let last_used = self.tick();
+        self.map.insert(key, Slot { value, last_used, tag });
+    }
+}
 
 pub struct Store<K, V, E> {
-    shards: Box<[Shard<K, V>]>,
+    shards: Box<[Mutex<Shard<K, V>>]>,
     per_shard: usize,
     lifetime: Lifetime<V>,
     hasher: Hasher,
-    uses: AtomicU64,
     flights: Mutex<HashMap<K, Flight<V, E>>>,
 }
 
@@ -100,16 +126,15 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         let shards = SHARDS.min(capacity);
         Store {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::with_hasher(Hasher::default()))).collect(),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
             per_shard: capacity / shards,
             lifetime,
             hasher: Hasher::default(),
-            uses: AtomicU64::new(0),
             flights: Mutex::default(),
         }
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, Slot<V>, Hasher>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, Shard<K, V>> {
         let i = (self.hasher.hash_one(key) >> 7) as usize % self.shards.len();
         lock(&self.shards[i])
     }
@@ -125,23 +150,30 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
     where
         K: std::borrow::Borrow<Q>,
     {
-        let mut shard = self.shard(key);
-        let slot = shard.get_mut(key)?;
+        let mut guard = self.shard(key);
+        let shard = &mut *guard;
+        let slot = shard.map.get_mut(key)?;
         let age = slot.value.created().elapsed();
         if age >= (self.lifetime)(&slot.value) {
-            shard.remove(key);
+            shard.map.remove(key);
             return None;
         }
-        slot.last_used = self.uses.fetch_add(1, Relaxed);
+        shard.uses = shard.uses.wrapping_add(1);
+        slot.last_used = shard.uses;
         Some((slot.value.clone(), age))
     }
 
     pub fn insert(&self, key: K, value: V) {
+        self.insert_tagged(key, 0, value);
+    }
+
+    /// [`Self::insert`], the entry tagged with `tag` (see [`Self::remove_if`]).
+    pub fn insert_tagged(&self, key: K, tag: u32, value: V) {
         let mut shard = self.shard(&key);
-        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&key) {
             make_room(&mut shard, self.per_shard, &self.lifetime);
         }
-        shard.insert(key, Slot { value, last_used: self.uses.fetch_add(1, Relaxed) });
+        shard.put(key, tag, value);
     }
 
     /// The value of `key` if `accept` takes it, or the one `init` produces, stored.
@@ -152,7 +184,7 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
     /// waited for produced (a caller with another idea of what is current).
     pub async fn try_get_with(
         &self,
-        key: K,
+        (key, tag): (K, u32),
         accept: impl Fn(&V) -> bool,
         init: impl Future<Output = Result<V, E>>,
     ) -> Result<V, Arc<E>> {
@@ -168,7 +200,7 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
                 }
                 let r = init.as_mut().await.map_err(Arc::new);
                 if let Ok(v) = &r {
-                    self.insert(key.clone(), v.clone());
+                    self.insert_tagged(key.clone(), tag, v.clone());
                 }
                 r
             })
@@ -184,7 +216,7 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
             Ok(v) if !ran && !accept(&v) => {
                 let r = init.as_mut().await.map_err(Arc::new);
                 if let Ok(v) = &r {
-                    self.insert(key, v.clone());
+                    self.insert_tagged(key, tag, v.clone());
                 }
                 r
             }
@@ -196,62 +228,68 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
     /// (`None` when absent or past its lifetime): `decide` returns the value to store,
     /// or `None` to remove the key. A check-then-write in two steps could let a
     /// concurrent writer's value be overwritten by one decided on what it replaced.
-    pub fn update(&self, key: K, decide: impl FnOnce(Option<&V>) -> Option<V>) {
+    /// `tag`: as [`Self::insert_tagged`]'s.
+    pub fn update(&self, (key, tag): (K, u32), decide: impl FnOnce(Option<&V>) -> Option<V>) {
         let mut shard = self.shard(&key);
-        let held = shard.get(&key).map(|s| &s.value).filter(|v| v.created().elapsed() < (self.lifetime)(v));
+        let held = shard.map.get(&key).map(|s| &s.value).filter(|v| v.created().elapsed() < (self.lifetime)(v));
         match decide(held) {
             Some(value) => {
-                if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+                if shard.map.len() >= self.per_shard && !shard.map.contains_key(&key) {
                     make_room(&mut shard, self.per_shard, &self.lifetime);
                 }
-                shard.insert(key, Slot { value, last_used: self.uses.fetch_add(1, Relaxed) });
+                shard.put(key, tag, value);
             }
             None => {
-                shard.remove(&key);
+                shard.map.remove(&key);
             }
         }
     }
 
-    /// Removes the entries `drop` selects; returns how many.
-    pub fn remove_if(&self, drop: impl Fn(&K) -> bool) -> usize {
+    /// Removes the entries `drop` selects, by key and tag; returns how many.
+    pub fn remove_if(&self, drop: impl Fn(&K, u32) -> bool) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            let before = shard.len();
-            shard.retain(|k, _| !drop(k));
-            removed += before - shard.len();
+            let before = shard.map.len();
+            shard.map.retain(|k, s| !drop(k, s.tag));
+            removed += before - shard.map.len();
         }
         removed
     }
 
     /// Entries held (expired ones not yet met included).
     pub fn len(&self) -> u64 {
-        self.shards.iter().map(|s| lock(s).len() as u64).sum()
+        self.shards.iter().map(|s| lock(s).map.len() as u64).sum()
     }
 }
 
 /// A full shard drops its expired entries, then, if still full, its least recently
 /// used eighth: one scan per `per_shard / 8` inserts, not one per insert.
-fn make_room<K: Hash + Eq, V: Timestamped>(
-    shard: &mut HashMap<K, Slot<V>, Hasher>,
-    per_shard: usize,
-    lifetime: &Lifetime<V>,
-) {
+///
+/// Recency is the age in uses, `uses - last_used` modulo 2^32: exact for every
+/// entry read within the shard's last 2^32 uses. One idle longer looks recent
+/// and may outstay entries read since, until its lifetime ends; at a million
+/// lookups a second over 16 shards that is 19 hours idle, beyond the default
+/// lifetime (`ttl` + `max_stale`) of 65 minutes.
+fn make_room<K: Hash + Eq, V: Timestamped>(shard: &mut Shard<K, V>, per_shard: usize, lifetime: &Lifetime<V>) {
     let now = Stamp::now();
-    shard.retain(|_, s| s.value.created().until(now) < lifetime(&s.value));
-    if shard.len() < per_shard {
+    shard.map.retain(|_, s| s.value.created().until(now) < lifetime(&s.value));
+    if shard.map.len() < per_shard {
         return;
     }
-    let mut uses: Vec<u64> = shard.values().map(|s| s.last_used).collect();
-    let cut = (uses.len() / 8).max(1);
-    let (_, threshold, _) = uses.select_nth_unstable(cut - 1);
+    let uses = shard.uses;
+    let mut ages: Vec<u32> = shard.map.values().map(|s| uses.wrapping_sub(s.last_used)).collect();
+    let cut = (ages.len() / 8).max(1);
+    // The cut-th oldest: it and every older entry go.
+    let (_, threshold, _) = ages.select_nth_unstable_by(cut - 1, |a, b| b.cmp(a));
     let threshold = *threshold;
-    shard.retain(|_, s| s.last_used > threshold);
+    shard.map.retain(|_, s| uses.wrapping_sub(s.last_used) < threshold);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
     #[derive(Clone, Debug, PartialEq)]
     struct V(u32, Stamp, Duration);
@@ -291,18 +329,36 @@ mod tests {
 
     #[test]
     fn a_full_store_evicts_the_least_recently_used() {
-        let s: Store<u32, V, ()> = store(16 * 8);
-        s.insert(0, v(0));
-        // Key 0 is read between all later inserts (the shards fill unevenly, so
-        // evictions start before 128 entries): it stays.
-        for i in (1..(16 * 8)).chain(1000..1400) {
-            assert!(s.get(&0).is_some(), "the recently used entry was evicted before insert {i}");
-            s.insert(i, v(i));
+        // From a fresh clock, and from one about to wrap.
+        for start in [0, u32::MAX - 10] {
+            let s: Store<u32, V, ()> = store(16 * 8);
+            for shard in s.shards.iter() {
+                lock(shard).uses = start;
+            }
+            s.insert(0, v(0));
+            // Key 0 is read between all later inserts (the shards fill unevenly, so
+            // evictions start before 128 entries): it stays.
+            for i in (1..(16 * 8)).chain(1000..1400) {
+                assert!(s.get(&0).is_some(), "the recently used entry was evicted before insert {i} ({start})");
+                s.insert(i, v(i));
+            }
+            assert!(s.len() <= 16 * 8, "{} entries", s.len());
+            assert!(s.get(&1399).is_some(), "the newest entry was not kept");
+            // The others of the first fill were not used again: all gone.
+            assert_eq!((1..16 * 8).filter(|i| s.get(i).is_some()).count(), 0, "{start}");
         }
-        assert!(s.len() <= 16 * 8, "{} entries", s.len());
-        assert!(s.get(&1399).is_some(), "the newest entry was not kept");
-        // The others of the first fill were not used again: all gone.
-        assert_eq!((1..16 * 8).filter(|i| s.get(i).is_some()).count(), 0);
+    }
+
+    #[test]
+    fn entries_are_removed_by_key_or_tag() {
+        let s: Store<u32, V, ()> = store(100);
+        for i in 0..10 {
+            s.insert_tagged(i, i % 3, v(i));
+        }
+        assert_eq!(s.remove_if(|_, tag| tag == 1), 3);
+        assert_eq!(s.remove_if(|k, _| *k == 0), 1);
+        let left: Vec<u32> = (0..10).filter(|i| s.get(i).is_some()).collect();
+        assert_eq!(left, [2, 3, 5, 6, 8, 9]);
     }
 
     #[tokio::test]
@@ -314,7 +370,7 @@ mod tests {
         for _ in 0..10 {
             let (s, calls, gate) = (s.clone(), calls.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
-                s.try_get_with(7, |_| true, async {
+                s.try_get_with((7, 0), |_| true, async {
                     calls.fetch_add(1, Relaxed);
                     gate.notified().await;
                     Err::<V, _>("down".to_string())
@@ -328,7 +384,7 @@ mod tests {
         assert_eq!(calls.load(Relaxed), 1);
         assert!(errs.iter().all(|e| Arc::ptr_eq(e, &errs[0])));
         // Nothing stored after a failure; the next call runs again and stores.
-        let ok = s.try_get_with(7, |_| true, async { Ok::<_, String>(v(7)) }).await.unwrap();
+        let ok = s.try_get_with((7, 0), |_| true, async { Ok::<_, String>(v(7)) }).await.unwrap();
         assert_eq!(ok.0, 7);
         assert_eq!(s.get(&7).map(|v| v.0), Some(7));
     }
@@ -336,20 +392,20 @@ mod tests {
     #[test]
     fn update_decides_on_the_live_value_only() {
         let s: Store<u32, V, ()> = store(10);
-        s.update(1, |held| {
+        s.update((1, 0), |held| {
             assert!(held.is_none());
             Some(v(10))
         });
-        s.update(1, |held| {
+        s.update((1, 0), |held| {
             assert_eq!(held.map(|v| v.0), Some(10));
             Some(v(11))
         });
         assert_eq!(s.get(&1).map(|v| v.0), Some(11));
-        s.update(1, |_| None);
+        s.update((1, 0), |_| None);
         assert_eq!(s.get(&1), None);
         // An expired value counts as not held.
         s.insert(2, V(2, Stamp::now(), Duration::ZERO));
-        s.update(2, |held| {
+        s.update((2, 0), |held| {
             assert!(held.is_none());
             None
         });
@@ -365,7 +421,7 @@ mod tests {
         let first = tokio::spawn({
             let (s, gate) = (s.clone(), gate.clone());
             async move {
-                s.try_get_with(7, |_| true, async {
+                s.try_get_with((7, 0), |_| true, async {
                     gate.notified().await;
                     Ok::<_, String>(v(1))
                 })
@@ -376,14 +432,14 @@ mod tests {
         // This caller wants only 2: it joins the call, refuses its 1, and makes its own.
         let second = tokio::spawn({
             let s = s.clone();
-            async move { s.try_get_with(7, |x: &V| x.0 == 2, async { Ok::<_, String>(v(2)) }).await }
+            async move { s.try_get_with((7, 0), |x: &V| x.0 == 2, async { Ok::<_, String>(v(2)) }).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         gate.notify_one();
         assert_eq!(first.await.unwrap().unwrap().0, 1);
         assert_eq!(second.await.unwrap().unwrap().0, 2);
         // A value held but refused is not returned either.
-        let third = s.try_get_with(7, |x: &V| x.0 == 3, async { Ok::<_, String>(v(3)) }).await.unwrap();
+        let third = s.try_get_with((7, 0), |x: &V| x.0 == 3, async { Ok::<_, String>(v(3)) }).await.unwrap();
         assert_eq!(third.0, 3);
         assert_eq!(s.get(&7).map(|v| v.0), Some(3));
     }

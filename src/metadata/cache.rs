@@ -16,11 +16,11 @@ use super::{Metadata, MetadataSource, SourceError, StoredMetadata};
 use crate::config::CacheConfig;
 use crate::store::{Stamp, Store, Timestamped};
 
-/// The key of an entry: the issuer, and [`digest`] of the issuer and the user or
-/// client id. The id itself is not kept: the cache holds one entry per caller, and
-/// the id's own allocation cost more than the entry's metadata
-/// (docs/performance.md, memory). Lookups, evictions and the second level all have
-/// the id at hand when they need it.
+/// What names an entry: the issuer (the store's tag for the entry), and [`digest`]
+/// of the issuer and the user or client id (the store's key). The id itself is not
+/// kept: the cache holds one entry per caller, and the id's own allocation cost more
+/// than the entry's metadata (docs/performance.md, memory). Lookups, evictions and
+/// the second level all have the id at hand when they need it.
 #[derive(Clone, Copy)]
 pub struct Key {
     /// The issuer's place in [`Issuers`]: what [`MetadataCache::forget_issuer`]
@@ -111,12 +111,6 @@ impl Eq for Key {}
 impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.digest.hash(state);
-    }
-}
-
-impl std::borrow::Borrow<Digest> for Key {
-    fn borrow(&self) -> &Digest {
-        &self.digest
     }
 }
 
@@ -269,7 +263,8 @@ impl Interner {
 }
 
 /// One kind's entries: a failed source call is shared by every waiter as one `Arc`.
-type Entries = Store<Key, Entry, SourceError>;
+/// Keyed by the digest alone; each entry tagged with its issuer's index.
+type Entries = Store<Digest, Entry, SourceError>;
 
 /// Users and clients, each in its own cache.
 #[derive(Clone)]
@@ -430,7 +425,7 @@ impl MetadataCache {
         }
         let origin = source.origin();
         let entry = match cache
-            .try_get_with(key, |e| e.origin == origin && self.complete(kind, e), async move {
+            .try_get_with((key.digest, key.issuer), |e| e.origin == origin && self.complete(kind, e), async move {
                 self.fetch_through(kind, source.as_ref(), (issuer, id), false).await
             })
             .await
@@ -485,7 +480,7 @@ impl MetadataCache {
                     this.failures.invalidate(&fkey);
                     // A change pushed while this read ran is newer than its answer:
                     // keep the pushed value.
-                    this.cache(kind).update(fkey.1, |held| match held {
+                    this.cache(kind).update((fkey.1.digest, fkey.1.issuer), |held| match held {
                         Some(h) if h.as_of_ms > entry.as_of_ms => Some(h.clone()),
                         _ => Some(entry),
                     });
@@ -524,18 +519,21 @@ impl MetadataCache {
     pub fn evict_local(&self, kind: Kind, issuer: Option<&str>, id: &str) -> bool {
         // The id's digest under each issuer (only `issuer`'s when given).
         let digests = Arc::new(self.issuers.digests(issuer, id));
-        let is_id = |digests: &[Option<Digest>], k: &Key| digests.get(k.issuer as usize) == Some(&Some(k.digest));
+        let is_id = |digests: &[Option<Digest>], digest: &Digest, issuer: u32| {
+            digests.get(issuer as usize) == Some(&Some(*digest))
+        };
         let fdigests = digests.clone();
-        let _ = self.failures.invalidate_entries_if(move |k, _| k.0 == kind && is_id(&fdigests, &k.1));
+        let _ =
+            self.failures.invalidate_entries_if(move |k, _| k.0 == kind && is_id(&fdigests, &k.1.digest, k.1.issuer));
         self.failures.run_pending_tasks();
-        self.cache(kind).remove_if(|k| is_id(&digests, k)) > 0
+        self.cache(kind).remove_if(|digest, issuer| is_id(&digests, digest, issuer)) > 0
     }
 
     /// Drops every in-process entry (the shared cache came back after an outage, so
     /// evictions may have been missed).
     pub fn forget_all(&self) {
         for kind in [Kind::User, Kind::Client] {
-            self.cache(kind).remove_if(|_| true);
+            self.cache(kind).remove_if(|_, _| true);
         }
         self.failures.invalidate_all();
     }
@@ -574,7 +572,7 @@ impl MetadataCache {
             None => StoredMetadata::new(value),
         });
         let fresh = Entry { value: Some(stored.clone()), fetched_at: Stamp::now(), as_of_ms: updated_at_ms, origin };
-        self.cache(kind).update(key, |held| {
+        self.cache(kind).update((key.digest, key.issuer), |held| {
             if held.is_some_and(|h| h.as_of_ms >= updated_at_ms) {
                 return None;
             }
@@ -615,7 +613,7 @@ impl MetadataCache {
             sh.put_entry(&name, &absent, self.lifetimes.1).await;
             sh.publish(&Invalidation::Entry { kind, issuer: Some(issuer.to_string()), id: id.to_string() }).await;
         }
-        self.cache(kind).insert(key, entry);
+        self.cache(kind).insert_tagged(key.digest, key.issuer, entry);
         self.failures.invalidate(&(kind, key));
     }
 
@@ -634,7 +632,7 @@ impl MetadataCache {
         // Never stored for: nothing to drop.
         let Some(issuer) = self.issuers.find(issuer) else { return };
         for kind in [Kind::User, Kind::Client] {
-            self.cache(kind).remove_if(|k| k.issuer == issuer);
+            self.cache(kind).remove_if(|_, tag| tag == issuer);
         }
         let _ = self.failures.invalidate_entries_if(move |k, _| k.1.issuer == issuer);
         self.failures.run_pending_tasks();
@@ -826,11 +824,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_digest_finds_what_a_key_stored() {
-        let store: Store<Key, Entry, ()> = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
+    fn an_entry_is_found_by_its_digest() {
+        let store: Entries = Store::new(1000, Box::new(|_: &Entry| Duration::from_secs(60)));
         for i in 0..200 {
-            let key = Key { issuer: 0, digest: digest(0, &format!("user|{i}")) };
-            store.insert(key, Entry { value: None, fetched_at: Stamp::now(), as_of_ms: 0, origin: 0 });
+            let entry = Entry { value: None, fetched_at: Stamp::now(), as_of_ms: 0, origin: 0 };
+            store.insert_tagged(digest(0, &format!("user|{i}")), 0, entry);
         }
         for i in 0..200 {
             let id = format!("user|{i}");
@@ -843,8 +841,9 @@ mod tests {
     #[test]
     fn an_entry_stays_small() {
         // One per caller, in a table with room for more: docs/performance.md, memory.
-        let slot = std::mem::size_of::<(Key, Entry, u64)>();
-        assert!(slot <= 64, "{slot}");
+        // As the store holds it: the digest, the entry, two 32-bit counters.
+        let slot = std::mem::size_of::<(Digest, (Entry, u32, u32))>();
+        assert!(slot <= 56, "{slot}");
     }
 
     #[tokio::test]
