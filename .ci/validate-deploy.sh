@@ -34,7 +34,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-BIN="${CLAIMSMITH_BIN:-$ROOT/target/debug/claimsmith}"
+BIN="${CLAIMSMITH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/claimsmith}"
 K8S_VERSION="${K8S_VERSION:-1.31.0}"
 KV_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
