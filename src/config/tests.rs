@@ -4,9 +4,28 @@ use super::validate::*;
 use super::*;
 use crate::host::FileStamp;
 
+/// This machine's files and environment, read directly (tests may; the binary reads
+/// them through `app::System`, which this module must not depend on).
+struct Disk;
+
+impl Host for Disk {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn stat(&self, path: &Path) -> std::io::Result<FileStamp> {
+        let m = std::fs::metadata(path)?;
+        Ok(FileStamp { modified: m.modified().ok(), changed: None, len: m.len(), inode: None })
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
 /// Validates `text` against this machine's files and environment.
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    Config::parse(text, &crate::app::System)
+    Config::parse(text, &Disk)
 }
 
 /// A machine made of a few files and variables: validation reads only through its
@@ -370,7 +389,7 @@ fn with_source(dir: &Path, source: &str) -> Result<Config, ConfigErrors> {
          [metadata.src]\n{source}\n\
          [[route]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\naudience = \"x\"\n"
     );
-    Config::parse_with_base(&text, Some(dir.to_path_buf()), &crate::app::System)
+    Config::parse_with_base(&text, Some(dir.to_path_buf()), &Disk)
 }
 
 /// The keys named, without the issuer's "no such source" that follows from a source
