@@ -23,6 +23,7 @@ pub(crate) mod h1;
 pub mod host;
 pub mod http_client;
 pub mod keys;
+pub mod log_writer;
 pub mod metadata;
 pub(crate) mod metrics;
 pub mod mint;

@@ -59,10 +59,22 @@ enum Command {
     },
 }
 
+/// Where tracing's lines go (`claimsmith::log_writer`); messages printed straight to
+/// standard error wait for it first, so they come after the lines that led to them.
+static LOG: std::sync::OnceLock<claimsmith::log_writer::LogWriter> = std::sync::OnceLock::new();
+
+/// Prints `msg` to standard error after the log lines before it.
+fn say(msg: std::fmt::Arguments<'_>) {
+    if let Some(log) = LOG.get() {
+        log.flush(std::time::Duration::from_secs(1));
+    }
+    eprintln!("{msg}");
+}
+
 fn main() -> ExitCode {
     // A panic must not print a backtrace at a user; say it plainly and exit 1.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("claimsmith: internal error: {info}");
+        say(format_args!("claimsmith: internal error: {info}"));
     }));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -74,9 +86,17 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.log_format, matches!(cli.command, Command::Demo { .. }));
+    let flusher = init_logging(cli.log_format, matches!(cli.command, Command::Demo { .. }));
+    let code = dispatch(cli.command);
+    if let Some(f) = flusher {
+        f.finish();
+    }
+    code
+}
+
+fn dispatch(command: Command) -> ExitCode {
     claimsmith::install_crypto_provider();
-    match cli.command {
+    match command {
         Command::Check { config } => match claimsmith::load_config(&config).and_then(check_build) {
             Ok(summary) => {
                 println!("{summary}");
@@ -153,14 +173,14 @@ fn runtime_then(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), (u8, Stri
     let rt = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("claimsmith: cannot start the runtime: {e}");
+            say(format_args!("claimsmith: cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     match f(&rt) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
-            eprintln!("claimsmith: {msg}");
+            say(format_args!("claimsmith: {msg}"));
             ExitCode::from(code)
         }
     }
@@ -213,19 +233,37 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(data)
 }
 
-fn init_logging(format: LogFormat, demo: bool) {
+/// Logs to standard error through `claimsmith::log_writer` (a thread of its own
+/// writes them, so a request never waits on the log); returns what must be finished
+/// before exit, `None` if that thread could not start (then lines go straight out).
+fn init_logging(format: LogFormat, demo: bool) -> Option<claimsmith::log_writer::Flusher> {
     use tracing_subscriber::EnvFilter;
     let default = if demo { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour codes only for a person at a terminal: in a file, a pipe or a log
     // collector they are noise (and break JSON-in-text parsers).
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, flusher) = match claimsmith::log_writer::start(Box::new(std::io::stderr())) {
+        Ok((w, f)) => (Some(w), Some(f)),
+        Err(e) => {
+            eprintln!("claimsmith: cannot start the log writer ({e}); logging directly");
+            (None, None)
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    match (writer, format) {
+        (Some(w), LogFormat::Json) => {
+            let _ = LOG.set(w.clone());
+            claimsmith::log_writer::write_json_lines_to(w.clone());
+            builder.with_writer(w).json().flatten_event(true).init()
+        }
+        (Some(w), LogFormat::Text) => {
+            let _ = LOG.set(w.clone());
+            builder.with_writer(w).init()
+        }
+        (None, LogFormat::Json) => builder.with_writer(std::io::stderr).json().flatten_event(true).init(),
+        (None, LogFormat::Text) => builder.with_writer(std::io::stderr).init(),
     }
+    flusher
 }

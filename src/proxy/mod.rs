@@ -205,9 +205,43 @@ pub(crate) fn record(app: &App, method: &http::Method, outcome: &Outcome, status
     }
     // The access log names the route, never the path's query or any header value
     // but the request id (visible ASCII only, at most 128 bytes: `request_id`).
+    if !tracing::enabled!(target: "claimsmith::access", tracing::Level::INFO) {
+        return;
+    }
+    let request_id = outcome.request_id.as_ref().and_then(|v| v.to_str().ok());
+    if let Some(mut line) = crate::log_writer::JsonLine::info("request") {
+        // The same fields, in the same order, as the event below.
+        if let Some(id) = request_id {
+            line.str("request_id", id);
+        }
+        if let Some(t) = &outcome.trace {
+            line.str("trace_id", &t.ctx.trace_id_hex());
+        }
+        line.str("mode", outcome.mode.as_str());
+        line.str("method", method.as_str());
+        line.str("route", route);
+        line.uint("status", u64::from(status));
+        line.float("duration_ms", elapsed.as_secs_f64() * 1000.0);
+        if let Some(d) = outcome.upstream_time {
+            line.float("upstream_ms", d.as_secs_f64() * 1000.0);
+        }
+        let optional = [
+            ("cache", outcome.cache),
+            ("error", outcome.error),
+            ("blame", outcome.blame.map(crate::error::Blame::as_str)),
+            ("rule", outcome.rule.as_deref()),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                line.str(key, v);
+            }
+        }
+        line.finish("claimsmith::access");
+        return;
+    }
     tracing::info!(
         target: "claimsmith::access",
-        request_id = outcome.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        request_id,
         trace_id = outcome.trace.as_ref().map(|t| t.ctx.trace_id_hex()),
         mode = outcome.mode.as_str(),
         method = %method,
