@@ -41,9 +41,10 @@
 #             briefly first when `closed` is not selected); the same rate for both.
 #             p50 / p99 / p99.9 of each. Pinned.
 #   unpinned  closed loop with no taskset at all: nginx worker_processes 2 against
-#             claimsmith's default runtime (TOKIO_WORKER_THREADS unset: it picks its
-#             worker count from the CPUs it may use), wrk -t2 -c64 and the upstream all
-#             sharing both cores, as a sidecar shares its pod's CPUs.
+#             claimsmith's default (TOKIO_WORKER_THREADS unset: a worker thread per CPU
+#             it may use, each with a runtime and listening socket of its own;
+#             UNPINNED_CS_THREADS sets another count), wrk -t2 -c64 and the upstream
+#             all sharing both cores, as a sidecar shares its pod's CPUs.
 #   tls       closed loop over HTTPS, keep-alive: nginx `listen ... ssl` and claimsmith
 #             listen.tls_cert_file/tls_key_file with the same self-signed ECDSA P-256
 #             certificate; nginx ssl_protocols TLSv1.3; wrk (OpenSSL) negotiates TLS 1.3

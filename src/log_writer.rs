@@ -78,7 +78,8 @@ pub fn start(dest: Box<dyn Write + Send>) -> std::io::Result<(LogWriter, Flusher
 }
 
 fn start_with(dest: Box<dyn Write + Send>, every: Duration) -> std::io::Result<(LogWriter, Flusher)> {
-    let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()), wake: Condvar::new(), wrote: Condvar::new() });
+    let shared =
+        Arc::new(Shared { pending: Mutex::new(Pending::default()), wake: Condvar::new(), wrote: Condvar::new() });
     let thread = {
         let shared = shared.clone();
         std::thread::Builder::new().name("claimsmith-log".into()).spawn(move || write_out(&shared, dest, every))?
@@ -498,8 +499,12 @@ mod tests {
             .without_time()
             .finish();
         let odd = "a\"b\\c\u{1}\n\t\u{7f}é/</script>";
-        let cases: [(f64, Option<f64>, Option<&str>); 4] =
-            [(0.5659299999999999, Some(1e-7), Some("hit")), (12.0, None, None), (1234567.875, Some(0.0), None), (f64::NAN, Some(3e21), Some(odd))];
+        let cases: [(f64, Option<f64>, Option<&str>); 4] = [
+            (0.5659299999999999, Some(1e-7), Some("hit")),
+            (12.0, None, None),
+            (1234567.875, Some(0.0), None),
+            (f64::NAN, Some(3e21), Some(odd)),
+        ];
         tracing::subscriber::with_default(subscriber, || {
             for (duration, upstream, cache) in cases {
                 tracing::info!(

@@ -121,8 +121,15 @@ fn dispatch(command: Command) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime_then(|rt| {
-                rt.block_on(claimsmith::server::run(cfg, !no_watch)).map_err(|e| {
+            let workers = worker_threads();
+            // The calling runtime keeps the admin listener, signals and background
+            // work; the proxy's workers have runtimes of their own (`server::start_with`).
+            let control = match workers {
+                1 => runtime_builder(),
+                _ => tokio::runtime::Builder::new_current_thread(),
+            };
+            runtime_with(control, |rt| {
+                rt.block_on(claimsmith::server::run(cfg, !no_watch, workers)).map_err(|e| {
                     let code = if matches!(
                         e,
                         claimsmith::server::StartError::Build(_) | claimsmith::server::StartError::Tls(_)
@@ -153,16 +160,24 @@ fn check_build(cfg: claimsmith::Config) -> Result<String, claimsmith::config::Co
     }
 }
 
+/// How many threads serve requests: `TOKIO_WORKER_THREADS` when set to a number
+/// above zero, else the CPUs this process may use (its affinity and cgroup quota, as
+/// `available_parallelism` reads them).
+fn worker_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
 /// With one worker thread (`TOKIO_WORKER_THREADS=1`, or a single CPU, as a sidecar
 /// often gets) one thread does all the work either way; tokio's single-threaded
 /// scheduler does it without the work-stealing machinery, for about a tenth less CPU
 /// per request (docs/performance.md).
 fn runtime_builder() -> tokio::runtime::Builder {
-    let workers = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
-    if workers == Some(1) {
+    if worker_threads() == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
@@ -170,7 +185,14 @@ fn runtime_builder() -> tokio::runtime::Builder {
 }
 
 fn runtime_then(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), (u8, String)>) -> ExitCode {
-    let rt = match runtime_builder().enable_all().build() {
+    runtime_with(runtime_builder(), f)
+}
+
+fn runtime_with(
+    mut builder: tokio::runtime::Builder,
+    f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), (u8, String)>,
+) -> ExitCode {
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             say(format_args!("claimsmith: cannot start the runtime: {e}"));

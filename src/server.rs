@@ -42,6 +42,10 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, err: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot start a worker thread: {0}")]
+    Runtime(std::io::Error),
+    #[error("no listening socket")]
+    NoSocket,
 }
 
 /// Why a reload was refused. The running configuration stays in use.
@@ -202,45 +206,55 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// A listener on `addr`, with address reuse (a restart need not wait out TIME_WAIT)
 /// and [`LISTEN_BACKLOG`].
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
+    let socket = bind_sockets(addr, 1)?.pop().ok_or_else(|| std::io::Error::other("no socket"))?;
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Binds both listeners, builds the state and starts serving.
+/// Binds both listeners, builds the state and starts serving, all on the calling
+/// task's runtime: [`start_with`] one worker.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, 1).await
+}
+
+/// Binds the listeners, builds the state and starts serving with `workers` worker
+/// threads for the proxy and forward-auth listeners.
+///
+/// One worker serves on the calling task's runtime. More than one: each worker is a
+/// thread with a single-threaded runtime of its own and its own listening socket on
+/// the same address (`SO_REUSEPORT`: the kernel spreads new connections over them),
+/// as nginx runs one process per core. A connection stays on the thread that
+/// accepted it, with its upstream connections (`proxy::pool`), so no request moves
+/// between threads, and nothing is shared between them but the caches. The admin
+/// listener, signals, reloads and background refreshes stay on the calling runtime.
+/// Why not tokio's work-stealing runtime: on a machine whose cores the proxy shares
+/// with others (a sidecar, the load script's `unpinned` set) its cross-thread wakeups
+/// cost about 4 µs of CPU per request (docs/performance.md).
+pub async fn start_with(config: Config, workers: usize) -> Result<Running, StartError> {
+    let workers = workers.max(1);
     let tls = match &config.listen.tls {
         Some(files) => Some(Arc::new(tls_acceptor(files)?)),
         None => None,
     };
-    let proxy_listener = bind(config.listen.addr).map_err(|err| StartError::Bind {
-        what: "listen.addr",
-        addr: config.listen.addr,
-        err,
-    })?;
+    let proxy_bind = |err| StartError::Bind { what: "listen.addr", addr: config.listen.addr, err };
+    let proxy_sockets = bind_sockets(config.listen.addr, workers).map_err(proxy_bind)?;
+    let proxy_addr = proxy_sockets[0].local_addr().map_err(proxy_bind)?;
     let admin_listener =
         bind(config.admin.addr).map_err(|err| StartError::Bind { what: "admin.addr", addr: config.admin.addr, err })?;
-    let proxy_addr = proxy_listener.local_addr().map_err(|err| StartError::Bind {
-        what: "listen.addr",
-        addr: config.listen.addr,
-        err,
-    })?;
     let admin_addr = admin_listener.local_addr().map_err(|err| StartError::Bind {
         what: "admin.addr",
         addr: config.admin.addr,
         err,
     })?;
-    let forward_auth_listener = match &config.forward_auth {
+    let forward_auth_sockets = match &config.forward_auth {
         Some(f) => {
             let bind_error = |err| StartError::Bind { what: "forward_auth.addr", addr: f.addr, err };
-            let l = bind(f.addr).map_err(bind_error)?;
-            let addr = l.local_addr().map_err(bind_error)?;
-            Some((l, addr))
+            let sockets = bind_sockets(f.addr, workers).map_err(bind_error)?;
+            let addr = sockets[0].local_addr().map_err(bind_error)?;
+            Some((sockets, addr))
         }
         None => None,
     };
-    let forward_auth_addr = forward_auth_listener.as_ref().map(|(_, a)| *a);
+    let forward_auth_addr = forward_auth_sockets.as_ref().map(|(_, a)| *a);
     let app = Arc::new(App::build(config)?);
     let background = app.spawn_background();
     let routes = app.routes.len();
@@ -248,11 +262,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::new(Shared { app: ArcSwap::new(app), tls: ArcSwapOption::new(tls), stopping: AtomicBool::new(false) });
     let (stop_proxy, rx_proxy) = watch::channel(false);
     let (stop_admin, rx_admin) = watch::channel(false);
-    let forward_auth_task =
-        forward_auth_listener.map(|(l, _)| tokio::spawn(serve_forward_auth(l, shared.clone(), rx_proxy.clone())));
-    let proxy_task = tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx_proxy));
+    let (proxy_task, forward_auth_task) = if workers == 1 {
+        let listen = |socket: tokio::net::TcpSocket, addr| {
+            socket.listen(LISTEN_BACKLOG).map_err(|err| StartError::Bind { what: "listen", addr, err })
+        };
+        let fa = match forward_auth_sockets {
+            Some((mut s, addr)) => Some(listen(s.remove(0), addr)?),
+            None => None,
+        };
+        let proxy_listener = listen(proxy_sockets.into_iter().next().ok_or(StartError::NoSocket)?, proxy_addr)?;
+        let fa_task = fa.map(|l| tokio::spawn(serve_forward_auth(l, shared.clone(), rx_proxy.clone())));
+        (tokio::spawn(serve_proxy(proxy_listener, shared.clone(), rx_proxy)), fa_task)
+    } else {
+        let mut fa_sockets = forward_auth_sockets.map(|(s, _)| s.into_iter());
+        let mut done = Vec::with_capacity(workers);
+        for (i, socket) in proxy_sockets.into_iter().enumerate() {
+            let fa_socket = fa_sockets.as_mut().and_then(Iterator::next);
+            done.push(spawn_worker(i, socket, fa_socket, shared.clone(), rx_proxy.clone())?);
+        }
+        // Resolves once every worker has drained.
+        let all_done = tokio::spawn(async move {
+            for d in done {
+                let _ = d.await;
+            }
+        });
+        (all_done, None)
+    };
     let admin_task = tokio::spawn(serve_admin(admin_listener, shared.clone(), rx_admin));
-    tracing::info!(%proxy_addr, %admin_addr, forward_auth_addr = forward_auth_addr.map(tracing::field::display), routes, "claimsmith listening");
+    tracing::info!(%proxy_addr, %admin_addr, forward_auth_addr = forward_auth_addr.map(tracing::field::display), routes, workers, "claimsmith listening");
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -268,12 +305,70 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// `n` sockets bound to `addr` (the first decides the port when `addr` asks for any),
+/// with `SO_REUSEPORT` when there is more than one; not yet listening, so a worker
+/// can listen on its own runtime.
+fn bind_sockets(addr: SocketAddr, n: usize) -> std::io::Result<Vec<tokio::net::TcpSocket>> {
+    let mut sockets = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n {
+        let socket = if at.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        if n > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(at)?;
+        at = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Worker `i`: a thread with a single-threaded runtime of its own serving the proxy
+/// listener's socket `proxy` (and the forward-auth listener's, with `[forward_auth]`)
+/// until `stop`. The returned receiver resolves when it has drained.
+fn spawn_worker(
+    i: usize,
+    proxy: tokio::net::TcpSocket,
+    forward_auth: Option<tokio::net::TcpSocket>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<()>, StartError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
+    let addr = proxy.local_addr().map_err(StartError::Runtime)?;
+    let listen = |socket: tokio::net::TcpSocket| {
+        // Registered with this worker's runtime, which then watches it.
+        let _on = rt.enter();
+        socket.listen(LISTEN_BACKLOG).map_err(|err| StartError::Bind { what: "listen", addr, err })
+    };
+    let proxy = listen(proxy)?;
+    let forward_auth = forward_auth.map(listen).transpose()?;
+    let (done, drained) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("claimsmith-worker-{i}"))
+        .spawn(move || {
+            crate::proxy::pool::serve_as_worker(i);
+            rt.block_on(async move {
+                let fa = forward_auth.map(|l| tokio::spawn(serve_forward_auth(l, shared.clone(), stop.clone())));
+                serve_proxy(proxy, shared, stop).await;
+                if let Some(fa) = fa {
+                    let _ = fa.await;
+                }
+            });
+            let _ = done.send(());
+        })
+        .map_err(StartError::Runtime)?;
+    Ok(drained)
+}
+
 /// Serves until SIGTERM or SIGINT, then drains; SIGHUP, or (with `watch`) a change to
 /// a file the configuration was read from, reloads.
-pub async fn run(config: Config, watch_files: bool) -> Result<(), StartError> {
+/// `workers`: see [`start_with`].
+pub async fn run(config: Config, watch_files: bool, workers: usize) -> Result<(), StartError> {
     // Handlers go in before anything listens, so an early SIGHUP cannot kill us.
     let mut signals = Signals::new();
-    let running = start(config).await?;
+    let running = start_with(config, workers).await?;
     let mut watch = FileWatch::new(&running.app().config).await;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -135,7 +135,12 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
     }
 
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, Shard<K, V>> {
-        let i = (self.hasher.hash_one(key) >> 7) as usize % self.shards.len();
+        // foldhash's fast hash is well spread for the digests the caches use as keys,
+        // but not in every bit for every seed on small sequential keys: a Fibonacci
+        // multiply carries every bit into the top 32, which pick the shard (Lemire's
+        // multiply-shift instead of a modulo).
+        let mixed = self.hasher.hash_one(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let i = ((mixed * self.shards.len() as u64) >> 32) as usize;
         lock(&self.shards[i])
     }
 

@@ -5,7 +5,14 @@
 //!
 //! A connection is held by the request that uses it, which reads and writes it from
 //! its own task, and comes back here when its response has been read to the end.
+//!
+//! With one runtime per core (`server`, docs/performance.md), each worker thread has
+//! a shelf of its own: a socket is watched by the reactor of the runtime that opened
+//! it, and one used from another thread would be woken through that thread's event
+//! loop, a cross-thread hop per read. So, as nginx's `keepalive` is per worker
+//! process, [`MAX_IDLE`] holds per worker thread.
 
+use std::cell::Cell;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,8 +20,27 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Idle connections kept per route; beyond that the oldest are closed.
+/// Idle connections kept per route (and per worker thread); beyond that the oldest
+/// are closed.
 pub(crate) const MAX_IDLE: usize = 256;
+
+/// Shelves per pool: worker `i` uses shelf `i % SHELVES`.
+const SHELVES: usize = 16;
+
+thread_local! {
+    /// The worker this thread is (`serve_as_worker`); 0 for every other thread.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `i` of a runtime-per-core server: its requests
+/// use their own shelf of every pool.
+pub(crate) fn serve_as_worker(i: usize) {
+    WORKER.set(i);
+}
+
+fn shelf() -> usize {
+    WORKER.get() % SHELVES
+}
 /// An idle connection older than this is not used again (upstreams commonly close
 /// idle keep-alive connections after 60 to 120 s).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -72,19 +98,20 @@ struct Idle {
 pub struct Pool {
     /// `host:port`, as `TcpStream::connect` resolves it.
     addr: String,
-    /// Oldest first: checkout takes the most recently used, expiry sweeps the front.
-    idle: Mutex<Vec<Idle>>,
+    /// Per worker thread ([`shelf`]); oldest first: checkout takes the most recently
+    /// used, expiry sweeps the front.
+    idle: [Mutex<Vec<Idle>>; SHELVES],
 }
 
 impl Pool {
     pub fn new(host: &str, port: u16) -> Pool {
         // An IPv6 literal keeps its brackets from the URL, as `connect` expects.
-        Pool { addr: format!("{host}:{port}"), idle: Mutex::new(Vec::new()) }
+        Pool { addr: format!("{host}:{port}"), idle: std::array::from_fn(|_| Mutex::new(Vec::new())) }
     }
 
     /// The most recently used idle connection that is still open (`now` is now).
     pub fn checkout(&self, now: Instant) -> Option<UpConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle[shelf()].lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(Idle { mut conn, since }) = idle.pop() {
             if now.duration_since(since) < IDLE_TIMEOUT && still_open(&conn.stream) {
                 conn.reused = true;
@@ -107,7 +134,7 @@ impl Pool {
     /// early (the request's start): a connection then only looks older than it is.
     pub fn give_back(&self, conn: UpConn, now: Instant) {
         debug_assert!(conn.buf.is_empty());
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle[shelf()].lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() >= MAX_IDLE || idle.first().is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT) {
             idle.remove(0);
         }
@@ -147,11 +174,18 @@ mod tests {
             let c = pool.connect().await.unwrap();
             pool.give_back(c, now);
         }
-        assert_eq!(pool.idle.lock().unwrap().len(), MAX_IDLE);
+        assert_eq!(pool.idle[0].lock().unwrap().len(), MAX_IDLE);
         let c = pool.checkout(now).expect("an idle connection");
         assert!(c.reused);
         // Expired ones are not handed out.
         assert!(pool.checkout(now + IDLE_TIMEOUT).is_none());
+        // Another worker thread has a shelf of its own: it opens its own connections.
+        pool.give_back(pool.connect().await.unwrap(), now);
+        let other = std::thread::spawn(move || {
+            serve_as_worker(1);
+            pool.checkout(now).is_none()
+        });
+        assert!(other.join().unwrap(), "worker 1 took worker 0's connection");
         accept.abort();
     }
 }

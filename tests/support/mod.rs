@@ -130,6 +130,12 @@ pub fn fast_path() -> bool {
     !env!("CARGO_CRATE_NAME").ends_with("_hyper")
 }
 
+/// The proxy's worker threads: two (each with a runtime and a listening socket of its
+/// own, `server::start_with`) for a test binary named `*_workers`, else one.
+pub fn workers() -> usize {
+    if env!("CARGO_CRATE_NAME").ends_with("_workers") { 2 } else { 1 }
+}
+
 /// `toml` with `listen.fast_path = false` when this binary runs over hyper (a template
 /// that sets `fast_path` itself is left as it is).
 pub fn on_this_transport(toml: &str) -> String {
@@ -295,12 +301,27 @@ impl Harness {
             .replace("{dir}", &dir.path().display().to_string());
         let toml = on_this_transport(&toml);
         let config = claimsmith::parse_config(&toml).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let proxy = claimsmith::start(config).await.unwrap();
+        let proxy = claimsmith::server::start_with(config, workers()).await.unwrap();
         assert!(proxy.wait_ready(Duration::from_secs(10)).await, "proxy did not become ready");
         let mut secrets = vec![TENANT_KEY.to_string(), USER_NOTE.to_string()];
         collect_strings(&metadata, &mut secrets);
         let client = Client::builder(TokioExecutor::new()).build_http();
         Harness { issuer, upstream, proxy, dir, metadata_path, client, secrets: Mutex::new(secrets) }
+    }
+
+    /// The admin listener's `/metrics` once it holds `line` (or after 5 s): a proxied
+    /// request is counted once its answer is written, so with worker threads of their
+    /// own (`workers`) the client may read the answer a moment before it is counted.
+    pub async fn metrics_with(&self, line: &str) -> String {
+        let mut m = String::new();
+        for _ in 0..250 {
+            m = self.send(Method::GET, &self.admin_url("/metrics"), &[], Bytes::new()).await.text();
+            if m.contains(line) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        m
     }
 
     pub fn proxy_url(&self, path: &str) -> String {
