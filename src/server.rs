@@ -581,11 +581,24 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             Some(acceptor) => {
                 let watcher = graceful.watcher();
                 let timeout = Duration::from_secs(10);
+                let (alive, stop) = (alive.clone(), stop.clone());
+                let fast_path = state.app.load().config.listen.fast_path;
                 tokio::spawn(async move {
+                    let _alive = alive;
                     let Ok(Ok(tls_stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await else {
                         return;
                     };
-                    let (fut, first_request, head_timeout) = hyper_connection(&state, tls_stream, conn);
+                    // HTTP/1.1 over TLS takes the fast path as plain HTTP/1.1 does; a
+                    // client that chose HTTP/2 by ALPN goes to hyper at once.
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = match fast_path && !h2 {
+                        true => match h1::serve(tls_stream, conn.clone(), &state.app, stop).await {
+                            h1::Served::HandOver(io) => io,
+                            h1::Served::Done => return,
+                        },
+                        false => h1::Rewind::new(bytes::Bytes::new(), tls_stream),
+                    };
+                    let (fut, first_request, head_timeout) = hyper_connection(&state, io, conn);
                     drop_if_no_request(watcher.watch(fut), first_request, head_timeout).await;
                 });
             }

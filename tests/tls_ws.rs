@@ -172,6 +172,109 @@ async fn tls_listener_speaks_h2_and_http1_by_alpn() {
     assert!(!matches!(r, Ok(Ok(ref resp)) if resp.status() == StatusCode::OK));
 }
 
+/// One HTTP/1.1 answer read off `stream`: status and body (`Content-Length` or chunked).
+async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before an answer: {}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let status: u16 = head[9..12].parse().unwrap();
+    let length: Option<usize> =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap());
+    buf.drain(..end);
+    let mut body = Vec::new();
+    match length {
+        Some(len) => {
+            while buf.len() < len {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            body.extend(buf.drain(..len));
+        }
+        None => loop {
+            // Chunked: size line, data, CRLF; a zero size ends it.
+            while !buf.windows(2).any(|w| w == b"\r\n") {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).unwrap();
+            while buf.len() < line_end + 2 + size + 2 {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        },
+    }
+    (status, body)
+}
+
+/// HTTP/1.1 over TLS takes the fast path, keep-alive included, and a request only
+/// hyper serves (a chunked body) is handed over on the same TLS connection, which
+/// hyper then serves to its end.
+#[tokio::test]
+async fn http1_over_tls_keeps_alive_through_the_fast_path_and_hands_over() {
+    use tokio::io::AsyncWriteExt;
+    init();
+    let certs = tempfile::tempdir().unwrap();
+    let pki = pki(certs.path());
+    let template = DEFAULT_TOML.replace(
+        "token_cookie = \"id_token\"",
+        &format!(
+            "token_cookie = \"id_token\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            pki.cert.display(),
+            pki.key.display()
+        ),
+    );
+    let h = Harness::start_with(&template, default_metadata()).await;
+    let token = h.issuer.token(USER_1);
+    let tcp = TcpStream::connect(h.proxy.proxy_addr).await.unwrap();
+    let mut tls =
+        client_tls(&pki.ca, b"http/1.1").connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let mut buf = Vec::new();
+    let auth = format!("authorization: Bearer {token}\r\n");
+    let requests = [
+        format!("GET /api/one HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n"),
+        format!("POST /api/two HTTP/1.1\r\nhost: localhost\r\n{auth}content-length: 5\r\n\r\nhello"),
+        format!(
+            "POST /api/three HTTP/1.1\r\nhost: localhost\r\n{auth}transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        ),
+        format!("GET /api/four HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n"),
+    ];
+    for (i, r) in requests.iter().enumerate() {
+        tls.write_all(r.as_bytes()).await.unwrap();
+        let (status, _) = tokio::time::timeout(std::time::Duration::from_secs(10), read_answer(&mut tls, &mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("request {i}: no answer"));
+        assert_eq!(status, 200, "request {i}");
+    }
+    let seen = h.upstream.requests();
+    let paths: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(paths, ["/api/one", "/api/two", "/api/three", "/api/four"]);
+    assert_eq!(&seen[1].body[..], b"hello");
+    assert_eq!(&seen[2].body[..], b"abc");
+    for s in &seen {
+        assert_eq!(s.headers["x-forwarded-proto"], "https", "{}", s.uri);
+        assert!(s.headers.get("x-internal-token").is_some(), "{}", s.uri);
+        assert!(s.headers.get("authorization").is_none(), "{}", s.uri);
+    }
+    assert!(buf.is_empty(), "bytes after the last answer");
+}
+
 #[tokio::test]
 async fn https_upstream_is_trusted_through_route_ca_file() {
     init();

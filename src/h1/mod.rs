@@ -24,8 +24,7 @@ use std::pin::Pin;
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
@@ -36,19 +35,30 @@ use crate::proxy::{self, Conn, Outcome, Route};
 use crate::wire::chunked;
 use crate::wire::h1 as wire;
 pub use rewind::Rewind;
+
+/// What the fast path reads requests from and writes answers to: a client's TCP
+/// connection, or the TLS stream on top of one (what a TLS stream holds back is sent
+/// by the `flush` after each answer; on TCP that is a no-op).
+pub trait Client: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client for S {}
 use wire::{Framing, Parsed, RequestHead, ResponseHead};
 
 /// How a connection left the fast path.
-pub enum Served {
+pub enum Served<S> {
     /// Closed: by either side, a timeout, an error, or shutdown.
     Done,
     /// For hyper to serve from here on; the client's bytes so far come first.
-    HandOver(Rewind),
+    HandOver(Rewind<S>),
 }
 
 /// Serves `client` until it closes, a timeout or shutdown ends it, or a request
 /// needs hyper. Every request uses the state current when it arrives.
-pub async fn serve(client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut stop: watch::Receiver<bool>) -> Served {
+pub async fn serve<S: Client>(
+    client: S,
+    conn: Conn,
+    apps: &ArcSwap<App>,
+    mut stop: watch::Receiver<bool>,
+) -> Served<S> {
     let mut io =
         ClientIo { stream: client, rbuf: BytesMut::with_capacity(8 * 1024), out: Vec::with_capacity(4 * 1024) };
     // One timer per connection, re-armed for each head read and each upstream exchange.
@@ -92,16 +102,16 @@ pub async fn serve(client: TcpStream, conn: Conn, apps: &ArcSwap<App>, mut stop:
 
 /// The client side of a connection: its socket, the bytes read but not yet used,
 /// and the buffer answers are written from (both reused from request to request).
-struct ClientIo {
-    stream: TcpStream,
+struct ClientIo<S> {
+    stream: S,
     rbuf: BytesMut,
     out: Vec<u8>,
 }
 
 /// The rest of a request body still to come from the client: first what is already
 /// in `rbuf`, then from the socket. `left` counts down to 0.
-struct ClientBody<'a> {
-    client: &'a mut TcpStream,
+struct ClientBody<'a, S> {
+    client: &'a mut S,
     rbuf: &'a mut BytesMut,
     left: &'a mut u64,
 }
@@ -117,8 +127,8 @@ enum Next {
 
 /// Reads until `rbuf` starts with a whole request head, within the header read timeout.
 /// A connection idle between requests also closes on shutdown.
-async fn read_head(
-    client: &mut TcpStream,
+async fn read_head<S: Client>(
+    client: &mut S,
     rbuf: &mut BytesMut,
     max_head: usize,
     mut timer: Pin<&mut Sleep>,
@@ -152,7 +162,7 @@ async fn read_head(
 
 /// Answers a head the fast path refuses outright with 400, and closes: where its
 /// body ends is in doubt, so nothing after it can be read as a request.
-async fn refuse(app: &App, io: &mut ClientIo, method: &Method, why: &'static str) {
+async fn refuse<S: Client>(app: &App, io: &mut ClientIo<S>, method: &Method, why: &'static str) {
     let ClientIo { stream: client, out, .. } = io;
     let start = Instant::now();
     let e = ProxyError::BadRequest(why);
@@ -165,7 +175,7 @@ async fn refuse(app: &App, io: &mut ClientIo, method: &Method, why: &'static str
     out.clear();
     let ends = wire::Ends { request_id: &request_id, close: true, head_request: *method == Method::HEAD };
     wire::write_own_response(out, status, &headers, &body, ends);
-    let _ = client.write_all(out).await;
+    let _ = send(client, out).await;
     proxy::record(app, method, &outcome, status.as_u16(), start.elapsed());
 }
 
@@ -176,6 +186,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Writes `bytes` to the client and flushes them (a TLS stream may otherwise hold
+/// the end of an answer back until the next write).
+async fn send(client: &mut impl Client, bytes: &[u8]) -> std::io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
 }
 
 fn reserve(buf: &mut BytesMut) {
@@ -193,11 +210,11 @@ enum Step {
 
 /// One request, from its parsed head to the end of the answer; also returns when it
 /// ended.
-async fn exchange(
+async fn exchange<S: Client>(
     app: &App,
     conn: &Conn,
     head: RequestHead,
-    io: &mut ClientIo,
+    io: &mut ClientIo<S>,
     timer: Pin<&mut Sleep>,
     stopping: bool,
 ) -> (Step, Instant) {
@@ -271,7 +288,7 @@ async fn exchange(
             out.clear();
             let ends = wire::Ends { request_id: &request_id, close, head_request: method == Method::HEAD };
             wire::write_own_response(out, status, &headers, &body, ends);
-            if client.write_all(out).await.is_err() {
+            if send(client, out).await.is_err() {
                 close = true;
             }
             status
@@ -294,7 +311,7 @@ async fn forward(
     route: &Route,
     method: &Method,
     out: &mut Vec<u8>,
-    mut body: ClientBody<'_>,
+    mut body: ClientBody<'_, impl Client>,
     mut timer: Pin<&mut Sleep>,
     (at, deadline): (Instant, Instant),
 ) -> Result<(UpConn, ResponseHead), ProxyError> {
@@ -332,7 +349,7 @@ async fn forward(
 async fn send_and_receive(
     up: &mut UpConn,
     out: &[u8],
-    body: &mut ClientBody<'_>,
+    body: &mut ClientBody<'_, impl Client>,
     head_request: bool,
 ) -> Result<ResponseHead, Failure> {
     let ClientBody { client, rbuf, left } = body;
@@ -387,22 +404,22 @@ enum RelayError {
 async fn relay(
     mut up: UpConn,
     resp: &ResponseHead,
-    client: &mut TcpStream,
+    client: &mut impl Client,
     out: &mut Vec<u8>,
 ) -> Result<Option<UpConn>, RelayError> {
     match resp.framing {
-        Framing::Empty => client.write_all(out).await.map_err(|_| RelayError::Client)?,
+        Framing::Empty => send(client, out).await.map_err(|_| RelayError::Client)?,
         Framing::Length(mut left) => {
             // Head and the body bytes already read, in one write.
             let n = usize::try_from(left).unwrap_or(usize::MAX).min(up.buf.len());
             out.extend_from_slice(&up.buf[..n]);
             up.buf.advance(n);
             left -= n as u64;
-            client.write_all(out).await.map_err(|_| RelayError::Client)?;
+            send(client, out).await.map_err(|_| RelayError::Client)?;
             while left > 0 {
                 read_upstream(&mut up).await?;
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(up.buf.len());
-                client.write_all(&up.buf[..n]).await.map_err(|_| RelayError::Client)?;
+                send(client, &up.buf[..n]).await.map_err(|_| RelayError::Client)?;
                 up.buf.advance(n);
                 left -= n as u64;
             }
@@ -416,7 +433,7 @@ async fn relay(
                     out.extend_from_slice(wire::LAST_CHUNK);
                 }
                 if !out.is_empty() {
-                    client.write_all(out).await.map_err(|_| RelayError::Client)?;
+                    send(client, out).await.map_err(|_| RelayError::Client)?;
                     out.clear();
                 }
                 if decoder.is_done() {
@@ -433,7 +450,7 @@ async fn relay(
             if n == 0 {
                 out.extend_from_slice(wire::LAST_CHUNK);
             }
-            client.write_all(out).await.map_err(|_| RelayError::Client)?;
+            send(client, out).await.map_err(|_| RelayError::Client)?;
             out.clear();
             if n == 0 {
                 return Ok(None);
