@@ -530,11 +530,20 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
 
 /// The listener's next connection, or `None` once `stop` fires. A failed accept (out
 /// of file descriptors and the like) pauses instead of spinning.
+///
+/// One connection per turn of the scheduler, as nginx's `multi_accept off`: every
+/// other runnable task (the requests of connections already open) goes before the
+/// next accept. Without it a crowd of new clients arriving at once (a reconnect storm,
+/// thousands of new users) is accepted in one go, and their first requests (each a
+/// signature check, and for a new user a metadata lookup) all run before the next
+/// request of a user already served: 10,000 at once held those up for 0.75 s
+/// (docs/performance.md, the `burst` set).
 async fn next_connection(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
     which: &'static str,
 ) -> Option<(TcpStream, SocketAddr)> {
+    tokio::task::yield_now().await;
     loop {
         tokio::select! {
             r = listener.accept() => match r {

@@ -1,40 +1,56 @@
-//! A client-side token bucket for a source's `max_requests_per_second`: rate r and
-//! burst r. Callers wait for a token, so no burst of cache misses can exceed it.
+//! A client-side rate budget for a source's `max_requests_per_second`: rate r and
+//! burst r, as a token bucket, kept as the time the next request may go (the generic
+//! cell rate algorithm, GCRA). No burst of cache misses can exceed it.
+//!
+//! Each caller reserves its own send time at once, so one that could not be served
+//! before its deadline learns it at once and is refused then, with the time its turn
+//! would have come (load shedding): 10,000 misses at 5 a second do not all wait out
+//! their timeout and fail in the same moment, seconds later, ahead of every other
+//! request on the thread (docs/performance.md, the `burst` set).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http::HeaderMap;
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
+    /// Time between two sends at the rate.
+    interval: Duration,
+    /// How far ahead of the rate a burst may run: (burst - 1) intervals.
+    tolerance: Duration,
+    /// The theoretical arrival time: when the next send would be due if everything
+    /// reserved so far went at exactly the rate.
+    due: Mutex<Instant>,
 }
+
+/// No slot before the caller's deadline; its turn would have come in this long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoSlot(pub Duration);
 
 impl RateLimiter {
     pub fn new(per_second: u32) -> RateLimiter {
-        let r = f64::from(per_second.max(1));
-        RateLimiter { rate: r, burst: r, state: Mutex::new((r, Instant::now())) }
+        let r = per_second.max(1);
+        let interval = Duration::from_secs(1) / r;
+        RateLimiter { interval, tolerance: interval * (r - 1), due: Mutex::new(Instant::now()) }
     }
 
-    /// Waits until a request may be sent.
-    pub async fn acquire(&self) {
-        // The lock is held while waiting, so waiters are served in order and the
-        // bucket is never overdrawn.
-        let mut s = self.state.lock().await;
-        let now = Instant::now();
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
-        s.1 = now;
-        if s.0 < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - s.0) / self.rate);
-            tokio::time::sleep(wait).await;
+    /// Waits for this caller's slot, reserved now; or, when that slot is after
+    /// `deadline`, reserves nothing and says at once how long it would have waited.
+    pub async fn acquire(&self, deadline: Instant) -> Result<(), NoSlot> {
+        let at = {
+            let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
-            s.1 = now;
-        }
-        s.0 -= 1.0;
+            let next = (*due).max(now);
+            let at = next.checked_sub(self.tolerance).map_or(now, |t| t.max(now));
+            if at > deadline {
+                return Err(NoSlot(at - now));
+            }
+            *due = next + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+        Ok(())
     }
 }
 
@@ -124,13 +140,52 @@ mod tests {
     async fn bucket_never_exceeds_rate_plus_burst() {
         let l = std::sync::Arc::new(RateLimiter::new(5));
         let start = Instant::now();
+        let far = start + Duration::from_secs(3600);
         let mut n = 0;
         while start.elapsed() < Duration::from_secs(5) {
-            l.acquire().await;
+            l.acquire(far).await.unwrap();
             n += 1;
         }
         // 5 burst + 5/s for 5 s.
         assert!(n <= 5 + 5 * 5 + 1, "{n}");
         assert!(n >= 25, "{n}");
+    }
+
+    /// Many callers at once: the burst goes at once, the rest at the rate, each at its
+    /// reserved time; those whose turn would come after their deadline are refused
+    /// at once, with how long they would have waited, and take no slot from others.
+    #[tokio::test(start_paused = true)]
+    async fn callers_past_their_deadline_are_refused_at_once() {
+        let l = std::sync::Arc::new(RateLimiter::new(5));
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(2);
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = l.acquire(deadline).await;
+                (r, start.elapsed())
+            }));
+        }
+        let (mut sent, mut refused) = (Vec::new(), Vec::new());
+        for t in tasks {
+            match t.await.unwrap() {
+                (Ok(()), at) => sent.push(at),
+                (Err(NoSlot(wait)), at) => {
+                    assert_eq!(at, Duration::ZERO, "a refusal came after waiting");
+                    assert!(wait > Duration::from_secs(2), "refused though its turn was in {wait:?}");
+                    refused.push(wait);
+                }
+            }
+        }
+        // 5 at once, then one each 200 ms up to the deadline: 5 + 10.
+        assert_eq!(sent.len(), 15, "{sent:?}");
+        assert_eq!(sent.iter().filter(|&&a| a == Duration::ZERO).count(), 5);
+        assert!(sent.iter().all(|&a| a <= Duration::from_secs(2)));
+        assert_eq!(refused.len(), 85);
+        // The refused took nothing: the next caller with time gets the next slot.
+        let next = l.acquire(start + Duration::from_secs(60)).await;
+        assert_eq!(next, Ok(()));
+        assert!(start.elapsed() <= Duration::from_millis(2200), "{:?}", start.elapsed());
     }
 }

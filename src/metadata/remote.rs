@@ -102,7 +102,12 @@ impl Remote {
                 tokio::time::sleep(wait).await;
             }
         }
-        tokio::time::timeout_at(deadline, self.limiter.acquire()).await.map_err(|_| no_slot())
+        // Refused at once when its turn would come after the deadline (it would only
+        // time out later), with the time until that turn as the client's Retry-After.
+        self.limiter.acquire(deadline).await.map_err(|super::ratelimit::NoSlot(wait)| SourceError {
+            retry_after: Some(wait.max(Duration::from_secs(1))),
+            ..no_slot()
+        })
     }
 
     /// The last `x-ratelimit-remaining` the API sent, if any.
