@@ -140,11 +140,10 @@ async fn tls_get(
     (negotiated, status, version)
 }
 
-#[tokio::test]
-async fn tls_listener_speaks_h2_and_http1_by_alpn() {
+/// The harness with TLS on the proxy listener, its certificate from a test CA in `dir`.
+async fn tls_harness(dir: &Path) -> (Harness, TestPki) {
     init();
-    let certs = tempfile::tempdir().unwrap();
-    let pki = pki(certs.path());
+    let pki = pki(dir);
     let template = DEFAULT_TOML.replace(
         "token_cookie = \"id_token\"",
         &format!(
@@ -153,7 +152,13 @@ async fn tls_listener_speaks_h2_and_http1_by_alpn() {
             pki.key.display()
         ),
     );
-    let h = Harness::start_with(&template, default_metadata()).await;
+    (Harness::start_with(&template, default_metadata()).await, pki)
+}
+
+#[tokio::test]
+async fn tls_listener_speaks_h2_and_http1_by_alpn() {
+    let certs = tempfile::tempdir().unwrap();
+    let (h, pki) = tls_harness(certs.path()).await;
     let token = h.issuer.token(USER_1);
     for (alpn, version) in [(&b"h2"[..], http::Version::HTTP_2), (&b"http/1.1"[..], http::Version::HTTP_11)] {
         let (negotiated, status, v) = tls_get(h.proxy.proxy_addr, &pki.ca, alpn, "/api/tls", &token).await;
@@ -229,18 +234,8 @@ async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut 
 #[tokio::test]
 async fn http1_over_tls_keeps_alive_through_the_fast_path_and_hands_over() {
     use tokio::io::AsyncWriteExt;
-    init();
     let certs = tempfile::tempdir().unwrap();
-    let pki = pki(certs.path());
-    let template = DEFAULT_TOML.replace(
-        "token_cookie = \"id_token\"",
-        &format!(
-            "token_cookie = \"id_token\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-            pki.cert.display(),
-            pki.key.display()
-        ),
-    );
-    let h = Harness::start_with(&template, default_metadata()).await;
+    let (h, pki) = tls_harness(certs.path()).await;
     let token = h.issuer.token(USER_1);
     let tcp = TcpStream::connect(h.proxy.proxy_addr).await.unwrap();
     let mut tls =
