@@ -1,4 +1,4 @@
-//! The verified request path end to end (issue: request path): a valid ID token
+//! The verified request path end to end: a valid ID token
 //! reaches the upstream as an internal token that verifies against the admin JWKS.
 
 mod support;

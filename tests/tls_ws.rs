@@ -1,4 +1,4 @@
-//! Transports (issue: operations): TLS on the proxy listener (h2 and http/1.1 by ALPN),
+//! Transports (docs/operations.md): TLS on the proxy listener (h2 and http/1.1 by ALPN),
 //! an https upstream trusted through `route.ca_file`, h2c with prior knowledge on the
 //! plain listener, and WebSocket upgrades through the proxy with authentication on.
 
