@@ -192,29 +192,35 @@ pub(super) fn ca_file(key: &str, p: Option<PathBuf>, base: &PathBase, errs: &mut
 fn tls_files(cert_file: PathBuf, key_file: PathBuf, errs: &mut Errors) -> Option<TlsFiles> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let cert_pem = match errs.read(&cert_file) {
-        Ok(pem) if CertificateDer::pem_slice_iter(&pem).flatten().next().is_some() => Some(pem),
-        Ok(_) => {
-            errs.push("listen.tls_cert_file", format!("{} holds no PEM certificate", cert_file.display()));
-            None
-        }
-        Err(e) => {
-            errs.push("listen.tls_cert_file", format!("cannot read {}: {e}", cert_file.display()));
-            None
-        }
-    };
-    let key_pem = match errs.read(&key_file) {
-        Ok(pem) if PrivateKeyDer::from_pem_slice(&pem).is_ok() => Some(Secret::new(String::from_utf8_lossy(&pem))),
-        Ok(_) => {
-            errs.push("listen.tls_key_file", format!("{} holds no PEM private key", key_file.display()));
-            None
-        }
-        Err(e) => {
-            errs.push("listen.tls_key_file", format!("cannot read {}: {e}", key_file.display()));
-            None
-        }
-    };
+    let cert_pem = read_pem(errs, ("listen.tls_cert_file", &cert_file), "certificate", |pem| {
+        CertificateDer::pem_slice_iter(pem).flatten().next().is_some()
+    });
+    let key_pem = read_pem(errs, ("listen.tls_key_file", &key_file), "private key", |pem| {
+        PrivateKeyDer::from_pem_slice(pem).is_ok()
+    })
+    .map(|pem| Secret::new(String::from_utf8_lossy(&pem)));
     Some(TlsFiles { cert_file, key_file, cert_pem: cert_pem?.into(), key_pem: key_pem? })
+}
+
+/// The content of the file `key` names when `holds` finds a PEM `what` in it; else
+/// an error naming the file and what is wrong (never the content).
+fn read_pem(
+    errs: &mut Errors,
+    (key, path): (&'static str, &Path),
+    what: &str,
+    holds: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
+    match errs.read(path) {
+        Ok(pem) if holds(&pem) => Some(pem),
+        Ok(_) => {
+            errs.push(key, format!("{} holds no PEM {what}", path.display()));
+            None
+        }
+        Err(e) => {
+            errs.push(key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
 }
 
 pub(super) fn validate_listen(raw: RawListen, base: &PathBase, errs: &mut Errors) -> ListenConfig {
