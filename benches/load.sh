@@ -98,6 +98,8 @@ BURST_RATE=${BURST_RATE:-}             # burst: or this rate (req/s)
 BURST_AT=${BURST_AT:-1}                # burst: seconds into the measured window
 BURST_BUDGET=${BURST_BUDGET:-}         # burst: max_requests_per_second (unset: claimsmith's default)
 BURST_LATENCY_MS=${BURST_LATENCY_MS:-20} # burst: the tenant's time per call
+BURST_LOG=${BURST_LOG:-0}              # burst: 1 = claimsmith's access log on, to split the cached
+                                       # users' time into claimsmith's own and the upstream's
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${OUT:-$TARGET/load}
@@ -712,7 +714,11 @@ client_secret_file = \"$dir/auth0-secret\"
 ${BURST_BUDGET:+max_requests_per_second = $BURST_BUDGET}" 1h
   for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$P_AUTH0") 2>/dev/null && break; sleep 0.05; done
   log "[burst] starting claimsmith (auth0 source, budget ${BURST_BUDGET:-default}) on CPU $PROXY_CPUS"
+  if [[ $BURST_LOG == 1 ]]; then
+    CS_ENV=(TOKIO_WORKER_THREADS="$WORKERS" "RUST_LOG=warn,claimsmith::access=info") CS_ARGS=(--log-format json)
+  fi
   start_cs "$dir/cs"
+  CS_ENV=(TOKIO_WORKER_THREADS="$WORKERS" RUST_LOG=warn) CS_ARGS=()
   budget=${BURST_BUDGET:-5}
   log "[burst] warming $USERS cached users: one tenant read each at $budget/s, about $((USERS / budget)) s"
   line=$("${LOAD_PIN[@]}" "$CLIENT" warm --url "http://127.0.0.1:$P_CS/api/orders" --tokens "$TOKENS_FILE" \
@@ -728,25 +734,105 @@ ${BURST_BUDGET:+max_requests_per_second = $BURST_BUDGET}" 1h
     rate=$(calc "$cmax * $BURST_SHARE")
   fi
   log "[burst] cached users at $rate req/s (claimsmith's closed-loop max here: $cmax req/s)"
+  # The control: the same crowd sent to a stand-in that refuses everyone at once (nginx,
+  # `return 503`, one accept per turn as claimsmith, the same listen backlog) on CPU 0
+  # beside claimsmith, while the cached users go through claimsmith as before. On two
+  # cores the crowd's own client and its TCP handshakes share CPU 1 with the cached
+  # users' client and the upstream; the control measures what that alone does to the
+  # cached users' p99, so the difference is what claimsmith's handling of the crowd adds.
+  mkdir -p "$dir/standin/tmp"
+  cat >"$dir/standin/nginx.conf" <<EOF
+daemon off;
+master_process on;
+user root;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $dir/standin/nginx.pid;
+error_log $dir/standin/error.log warn;
+events { worker_connections 30000; multi_accept off; }
+http {
+  access_log off;
+  client_body_temp_path $dir/standin/tmp;
+  proxy_temp_path $dir/standin/tmp;
+  fastcgi_temp_path $dir/standin/tmp;
+  uwsgi_temp_path $dir/standin/tmp;
+  scgi_temp_path $dir/standin/tmp;
+  server {
+    listen 127.0.0.1:$P_NGINX backlog=4096;
+    location / { return 503; }
+  }
+}
+EOF
+  start_nginx "$dir/standin"
+  expect 503 "http://127.0.0.1:$P_NGINX/api/orders"
   # Connections the kernel dropped because a listen queue was full (this network
   # namespace's count, so anything else running here adds to it).
   listen_overflows() {
     awk '/^TcpExt:/ { if (!h) { split($0, n); h = 1 } else { split($0, v); for (i in n) if (n[i] == "ListenOverflows") print v[i] } }' /proc/net/netstat
   }
+  # claimsmith's event-loop turn histogram (docs/operations.md, "Metrics"): the
+  # cumulative count per bucket, one "le count" pair per line.
+  turn_buckets() {
+    curl -fsS "http://127.0.0.1:$P_CS_ADMIN/metrics" \
+      | sed -n 's/^claimsmith_event_loop_turn_seconds_bucket{le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p'
+  }
+  # turn_quantiles BEFORE AFTER: the turns sampled between two snapshots, as JSON:
+  # their count and the bucket bound (ms) holding the 50th, 99th and last sample.
+  turn_quantiles() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+parse = lambda t: [(b, int(n)) for b, n in (l.split() for l in t.splitlines() if l.strip())]
+a, b = parse(sys.argv[1]), parse(sys.argv[2])
+d = [(bound, nb - na) for (bound, nb), (_, na) in zip(b, a)]
+total = d[-1][1] if d else 0
+def q(p):
+    for bound, n in d:
+        if total and n >= p * total:
+            return None if bound == "+Inf" else float(bound) * 1000
+    return None
+print(json.dumps({"samples": total, "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)}))
+PY
+  }
+  # server_split LOG OFFSET: from the access-log lines written after OFFSET, the
+  # cached users' requests (status 200, cache hit) split into claimsmith's own time
+  # (duration - upstream) and the upstream's, as JSON percentiles.
+  server_split() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+own, up = [], []
+with open(sys.argv[1], "rb") as f:
+    f.seek(int(sys.argv[2]))
+    for raw in f:
+        if not raw.startswith(b"{"):
+            continue
+        d = json.loads(raw)
+        if d.get("target") == "claimsmith::access" and d.get("status") == 200 and d.get("cache") == "hit":
+            u = d.get("upstream_ms") or 0.0
+            own.append(d["duration_ms"] - u)
+            up.append(u)
+pct = lambda v, p: sorted(v)[min(len(v) - 1, int(len(v) * p))] if v else None
+print(json.dumps({"requests": len(own), "own_p50_ms": pct(own, .5), "own_p99_ms": pct(own, .99), "own_p999_ms": pct(own, .999),
+                  "upstream_p50_ms": pct(up, .5), "upstream_p99_ms": pct(up, .99), "upstream_p999_ms": pct(up, .999)}))
+PY
+  }
   # The burst starts BURST_AT s into the measured window (bench_client fixed starts its
   # schedule 0.2 s after it starts, then WARMUP s unrecorded).
   at=$(calc "0.2 + $WARMUP + $BURST_AT" 3)
   for r in $(seq "$ROUNDS"); do
-    for t in cached cached+burst; do
+    for t in cached cached+burst cached+burst-elsewhere; do
       "${LOAD_PIN[@]}" "$CLIENT" fixed --url "${URL[claimsmith]}" --tokens "$TOKENS_FILE" --rate "$rate" \
         --conns "$CONNS" --warmup "$WARMUP" --duration "$DURATION" >"$dir/fixed-$t-$r.out" &
       fixed_pid=$!
       read -r u0 s0 < <(cpu_ticks "$CS_PID")
       ovf0=$(listen_overflows)
+      turns0=$(turn_buckets)
+      log0=$(stat -c %s "$dir/cs/claimsmith.log")
       burst=null
-      if [[ $t == cached+burst ]]; then
+      if [[ $t == cached+burst* ]]; then
         sleep "$at"
-        burst=$("${LOAD_PIN[@]}" "$CLIENT" burst --url "${URL[claimsmith]}" --tokens "$OUT/tokens-new-$r.txt" \
+        crowd_url=${URL[claimsmith]}
+        [[ $t == cached+burst-elsewhere ]] && crowd_url="http://127.0.0.1:$P_NGINX/api/orders"
+        burst=$("${LOAD_PIN[@]}" "$CLIENT" burst --url "$crowd_url" --tokens "$OUT/tokens-new-$r.txt" \
           --conns "$BURST_NEW" | grep '^RESULT ' | sed 's/^RESULT //')
       fi
       wait "$fixed_pid"
@@ -754,7 +840,10 @@ ${BURST_BUDGET:+max_requests_per_second = $BURST_BUDGET}" 1h
       read -r u1 s1 < <(cpu_ticks "$CS_PID")
       line=$(grep '^RESULT ' "$dir/fixed-$t-$r.out" | sed 's/^RESULT //')
       tenant=$(cat "$dir/auth0-stats.json" 2>/dev/null || echo null)
-      echo "{\"set\": \"burst\", \"target\": \"$t\", \"round\": $r, \"rate\": $rate, \"cs_max_rps\": $cmax, \"cs_cpu_s\": $(((u1 - u0 + s1 - s0) * 1000 / CLK_TCK)).0e-3, \"listen_overflows\": $(($(listen_overflows) - ovf0)), \"burst\": $burst, \"tenant\": $tenant, \"result\": $line}" >>"$OUT/results.jsonl"
+      turns=$(turn_quantiles "$turns0" "$(turn_buckets)")
+      server=null
+      [[ $BURST_LOG == 1 ]] && server=$(server_split "$dir/cs/claimsmith.log" "$log0")
+      echo "{\"set\": \"burst\", \"target\": \"$t\", \"round\": $r, \"rate\": $rate, \"cs_max_rps\": $cmax, \"cs_cpu_s\": $(((u1 - u0 + s1 - s0) * 1000 / CLK_TCK)).0e-3, \"listen_overflows\": $(($(listen_overflows) - ovf0)), \"turns\": $turns, \"server\": $server, \"burst\": $burst, \"tenant\": $tenant, \"result\": $line}" >>"$OUT/results.jsonl"
       log "[burst] round $r $t: $(brief "$line")"
       if [[ $burst != null ]]; then
         log "[burst] round $r the $BURST_NEW new users: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("answered %s in %.1f s, p50 %.0f ms, p99 %.0f ms, errors %d" % (", ".join("%d x %s" % (n, s) for s, n in d["statuses"].items()), d["seconds"], d["pct"]["50"], d["pct"]["99"], d["socket_errors"]))' "$burst")"
@@ -778,7 +867,7 @@ rows = [json.loads(l) for l in open(f"{out}/results.jsonl")]
 for r in rows:
     if "cpu" in r:
         r["result"]["cpu"] = r["cpu"]
-    for k in ("log", "burst", "tenant", "rate", "nginx_max_rps", "cs_cpu_s", "listen_overflows"):
+    for k in ("log", "burst", "tenant", "rate", "nginx_max_rps", "cs_cpu_s", "listen_overflows", "turns", "server"):
         if k in r:
             r["result"][k] = r[k]
 
@@ -878,14 +967,18 @@ closed_table("h2", ["nginx", "claimsmith"],
              {"nginx": "nginx, listen http2 (h2c)", "claimsmith": "claimsmith, h2c (verified + hit + 2 rules)"},
              f"HTTP/2 cleartext (prior knowledge), h2load -c{conns} -m{streams} -t1, one user's token, pinned")
 
-bb = {t: median("burst", t, p99) for t in ("cached", "cached+burst")}
+bb = {t: median("burst", t, p99) for t in ("cached", "cached+burst", "cached+burst-elsewhere")}
 if bb["cached"] and bb["cached+burst"]:
     a, b = bb["cached"], bb["cached+burst"]
     lines = [f"### burst: {users} cached users at {a['rate']:.0f} req/s, without and with {burst_new} never-seen users "
              "arriving at once (claimsmith against itself, pinned)", "",
              "| cached users | req/s done | p50 ms | p99 ms | p99.9 ms | max ms | errors | client late sends | client CPU | claimsmith CPU s | listen queue overflows | rounds (p99 ms) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for name, d in (("no burst", a), (f"during the burst of {burst_new}", b)):
+    e = bb["cached+burst-elsewhere"]
+    rows_ = [("no burst", a), (f"during the burst of {burst_new}", b)]
+    if e:
+        rows_.append((f"control: the same crowd sent to a stand-in on CPU 0 (nginx, `return 503`)", e))
+    for name, d in rows_:
         lines.append(f"| {name} | {d['done_rate']:.0f} | {d['pct']['50']:.3f} | {d['pct']['99']:.3f} | "
                      f"{d['pct']['99.9']:.3f} | {d['max_ms']:.3f} | {errs_kinds(d)} | {d['late_sends']} | "
                      f"{client_cpu(d)} | {d['cs_cpu_s']:.2f} | {d['listen_overflows']} | "
@@ -893,6 +986,19 @@ if bb["cached"] and bb["cached+burst"]:
     ratio = b["pct"]["99"] / a["pct"]["99"] if a["pct"]["99"] else float("nan")
     lines.append(f"| **ratio with / without** | | {b['pct']['50'] / a['pct']['50']:.2f} | **{ratio:.2f}** | "
                  f"{b['pct']['99.9'] / a['pct']['99.9']:.2f} | | | | | | | |")
+    if e:
+        lines.append(f"| **ratio with the crowd at claimsmith / at the stand-in** | | {b['pct']['50'] / e['pct']['50']:.2f} | "
+                     f"**{b['pct']['99'] / e['pct']['99']:.2f}** | {b['pct']['99.9'] / e['pct']['99.9']:.2f} | | | | | | | |")
+    ms = lambda v: "?" if v is None else f"{v:g}"
+    lines += ["", "Where the cached users' time goes (median round; the loop turn is sampled every 25 ms by "
+              "claimsmith, `claimsmith_event_loop_turn_seconds`, a bucket's upper bound; the split needs `BURST_LOG=1`):", "",
+              "| cached users | claimsmith loop turn p50 / p99 / max ms | claimsmith's own time p50 / p99 / p99.9 ms | upstream p50 / p99 / p99.9 ms |",
+              "|---|---:|---:|---:|"]
+    for name, d in [("no burst", a), ("during the burst", b)] + ([("the crowd at the stand-in", e)] if e else []):
+        tq, sv = d.get("turns") or {}, d.get("server") or {}
+        split = lambda k: " / ".join(ms(sv.get(f"{k}_{p}_ms")) for p in ("p50", "p99", "p999")) if sv else "not measured"
+        lines.append(f"| {name} | {ms(tq.get('p50_ms'))} / {ms(tq.get('p99_ms'))} / {ms(tq.get('max_ms'))} | "
+                     f"{split('own')} | {split('upstream')} |")
     nb = b["burst"]
     t = b.get("tenant") or {}
     answered = ", ".join(f"{n} × {st}" for st, n in nb["statuses"].items())
@@ -902,6 +1008,10 @@ if bb["cached"] and bb["cached+burst"]:
               f"at most {t.get('max_per_second', '?')} in one second (its limit {t.get('limit_per_second', '?')}), "
               f"{t.get('rate_limited', '?')} answered 429.", "",
               f"goal (cached users' p99 during the burst within 20 % of without): {'MET' if ratio <= 1.2 else 'NOT MET'} ({ratio:.2f})"]
+    if e:
+        ctl = b["pct"]["99"] / e["pct"]["99"] if e["pct"]["99"] else float("nan")
+        lines.append(f"against the control (the same crowd at the stand-in; what the two-core rig itself does): "
+                     f"{'within' if ctl <= 1.2 else 'not within'} 20 % ({ctl:.2f})")
     out_md.append("\n".join(lines))
 
 table = "\n\n".join(out_md)

@@ -7,8 +7,56 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+/// Upper bounds of the request latency histogram, in seconds.
+const REQUEST_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Upper bounds of the event-loop turn histogram, in seconds: a turn is microseconds
+/// when the loop keeps up, milliseconds when connections queue behind work.
+const TURN_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// A Prometheus histogram over fixed bounds: one relaxed increment per observation,
+/// summed into cumulative buckets only when rendered.
+pub(crate) struct Histogram {
+    bounds: &'static [f64; 12],
+    /// Per bucket, not cumulative.
+    buckets: [AtomicU64; 12],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    const fn new(bounds: &'static [f64; 12]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; 12],
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
 
 /// One counter per (route, status), looked up by `&str` so the hot path clones nothing.
 type RequestCounters = HashMap<Arc<str>, HashMap<u16, Arc<AtomicU64>>>;
@@ -27,7 +75,6 @@ pub struct SourceCounters {
 /// Request counters, the latency histogram, per-source call counters and reload
 /// results. One registry lives for the whole process: a reload hands it to the new
 /// state, so counters do not restart.
-#[derive(Default)]
 pub struct Metrics {
     /// Copy-on-write: a request only loads it (no lock, no shared write); a new
     /// (route, status) pair copies the map once.
@@ -35,10 +82,10 @@ pub struct Metrics {
     /// The same for forward-auth checks (docs/forward-auth.md), rendered with
     /// `mode="forward_auth"`.
     checks: arc_swap::ArcSwap<RequestCounters>,
-    /// Per bucket, not cumulative: one increment per request; `render` sums them.
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+    /// `claimsmith_request_duration_seconds`.
+    durations: Histogram,
+    /// `claimsmith_event_loop_turn_seconds` ([`Metrics::turn`]).
+    turns: Histogram,
     sources: RwLock<BTreeMap<String, Arc<SourceCounters>>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -47,6 +94,22 @@ pub struct Metrics {
     /// Refusals by an authorization rule, by (route, rule). A refusal is no hot path,
     /// so a lock is fine here.
     denied: std::sync::Mutex<DeniedCounters>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            requests: Default::default(),
+            checks: Default::default(),
+            durations: Histogram::new(&REQUEST_BUCKETS),
+            turns: Histogram::new(&TURN_BUCKETS),
+            sources: Default::default(),
+            reloads_ok: Default::default(),
+            reloads_failed: Default::default(),
+            invalidations: Default::default(),
+            denied: Default::default(),
+        }
+    }
 }
 
 /// A push-invalidation hook (docs/operations.md, "Push invalidation").
@@ -125,12 +188,14 @@ impl Metrics {
     }
 
     fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
+        self.durations.observe(elapsed);
+    }
+
+    /// Counts one turn of a worker's event loop: how long a task that yielded waited
+    /// to be polled again, which is how long a connection that just became ready
+    /// waits before it is read (`server::watch_turns`).
+    pub fn turn(&self, waited: Duration) {
+        self.turns.observe(waited);
     }
 
     /// Counts one refusal by `rule` on `route` (`claimsmith_authz_denied_total`).
@@ -194,17 +259,12 @@ impl Metrics {
                 let _ = writeln!(out, "claimsmith_requests_total{{route=\"{route}\",status=\"{status}\"{mode}}} {n}");
             }
         }
-        out.push_str("# HELP claimsmith_request_duration_seconds Time from request to response head.\n");
-        out.push_str("# TYPE claimsmith_request_duration_seconds histogram\n");
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "claimsmith_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "claimsmith_request_duration_seconds_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "claimsmith_request_duration_seconds_count {count}");
+        self.durations.render(out, "claimsmith_request_duration_seconds", "Time from request to response head.");
+        self.turns.render(
+            out,
+            "claimsmith_event_loop_turn_seconds",
+            "How long a worker's event loop takes to come back to a task that yielded, sampled every 25 ms.",
+        );
         let denied: Vec<(String, u64)> = {
             let map = self.denied.lock().unwrap_or_else(|p| p.into_inner());
             map.iter()

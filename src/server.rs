@@ -362,6 +362,30 @@ fn spawn_worker(
     Ok(drained)
 }
 
+/// How often [`watch_turns`] samples its runtime's event loop.
+const TURN_SAMPLE_EVERY: Duration = Duration::from_millis(25);
+
+/// Samples how long this runtime's event loop takes to come back to a task that
+/// yielded (`claimsmith_event_loop_turn_seconds`, docs/operations.md, "Metrics"). A
+/// yielded task runs again after the loop has polled the reactor, so the wait is one
+/// turn: the tasks already queued, then the new I/O. That is what a connection that has
+/// just become readable waits before it is read, which no request's own duration
+/// shows. Like Envoy's dispatcher loop-duration statistic, it tells a saturated worker
+/// from a slow upstream.
+async fn watch_turns(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(TURN_SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let yielded = std::time::Instant::now();
+        tokio::task::yield_now().await;
+        shared.app.load().metrics.turn(yielded.elapsed());
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, then drains; SIGHUP, or (with `watch`) a change to
 /// a file the configuration was read from, reloads.
 /// `workers`: see [`start_with`].
@@ -560,6 +584,8 @@ async fn next_connection(
 
 async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
+    // One per runtime that serves the proxy listener, so one per worker.
+    let turns = tokio::spawn(watch_turns(shared.clone(), stop.clone()));
     // Every plain connection's task holds a sender; shutdown waits until all are gone.
     let (alive, mut all_gone) = tokio::sync::mpsc::channel::<()>(1);
     while let Some((stream, peer)) = next_connection(&listener, &mut stop, "proxy").await {
@@ -616,6 +642,7 @@ async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     drop(listener);
     drop(alive);
     tokio::join!(graceful.shutdown(), all_gone.recv());
+    turns.abort();
 }
 
 /// A connection served by hyper (HTTP/1.1 and h2c, or TLS with ALPN): settings from

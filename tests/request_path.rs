@@ -215,6 +215,34 @@ async fn admin_endpoints() {
     }
 }
 
+/// Each worker samples its event loop's turn every 25 ms (docs/operations.md,
+/// "Metrics"): the histogram fills while the proxy is idle, and an idle loop turns in
+/// well under the largest bucket.
+#[tokio::test]
+async fn the_event_loop_turn_is_sampled() {
+    let h = Harness::start().await;
+    let count = |m: &str, series: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{m}"));
+        line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad line {line}"))
+    };
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = h.metrics_with("claimsmith_event_loop_turn_seconds_count").await;
+        if count(&m, "claimsmith_event_loop_turn_seconds_count ") >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let samples = count(&m, "claimsmith_event_loop_turn_seconds_count ");
+    assert!(samples >= 3, "too few turns sampled:\n{m}");
+    assert_eq!(count(&m, "claimsmith_event_loop_turn_seconds_bucket{le=\"+Inf\"} "), samples);
+    assert_eq!(
+        count(&m, "claimsmith_event_loop_turn_seconds_bucket{le=\"1\"} "),
+        samples,
+        "an idle loop took a second:\n{m}"
+    );
+}
+
 #[tokio::test]
 async fn readyz_is_503_until_the_jwks_is_held() {
     init();
