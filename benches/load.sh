@@ -65,9 +65,14 @@
 #             claimsmith's closed-loop maximum, measured here) for WARMUP + DURATION,
 #             once without and once with BURST_NEW (10,000) never-seen users arriving
 #             at once BURST_AT seconds into the measured window (bench_client burst: one
-#             new connection each, all at once). Compares the cached users' p99 with and
-#             without the burst (goal: within 20 %). Pinned; the mock tenant and the
-#             burst client run on CPU 1 with the rest of the load.
+#             new connection each, all at once), and once with the same crowd sent to a
+#             stand-in on CPU 0 instead (nginx, `return 503`: the control, what the
+#             crowd costs the cached users when claimsmith does nothing for it).
+#             Compares the cached users' p99 without the burst, with it and with the
+#             control (goal: within 20 % of without), and where their time went:
+#             claimsmith's event-loop turn (from /metrics) and, with BURST_LOG=1 (its
+#             access log on), its own time and the upstream's. Pinned; the mock tenant
+#             and the burst client run on CPU 1 with the rest of the load.
 #
 # Rounds alternate the targets of a set (nginx, claimsmith, nginx, ...); each table shows
 # the median round of each target.
