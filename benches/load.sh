@@ -190,6 +190,12 @@ TOKEN1=$(head -1 "$OUT/tokens.txt")
 } >"$OUT/machine.txt"
 
 # --- upstream (+ the issuer's JWKS), shared by every set -----------------------------
+# nginx_temp_paths DIR: every temporary-file directory of an nginx config, set to DIR
+# (nothing here writes one, but nginx checks them at start).
+nginx_temp_paths() {
+  local k
+  for k in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s;\n' "$k" "$1"; done
+}
 cat >"$OUT/up/nginx.conf" <<EOF
 daemon off;
 master_process on;
@@ -202,11 +208,7 @@ http {
   access_log off;
   keepalive_requests 1000000;
   keepalive_timeout 120s;
-  client_body_temp_path $OUT/up/tmp;
-  proxy_temp_path $OUT/up/tmp;
-  fastcgi_temp_path $OUT/up/tmp;
-  uwsgi_temp_path $OUT/up/tmp;
-  scgi_temp_path $OUT/up/tmp;
+$(nginx_temp_paths "$OUT/up/tmp")
   server {
     listen 127.0.0.1:$P_UP backlog=4096;
     default_type text/plain;
@@ -251,11 +253,7 @@ http {
   $access
   keepalive_requests 1000000;
   keepalive_timeout 120s;
-  client_body_temp_path $dir/tmp;
-  proxy_temp_path $dir/tmp;
-  fastcgi_temp_path $dir/tmp;
-  uwsgi_temp_path $dir/tmp;
-  scgi_temp_path $dir/tmp;
+$(nginx_temp_paths "$dir/tmp")
   upstream app {
     server 127.0.0.1:$P_UP;
     keepalive 64;
@@ -757,11 +755,7 @@ error_log $dir/standin/error.log warn;
 events { worker_connections 30000; multi_accept off; }
 http {
   access_log off;
-  client_body_temp_path $dir/standin/tmp;
-  proxy_temp_path $dir/standin/tmp;
-  fastcgi_temp_path $dir/standin/tmp;
-  uwsgi_temp_path $dir/standin/tmp;
-  scgi_temp_path $dir/standin/tmp;
+$(nginx_temp_paths "$dir/standin/tmp")
   server {
     listen 127.0.0.1:$P_NGINX backlog=4096;
     location / { return 503; }
