@@ -365,24 +365,30 @@ fn spawn_worker(
 /// How often [`watch_turns`] samples its runtime's event loop.
 const TURN_SAMPLE_EVERY: Duration = Duration::from_millis(25);
 
-/// Samples how long this runtime's event loop takes to come back to a task that
-/// yielded (`claimsmith_event_loop_turn_seconds`, docs/operations.md, "Metrics"). A
-/// yielded task runs again after the loop has polled the reactor, so the wait is one
-/// turn: the tasks already queued, then the new I/O. That is what a connection that has
-/// just become readable waits before it is read, which no request's own duration
-/// shows. Like Envoy's dispatcher loop-duration statistic, it tells a saturated worker
-/// from a slow upstream.
+/// Samples how long this runtime's event loop takes to come back to a task
+/// (`claimsmith_event_loop_turn_seconds`, docs/operations.md, "Metrics"): what a
+/// connection that has just become readable waits before it is read, which no
+/// request's own duration shows. Like Envoy's dispatcher loop-duration statistic, it
+/// tells a saturated worker from a slow upstream. Each sample is two waits:
+/// - how late the sampling timer fired, less the timer's own 1 ms resolution: a stall
+///   that held the loop when the timer came due shows here, and would be missed by a
+///   sampler that only starts measuring once its timer has fired;
+/// - how long the loop took to come back after the sampler yielded: a yielded task runs
+///   again only after the loop has polled the reactor, so that is one turn (the tasks
+///   already queued, then the new I/O).
 async fn watch_turns(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
     let mut every = tokio::time::interval(TURN_SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = every.tick() => {}
+        let due = tokio::select! {
+            due = every.tick() => due,
             _ = stop.changed() => return,
-        }
-        let yielded = std::time::Instant::now();
+        };
+        let late = due.elapsed().saturating_sub(TIMER_RESOLUTION);
+        let yielded = tokio::time::Instant::now();
         tokio::task::yield_now().await;
-        shared.app.load().metrics.turn(yielded.elapsed());
+        shared.app.load().metrics.turn(late + yielded.elapsed());
     }
 }
 

@@ -1,7 +1,8 @@
 //! Tracing (docs/operations.md, "Tracing"): the caller's W3C trace context continued
 //! to the upstream with claimsmith's span as the parent, or a new one started, and
 //! the request's span and its phases exported over OTLP/HTTP (JSON) to a collector on
-//! loopback started here. Both transports: the fast path and hyper.
+//! loopback started here. Both transports: the fast path and hyper. And the event-loop
+//! turn metric, which shows a stalled worker.
 
 mod support;
 
@@ -197,4 +198,37 @@ async fn a_collector_that_is_down_fails_no_request() {
     }
     let m = h.send(Method::GET, &h.admin_url("/metrics"), &[], Bytes::new()).await.text();
     assert!(m.contains("claimsmith_spans_dropped_total 0"), "the queue has room; spans are lost at export: {m}");
+}
+
+/// The value of the sample line starting with `series` in a `/metrics` text.
+fn sample(m: &str, series: &str) -> u64 {
+    let line = m.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{m}"));
+    line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad line {line}"))
+}
+
+/// Turns sampled that took longer than 50 ms.
+fn slow_turns(m: &str) -> u64 {
+    sample(m, "claimsmith_event_loop_turn_seconds_bucket{le=\"+Inf\"} ")
+        - sample(m, "claimsmith_event_loop_turn_seconds_bucket{le=\"0.05\"} ")
+}
+
+/// Something that holds a worker's event loop shows in
+/// `claimsmith_event_loop_turn_seconds` (docs/operations.md, "Metrics"): here a
+/// blocking sleep on the runtime the proxy shares with this test. The sampling timer
+/// comes due during the stall, so the sample taken after it holds the stall's length.
+#[tokio::test]
+async fn a_stalled_event_loop_shows_in_the_turn_histogram() {
+    let h = Harness::start().await;
+    let before = slow_turns(&h.metrics_with("claimsmith_event_loop_turn_seconds_count").await);
+    // Holds the thread that every task of this runtime, the proxy's included, runs on.
+    tokio::spawn(async { std::thread::sleep(Duration::from_millis(150)) }).await.unwrap();
+    let mut after = before;
+    for _ in 0..100 {
+        after = slow_turns(&h.metrics_with("claimsmith_event_loop_turn_seconds_count").await);
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(after > before, "a 150 ms stall left no turn over 50 ms ({before} before, {after} after)");
 }
