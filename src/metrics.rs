@@ -191,9 +191,9 @@ impl Metrics {
         self.durations.observe(elapsed);
     }
 
-    /// Counts one turn of a worker's event loop: how long a task that yielded waited
-    /// to be polled again, which is how long a connection that just became ready
-    /// waits before it is read (`server::watch_turns`).
+    /// Counts one sample of a worker's event loop: how long the loop kept a task that
+    /// was due (a timer, then a yield) waiting, which is how long a connection that
+    /// just became ready waits before it is read (`server::watch_turns`).
     pub fn turn(&self, waited: Duration) {
         self.turns.observe(waited);
     }
@@ -263,7 +263,7 @@ impl Metrics {
         self.turns.render(
             out,
             "claimsmith_event_loop_turn_seconds",
-            "How long a worker's event loop takes to come back to a task that yielded, sampled every 25 ms.",
+            "How long a worker's event loop keeps a due task waiting (its timer's lateness plus one turn), sampled every 25 ms.",
         );
         let denied: Vec<(String, u64)> = {
             let map = self.denied.lock().unwrap_or_else(|p| p.into_inner());
