@@ -190,6 +190,12 @@ TOKEN1=$(head -1 "$OUT/tokens.txt")
 } >"$OUT/machine.txt"
 
 # --- upstream (+ the issuer's JWKS), shared by every set -----------------------------
+# nginx_process DIR WORKERS: the top of an nginx config run by this script (in the
+# foreground, its pid file and error log in DIR).
+nginx_process() {
+  printf 'daemon off;\nmaster_process on;\nuser root;\nworker_processes %s;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n' \
+    "$2" "$1" "$1"
+}
 # nginx_temp_paths DIR: every temporary-file directory of an nginx config, set to DIR
 # (nothing here writes one, but nginx checks them at start).
 nginx_temp_paths() {
@@ -197,12 +203,7 @@ nginx_temp_paths() {
   for k in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s;\n' "$k" "$1"; done
 }
 cat >"$OUT/up/nginx.conf" <<EOF
-daemon off;
-master_process on;
-user root;
-worker_processes 1;
-pid $OUT/up/nginx.pid;
-error_log $OUT/up/error.log warn;
+$(nginx_process "$OUT/up" 1)
 events { worker_connections 4096; multi_accept on; }
 http {
   access_log off;
@@ -242,12 +243,7 @@ write_nginx() {
   local dir=$1 workers=$2 flags=$3 server_lines=$4 access=$5
   mkdir -p "$dir/tmp"
   cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process on;
-user root;
-worker_processes $workers;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
+$(nginx_process "$dir" "$workers")
 events { worker_connections 4096; multi_accept on; }
 http {
   $access
@@ -745,13 +741,8 @@ ${BURST_BUDGET:+max_requests_per_second = $BURST_BUDGET}" 1h
   # cached users' p99, so the difference is what claimsmith's handling of the crowd adds.
   mkdir -p "$dir/standin/tmp"
   cat >"$dir/standin/nginx.conf" <<EOF
-daemon off;
-master_process on;
-user root;
-worker_processes 1;
+$(nginx_process "$dir/standin" 1)
 worker_rlimit_nofile 65536;
-pid $dir/standin/nginx.pid;
-error_log $dir/standin/error.log warn;
 events { worker_connections 30000; multi_accept off; }
 http {
   access_log off;
