@@ -70,8 +70,10 @@
 #             crowd costs the cached users when claimsmith does nothing for it).
 #             Compares the cached users' p99 without the burst, with it and with the
 #             control (goal: within 20 % of without), and where their time went:
-#             claimsmith's event-loop turn (from /metrics) and, with BURST_LOG=1 (its
-#             access log on), its own time and the upstream's. Pinned; the mock tenant
+#             claimsmith's event-loop turn (from /metrics), when the slow ones were
+#             meant to go relative to the crowd's arrival (bench_client --slow-log:
+#             burst/slow-*.txt) and, with BURST_LOG=1 (its access log on), its own
+#             time and the upstream's. Pinned; the mock tenant
 #             and the burst client run on CPU 1 with the rest of the load.
 #
 # Rounds alternate the targets of a set (nginx, claimsmith, nginx, ...); each table shows
@@ -805,13 +807,39 @@ print(json.dumps({"requests": len(own), "own_p50_ms": pct(own, .5), "own_p99_ms"
                   "upstream_p50_ms": pct(up, .5), "upstream_p99_ms": pct(up, .99), "upstream_p999_ms": pct(up, .999)}))
 PY
   }
+  # slow_when FILE: when the cached users' slow requests (over 5 ms) were meant to go,
+  # from bench_client's --slow-log, in windows from the crowd's arrival (BURST_AT s
+  # into the recorded window; the same instant in a run without a crowd): before it,
+  # its first half second, the half second either side of a second after it (when
+  # connections the listen queue dropped are retried: the kernel resends the SYN-ACK
+  # after 1 s), and the rest. As JSON: per window, how many and the longest (ms).
+  slow_when() {
+    python3 - "$1" "$BURST_AT" <<'PY'
+import json, sys
+at = float(sys.argv[2]) * 1000
+wins = [("before", None, 0), ("0-0.5 s", 0, 500), ("0.5-1.5 s", 500, 1500), ("later", 1500, None)]
+out = {name: {"n": 0, "max_ms": 0.0} for name, _, _ in wins}
+for line in open(sys.argv[1]):
+    if line.startswith("#") or not line.strip():
+        continue
+    t, lat = (float(x) for x in line.split()[:2])
+    if lat <= 5:
+        continue
+    for name, lo, hi in wins:
+        if (lo is None or t - at >= lo) and (hi is None or t - at < hi):
+            out[name]["n"] += 1
+            out[name]["max_ms"] = max(out[name]["max_ms"], round(lat, 1))
+print(json.dumps(out))
+PY
+  }
   # The burst starts BURST_AT s into the measured window (bench_client fixed starts its
   # schedule 0.2 s after it starts, then WARMUP s unrecorded).
   at=$(calc "0.2 + $WARMUP + $BURST_AT" 3)
   for r in $(seq "$ROUNDS"); do
     for t in cached cached+burst cached+burst-elsewhere; do
       "${LOAD_PIN[@]}" "$CLIENT" fixed --url "${URL[claimsmith]}" --tokens "$TOKENS_FILE" --rate "$rate" \
-        --conns "$CONNS" --warmup "$WARMUP" --duration "$DURATION" >"$dir/fixed-$t-$r.out" &
+        --conns "$CONNS" --warmup "$WARMUP" --duration "$DURATION" --slow-log "$dir/slow-$t-$r.txt" \
+        >"$dir/fixed-$t-$r.out" &
       fixed_pid=$!
       read -r u0 s0 < <(cpu_ticks "$CS_PID")
       ovf0=$(listen_overflows)
@@ -833,7 +861,8 @@ PY
       turns=$(turn_quantiles "$turns0" "$(turn_buckets)")
       server=null
       [[ $BURST_LOG == 1 ]] && server=$(server_split "$dir/cs/claimsmith.log" "$log0")
-      echo "{\"set\": \"burst\", \"target\": \"$t\", \"round\": $r, \"rate\": $rate, \"cs_max_rps\": $cmax, \"cs_cpu_s\": $(((u1 - u0 + s1 - s0) * 1000 / CLK_TCK)).0e-3, \"listen_overflows\": $(($(listen_overflows) - ovf0)), \"turns\": $turns, \"server\": $server, \"burst\": $burst, \"tenant\": $tenant, \"result\": $line}" >>"$OUT/results.jsonl"
+      when=$(slow_when "$dir/slow-$t-$r.txt")
+      echo "{\"set\": \"burst\", \"target\": \"$t\", \"round\": $r, \"rate\": $rate, \"cs_max_rps\": $cmax, \"cs_cpu_s\": $(((u1 - u0 + s1 - s0) * 1000 / CLK_TCK)).0e-3, \"listen_overflows\": $(($(listen_overflows) - ovf0)), \"turns\": $turns, \"server\": $server, \"slow_when\": $when, \"burst\": $burst, \"tenant\": $tenant, \"result\": $line}" >>"$OUT/results.jsonl"
       log "[burst] round $r $t: $(brief "$line")"
       if [[ $burst != null ]]; then
         log "[burst] round $r the $BURST_NEW new users: $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("answered %s in %.1f s, p50 %.0f ms, p99 %.0f ms, errors %d" % (", ".join("%d x %s" % (n, s) for s, n in d["statuses"].items()), d["seconds"], d["pct"]["50"], d["pct"]["99"], d["socket_errors"]))' "$burst")"
@@ -857,7 +886,7 @@ rows = [json.loads(l) for l in open(f"{out}/results.jsonl")]
 for r in rows:
     if "cpu" in r:
         r["result"]["cpu"] = r["cpu"]
-    for k in ("log", "burst", "tenant", "rate", "nginx_max_rps", "cs_cpu_s", "listen_overflows", "turns", "server"):
+    for k in ("log", "burst", "tenant", "rate", "nginx_max_rps", "cs_cpu_s", "listen_overflows", "turns", "server", "slow_when"):
         if k in r:
             r["result"][k] = r[k]
 
@@ -989,6 +1018,14 @@ if bb["cached"] and bb["cached+burst"]:
         split = lambda k: " / ".join(ms(sv.get(f"{k}_{p}_ms")) for p in ("p50", "p99", "p999")) if sv else "not measured"
         lines.append(f"| {name} | {ms(tq.get('p50_ms'))} / {ms(tq.get('p99_ms'))} / {ms(tq.get('max_ms'))} | "
                      f"{split('own')} | {split('upstream')} |")
+    wins = ("before", "0-0.5 s", "0.5-1.5 s", "later")
+    lines += ["", "When the cached users' requests over 5 ms were meant to go, from the crowd's arrival (median round; "
+              "count, longest ms; at 0.5-1.5 s the kernel retries the connections a full listen queue dropped):", "",
+              "| cached users | " + " | ".join(wins) + " |", "|---|" + "---:|" * len(wins)]
+    for name, d in [("no burst", a), ("during the burst", b)] + ([("the crowd at the stand-in", e)] if e else []):
+        sw = d.get("slow_when") or {}
+        lines.append(f"| {name} | " + " | ".join(
+            (f"{sw[w]['n']}, {sw[w]['max_ms']:g}" if w in sw else "?") for w in wins) + " |")
     nb = b["burst"]
     t = b.get("tenant") or {}
     answered = ", ".join(f"{n} × {st}" for st, n in nb["statuses"].items())

@@ -30,9 +30,13 @@
 //! sends went out more than 1 ms late (its own health: if it is high, the load
 //! machine was short, not the server).
 //!
+//! With `--slow-log FILE`, `fixed` also writes one line per recorded request that took
+//! over 2 ms: when it was meant to go (ms since the recorded window began), its
+//! latency (ms) and its connection, to see when a tail happened, not only how long.
+//!
 //! ```text
 //! bench_client fixed --url http://127.0.0.1:18100/api/orders --tokens tokens.txt \
-//!     --rate 30000 [--conns 64] [--duration 12] [--warmup 3]
+//!     --rate 30000 [--conns 64] [--duration 12] [--warmup 3] [--slow-log slow.txt]
 //! bench_client burst --url URL --tokens tokens-new-1.txt [--conns 10000]
 //! bench_client warm --url URL --tokens tokens.txt [--conns 20] [--max-secs 600]
 //! ```
@@ -54,7 +58,16 @@ const BURST_TIMEOUT: Duration = Duration::from_secs(60);
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| usage("a mode is required"));
-    let mut o = Opts { conns: 0, rate: 0.0, duration: 12.0, warmup: 3.0, max_secs: 600.0, url: None, tokens: None };
+    let mut o = Opts {
+        conns: 0,
+        rate: 0.0,
+        duration: 12.0,
+        warmup: 3.0,
+        max_secs: 600.0,
+        url: None,
+        tokens: None,
+        slow_log: None,
+    };
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
         let num = |v: String| v.parse::<f64>().unwrap_or_else(|_| usage(&format!("{a} takes a number")));
@@ -66,6 +79,7 @@ fn main() {
             "--duration" => o.duration = num(val()),
             "--warmup" => o.warmup = num(val()),
             "--max-secs" => o.max_secs = num(val()),
+            "--slow-log" => o.slow_log = Some(val()),
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -87,7 +101,8 @@ fn main() {
             if o.rate <= 0.0 {
                 usage("fixed needs --rate");
             }
-            fixed(target.addr, reqs, o.rate, if o.conns == 0 { 64 } else { o.conns }, o.warmup, o.duration)
+            let conns = if o.conns == 0 { 64 } else { o.conns };
+            fixed(target.addr, reqs, o.rate, conns, (o.warmup, o.duration), o.slow_log.as_deref())
         }
         "burst" => {
             let conns = if o.conns == 0 { reqs.len() } else { o.conns };
@@ -110,6 +125,7 @@ struct Opts {
     max_secs: f64,
     url: Option<String>,
     tokens: Option<String>,
+    slow_log: Option<String>,
 }
 
 fn usage(msg: &str) -> ! {
@@ -219,7 +235,12 @@ struct ConnStats {
     late: u64,
     /// When the last recorded answer arrived.
     last_done: Option<Instant>,
+    /// Recorded requests over [`SLOW`]: (intended time after the window's start, latency, connection).
+    slow: Vec<(Duration, Duration, usize)>,
 }
+
+/// What `--slow-log` lists.
+const SLOW: Duration = Duration::from_millis(2);
 
 /// The schedule every connection follows: request `k` of connection `i` is meant to
 /// go at `t0 + (i + k * conns) / rate`, the `(i + k * conns)`-th tick of the rate.
@@ -241,7 +262,14 @@ impl Schedule {
     }
 }
 
-fn fixed(addr: SocketAddr, reqs: Arc<Vec<Vec<u8>>>, rate: f64, conns: usize, warmup: f64, duration: f64) -> String {
+fn fixed(
+    addr: SocketAddr,
+    reqs: Arc<Vec<Vec<u8>>>,
+    rate: f64,
+    conns: usize,
+    (warmup, duration): (f64, f64),
+    slow_log: Option<&str>,
+) -> String {
     // Connections are opened first; the schedule starts when they all could be.
     let t0 = Instant::now() + Duration::from_millis(200);
     let record_from = t0 + Duration::from_secs_f64(warmup);
@@ -282,7 +310,7 @@ fn fixed(addr: SocketAddr, reqs: Arc<Vec<Vec<u8>>>, rate: f64, conns: usize, war
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let next = Arc::new(AtomicUsize::new(0));
-    let all = rt.block_on(async {
+    let mut all = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..conns {
             tasks.spawn(fixed_conn(addr, reqs.clone(), next.clone(), sched.clone(), i));
@@ -298,9 +326,20 @@ fn fixed(addr: SocketAddr, reqs: Arc<Vec<Vec<u8>>>, rate: f64, conns: usize, war
             }
             all.late += s.late;
             all.last_done = all.last_done.max(s.last_done);
+            all.slow.extend(s.slow);
         }
         all
     });
+    if let Some(path) = slow_log {
+        all.slow.sort();
+        let lines: String = all
+            .slow
+            .iter()
+            .map(|(at, lat, conn)| format!("{:.3} {:.3} {conn}\n", at.as_secs_f64() * 1e3, lat.as_secs_f64() * 1e3))
+            .collect();
+        std::fs::write(path, format!("# intended_ms latency_ms connection\n{lines}"))
+            .unwrap_or_else(|e| usage(&format!("cannot write {path}: {e}")));
+    }
     pacer.join().expect("pacer");
     let cpu = cpu_seconds() - cpu0;
     // The rate answers actually came back at: the rate asked when the server kept up.
@@ -363,7 +402,11 @@ async fn fixed_conn(
         prev_done = Instant::now();
         match result {
             Ok(status) if record => {
-                st.lat.push(prev_done.duration_since(start).as_nanos() as u64);
+                let took = prev_done.duration_since(start);
+                if took > SLOW {
+                    st.slow.push((intended.duration_since(sched.record_from), took, i));
+                }
+                st.lat.push(took.as_nanos() as u64);
                 st.last_done = Some(prev_done);
                 st.non2xx += u64::from(!(200..300).contains(&status));
             }
