@@ -47,6 +47,10 @@ pub enum ProxyError {
     KeysUnavailable,
     #[error("the metadata source is unavailable")]
     MetadataUnavailable { retry_after_secs: u64 },
+    /// Too many tokens not yet in the token cache are waiting for their signature
+    /// check on this worker (docs/security.md, "Floods of new tokens").
+    #[error("too many new tokens are waiting to be checked")]
+    Overloaded,
     #[error("the upstream could not be reached")]
     UpstreamUnreachable,
     #[error("the upstream did not answer in time")]
@@ -81,6 +85,7 @@ impl From<VerifyError> for ProxyError {
     fn from(e: VerifyError) -> Self {
         match e {
             VerifyError::KeysUnavailable => ProxyError::KeysUnavailable,
+            VerifyError::Overloaded => ProxyError::Overloaded,
             e => ProxyError::InvalidToken(e),
         }
     }
@@ -97,7 +102,9 @@ impl ProxyError {
                 StatusCode::UNAUTHORIZED
             }
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::KeysUnavailable | ProxyError::MetadataUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::KeysUnavailable | ProxyError::MetadataUnavailable { .. } | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,7 +126,7 @@ impl ProxyError {
             | ProxyError::Forbidden { .. } => Blame::Client,
             ProxyError::KeysUnavailable | ProxyError::MetadataUnavailable { .. } => Blame::IdentityProvider,
             ProxyError::UpstreamUnreachable | ProxyError::UpstreamTimeout => Blame::Upstream,
-            ProxyError::Internal => Blame::Internal,
+            ProxyError::Overloaded | ProxyError::Internal => Blame::Internal,
         }
     }
 
@@ -137,6 +144,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::KeysUnavailable => "keys_unavailable",
             ProxyError::MetadataUnavailable { .. } => "metadata_unavailable",
+            ProxyError::Overloaded => "overloaded",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Internal => "internal",
@@ -154,6 +162,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => "urn:claimsmith:problem:forbidden",
             ProxyError::KeysUnavailable => "urn:claimsmith:problem:keys-unavailable",
             ProxyError::MetadataUnavailable { .. } => "urn:claimsmith:problem:metadata-unavailable",
+            ProxyError::Overloaded => "urn:claimsmith:problem:overloaded",
             ProxyError::UpstreamUnreachable => "urn:claimsmith:problem:upstream-unreachable",
             ProxyError::UpstreamTimeout => "urn:claimsmith:problem:upstream-timeout",
             ProxyError::Internal => "urn:claimsmith:problem:internal",
@@ -207,6 +216,10 @@ impl ProxyError {
             ProxyError::KeysUnavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            // The queue drains in about a second at most (verify::turns).
+            ProxyError::Overloaded => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         (h, Bytes::from(body.to_string()))
@@ -231,6 +244,7 @@ mod tests {
             ProxyError::Forbidden { rule: "require[0]".into() },
             ProxyError::KeysUnavailable,
             ProxyError::MetadataUnavailable { retry_after_secs: 7 },
+            ProxyError::Overloaded,
             ProxyError::UpstreamUnreachable,
             ProxyError::UpstreamTimeout,
             ProxyError::Internal,
@@ -254,5 +268,12 @@ mod tests {
         assert!(v["detail"].as_str().unwrap().contains("paying plan"));
         let (headers, _) = ProxyError::MetadataUnavailable { retry_after_secs: 7 }.into_parts();
         assert_eq!(headers[header::RETRY_AFTER], "7");
+        let overloaded = ProxyError::from(VerifyError::Overloaded);
+        assert_eq!((overloaded.status(), overloaded.blame()), (StatusCode::SERVICE_UNAVAILABLE, Blame::Internal));
+        let (headers, body) = overloaded.into_parts();
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert!(!headers.contains_key(header::WWW_AUTHENTICATE), "the token is not at fault");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "urn:claimsmith:problem:overloaded");
     }
 }

@@ -497,3 +497,46 @@ op = "exists"
     let c = verify_internal(&h.last_internal_token().unwrap(), &h.admin_jwks().await, INTERNAL_AUD);
     assert!(c.get("user_metadata").is_none(), "{c}");
 }
+
+/// A crowd of tokens never seen before, genuine and forged together, while a user
+/// already cached keeps sending: signature checks take turns on each worker
+/// (docs/security.md, "Floods of new tokens"), and every one of them is answered,
+/// the forged ones with their 401, so no failure path keeps the turn.
+#[tokio::test]
+async fn a_crowd_of_new_tokens_is_answered_in_full() {
+    let h = Arc::new(Harness::start().await);
+    let cached = h.issuer.token(USER_1);
+    assert_eq!(h.get_with_token("/api/x", &cached).await.status, StatusCode::OK);
+    // Same kid, another key: a signature that fails only when it is checked.
+    let forger = IssuerKey::generate(jsonwebtoken::Algorithm::RS256, &h.issuer.rsa.kid);
+    let mut crowd = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let mut claims = h.issuer.claims(if i % 2 == 0 { USER_1 } else { USER_2 });
+        claims["jti"] = json!(format!("crowd-{i}"));
+        let genuine = i % 4 != 3;
+        let token = h.issuer.sign(if genuine { &h.issuer.rsa } else { &forger }, &claims);
+        let h = h.clone();
+        crowd.spawn(async move { (genuine, h.get_with_token("/api/x", &token).await) });
+    }
+    for _ in 0..5 {
+        assert_eq!(h.get_with_token("/api/x", &cached).await.status, StatusCode::OK);
+    }
+    let (mut passed, mut refused) = (0, 0);
+    // A turn that was never given back would leave the rest waiting for ever.
+    let wait = std::time::Duration::from_secs(30);
+    while let Some(answer) =
+        tokio::time::timeout(wait, crowd.join_next()).await.expect("the crowd was not answered within 30 s")
+    {
+        match answer.unwrap() {
+            (true, r) => {
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+                passed += 1;
+            }
+            (false, r) => {
+                r.assert_invalid_token();
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((passed, refused), (48, 16));
+}

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod jwks;
+pub(crate) mod turns;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::config::IssuerConfig;
 use crate::http_client::JsonClient;
 use jwks::{Jwks, KeySet, Lookup};
+use turns::Queue;
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -62,6 +64,10 @@ pub enum VerifyError {
     /// Not the token's fault: no key set has been fetched for its issuer yet.
     #[error("the issuer's signing keys are not available yet")]
     KeysUnavailable,
+    /// Not the token's fault: too many signature checks are waiting on this worker
+    /// (`verify::turns`).
+    #[error("too many tokens are waiting for a signature check")]
+    Overloaded,
 }
 
 impl VerifyError {
@@ -86,6 +92,7 @@ impl VerifyError {
             VerifyError::BadAuthorizedParty => "bad_azp",
             VerifyError::MissingClaim => "missing_claim",
             VerifyError::KeysUnavailable => "keys_unavailable",
+            VerifyError::Overloaded => "overloaded",
         }
     }
 }
@@ -534,7 +541,10 @@ impl Verifier {
             let set = issuer.jwks.current().ok_or(VerifyError::KeysUnavailable)?;
             match set.lookup(kid, alg) {
                 Lookup::Found(key) => {
+                    // Checks take turns with everything else on this worker (turns.rs).
+                    let turn = Queue::this_thread().take().await.ok_or(VerifyError::Overloaded)?;
                     let valid = check_signature(sig_b64, signing_input, key, alg);
+                    turn.end().await;
                     return Ok((valid, set));
                 }
                 Lookup::WrongAlgorithm => return Err(VerifyError::KeyAlgorithmMismatch),
