@@ -21,7 +21,6 @@
 //! `Retry-After`, docs/security.md), so a flood of tokens that are not cached (bogus
 //! or real) cannot make every new user wait for seconds.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -41,7 +40,7 @@ pub(crate) struct Queue {
 }
 
 thread_local! {
-    static THIS_THREAD: RefCell<Option<Arc<Queue>>> = const { RefCell::new(None) };
+    static THIS_THREAD: Arc<Queue> = Queue::new(MAX_WAITING);
 }
 
 impl Queue {
@@ -51,7 +50,7 @@ impl Queue {
 
     /// The calling thread's queue.
     pub(crate) fn this_thread() -> Arc<Queue> {
-        THIS_THREAD.with(|q| q.borrow_mut().get_or_insert_with(|| Queue::new(MAX_WAITING)).clone())
+        THIS_THREAD.with(Arc::clone)
     }
 
     /// Waits for the turn; `None` at once when [`Queue::max_waiting`] checks are already
