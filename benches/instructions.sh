@@ -6,6 +6,8 @@
 #   benches/load.sh                 # once: writes the configs, tokens and metadata
 #   benches/instructions.sh         # Ir/request for /api/ (verified) and /off/
 #   BIN=/tmp/old-claimsmith benches/instructions.sh   # another build, same setup
+#   CONFIG=/tmp/old.toml BIN=/tmp/old-claimsmith benches/instructions.sh
+#                                   # a build that does not know every key of today's
 #
 # claimsmith runs under callgrind with one worker; wrk (8 connections) warms it up
 # until every token is in the token cache, the counters are zeroed, then SECONDS_MEASURED of load are counted and divided by
@@ -17,6 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${OUT:-$TARGET/load}
 BIN=${BIN:-$TARGET/release/claimsmith}
+CONFIG=${CONFIG:-$OUT/cs/claimsmith.toml}
 SECONDS_MEASURED=${SECONDS_MEASURED:-6}
 P_UP=18080 P_CS=18100 P_CS_ADMIN=18101
 
@@ -41,7 +44,7 @@ for path in api off; do
   cg=$OUT/callgrind-$path.out
   rm -f "$cg" "$cg".*
   TOKIO_WORKER_THREADS=1 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$cg" \
-    "$BIN" run --config "$OUT/cs/claimsmith.toml" 2>"$OUT/callgrind-$path.log" &
+    "$BIN" run --config "$CONFIG" 2>"$OUT/callgrind-$path.log" &
   pid=$!
   PIDS+=($pid)
   for _ in $(seq 200); do curl -fsS -o /dev/null "http://127.0.0.1:$P_CS_ADMIN/readyz" 2>/dev/null && break; sleep 0.2; done

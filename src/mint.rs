@@ -164,13 +164,17 @@ impl Minter {
         let mut head = [0; 16];
         head.copy_from_slice(&hash[..16]);
         let key: ReuseKey = (head, req.route.clone());
-        if let Some(m) = self.reuse.get(&key)
-            && now < m.fresh_until
-            && Arc::ptr_eq(&m.app, req.app_metadata)
-            && Arc::ptr_eq(&m.client, req.client_metadata)
-        {
+        // `fresh_until` comes before the store's own expiry (`created` + ttl), so the
+        // store's check is not needed: only the header value is taken out.
+        let fresh = |m: &Minted| {
+            (now < m.fresh_until
+                && Arc::ptr_eq(&m.app, req.app_metadata)
+                && Arc::ptr_eq(&m.client, req.client_metadata))
+            .then(|| m.header_value.clone())
+        };
+        if let Some(header_value) = self.reuse.read_with(&key, fresh) {
             self.reused.fetch_add(1, Relaxed);
-            return Ok(m.header_value);
+            return Ok(header_value);
         }
         let id = req.identity;
         let leeway = id.leeway().as_secs();

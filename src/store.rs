@@ -168,6 +168,23 @@ impl<K: Hash + Eq + Clone, V: Timestamped, E> Store<K, V, E> {
         Some((slot.value.clone(), age))
     }
 
+    /// What `read` makes of the value of `key`, read in place (nothing cloned that
+    /// `read` does not take), without the store's lifetime check: for values that
+    /// carry a stricter expiry of their own, which `read` checks. The entry counts as
+    /// used only when `read` takes it.
+    pub fn read_with<Q: Hash + Eq + ?Sized, R>(&self, key: &Q, read: impl FnOnce(&V) -> Option<R>) -> Option<R>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        let mut guard = self.shard(key);
+        let shard = &mut *guard;
+        let slot = shard.map.get_mut(key)?;
+        let taken = read(&slot.value)?;
+        shard.uses = shard.uses.wrapping_add(1);
+        slot.last_used = shard.uses;
+        Some(taken)
+    }
+
     pub fn insert(&self, key: K, value: V) {
         self.insert_tagged(key, 0, value);
     }
@@ -330,6 +347,19 @@ mod tests {
         assert_eq!(s.get(&1), None);
         assert_eq!(s.get(&2).map(|v| v.0), Some(2));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn read_with_takes_what_the_reader_takes() {
+        let s: Store<u32, V, ()> = store(10);
+        s.insert(1, v(1));
+        assert_eq!(s.read_with(&1, |v| Some(v.0 * 10)), Some(10));
+        assert_eq!(s.read_with(&1, |_| None::<u32>), None, "declined");
+        assert_eq!(s.read_with(&2, |v| Some(v.0)), None, "absent");
+        // No lifetime check: the reader's own expiry is what counts.
+        s.insert(3, V(3, Stamp::now(), Duration::ZERO));
+        assert_eq!(s.read_with(&3, |v| Some(v.0)), Some(3));
+        assert_eq!(s.get(&3), None);
     }
 
     #[test]

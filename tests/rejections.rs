@@ -877,6 +877,23 @@ async fn authorization_that_is_not_text_is_400() {
 }
 
 #[tokio::test]
+async fn authorization_with_utf8_text_that_is_not_ascii_is_400() {
+    // Valid UTF-8, not ASCII: in the token (with and without a space beside it), and
+    // in another scheme's credentials.
+    let cases: [fn(&str) -> Vec<u8>; 3] = [
+        |t| format!("Authorization: Bearer {t}\u{e9}").into_bytes(),
+        |t| format!("Authorization: Bearer \u{e9}{t} x").into_bytes(),
+        |_| "Authorization: Basic \u{e9}".to_string().into_bytes(),
+    ];
+    for case in cases {
+        let (h, r) = answer_to(|t| vec![case(t)]).await;
+        r.assert_problem(400);
+        assert!(r.text().contains("not text"), "{}", r.text());
+        assert!(h.upstream.saw_nothing());
+    }
+}
+
+#[tokio::test]
 async fn bearer_token_with_an_embedded_space_is_invalid() {
     let (h, r) = answer_to(|t| {
         let (a, b) = t.split_at(t.len() / 2);
