@@ -751,3 +751,37 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     drop(listener);
     graceful.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn workers_share_one_port() {
+        // The first socket picks the port; the others join it (SO_REUSEPORT), and all listen.
+        let sockets = bind_sockets("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let ports: Vec<u16> = sockets.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        assert!(ports[0] != 0 && ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+        let listeners: Vec<TcpListener> = sockets.into_iter().map(|s| s.listen(16).unwrap()).collect();
+        assert_eq!(listeners.len(), 3);
+        // One socket alone takes no SO_REUSEPORT: a second bind to its port fails.
+        let one = bind_sockets("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+        let port = one.local_addr().unwrap().port();
+        let _listening = one.listen(16).unwrap();
+        assert!(bind_sockets(SocketAddr::from(([127, 0, 0, 1], port)), 2).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_fingerprint_follows_a_file_s_content() {
+        let dir = std::env::temp_dir().join(format!("claimsmith-fingerprint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (file, missing) = (dir.join("keys.pem"), dir.join("absent.pem"));
+        std::fs::write(&file, "one").unwrap();
+        let first = fingerprint(vec![file.clone(), missing.clone()]).await;
+        assert!(first[0].is_some() && first[1].is_none(), "{first:?}");
+        assert_eq!(fingerprint(vec![file.clone()]).await[0], first[0], "same content, same fingerprint");
+        std::fs::write(&file, "two").unwrap();
+        assert_ne!(fingerprint(vec![file.clone()]).await[0], first[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -469,3 +469,23 @@ async fn read_upstream(up: &mut UpConn) -> Result<(), RelayError> {
         Err(e) => Err(RelayError::Upstream(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_buffer_always_has_room_for_a_read() {
+        let mut buf = BytesMut::new();
+        reserve(&mut buf);
+        assert!(buf.capacity() - buf.len() >= 2048);
+        // Filled to within 2 KiB of its end: it grows; with room left it is not touched.
+        buf.resize(buf.capacity() - 100, b'x');
+        reserve(&mut buf);
+        assert!(buf.capacity() - buf.len() >= 2048);
+        let capacity = buf.capacity();
+        buf.truncate(0);
+        reserve(&mut buf);
+        assert_eq!(buf.capacity(), capacity);
+    }
+}

@@ -798,3 +798,80 @@ pub(crate) fn request_id(h: &HeaderMap) -> HeaderValue {
     }
     HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::VerifyError;
+
+    fn token_of(values: &[&[u8]], headers: &HeaderMap, cookie: Option<&str>) -> Result<Option<String>, String> {
+        extract_token(values.iter().copied(), headers, cookie).map(|t| t.map(str::to_string)).map_err(|e| match e {
+            ProxyError::BadRequest(why) => format!("400: {why}"),
+            ProxyError::InvalidToken(VerifyError::Malformed) => "malformed".to_string(),
+            other => format!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_bearer_token_is_found_in_authorization() {
+        let none = HeaderMap::new();
+        for value in [&b"Bearer a.b.c"[..], b"bearer a.b.c", b"BEARER   a.b.c"] {
+            assert_eq!(token_of(&[value], &none, None), Ok(Some("a.b.c".into())), "{value:?}");
+        }
+        // No Authorization, another scheme, or no scheme at all: no token.
+        assert_eq!(token_of(&[], &none, None), Ok(None));
+        assert_eq!(token_of(&[b"Basic dXNlcjpwYXNz"], &none, None), Ok(None));
+        assert_eq!(token_of(&[b"Bearer"], &none, None), Ok(None));
+    }
+
+    #[test]
+    fn a_bearer_value_that_cannot_be_a_token_is_refused() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            token_of(&[b"Bearer a.b.c", b"Bearer a.b.c"], &none, None),
+            Err("400: more than one Authorization header".into())
+        );
+        assert_eq!(token_of(&[b"Bearer "], &none, None), Err("malformed".into()));
+        assert_eq!(token_of(&[b"Bearer a.b c"], &none, None), Err("malformed".into()));
+        let not_text = Err("400: the Authorization header is not text".to_string());
+        // Not UTF-8; UTF-8 but not ASCII (in the token, beside a space, in another scheme).
+        for value in [
+            &b"Bearer a.b.\xe9"[..],
+            "Bearer a.b.\u{e9}".as_bytes(),
+            "Bearer \u{e9} x".as_bytes(),
+            "Basic \u{e9}".as_bytes(),
+        ] {
+            assert_eq!(token_of(&[value], &none, None), not_text, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_cookie_is_read_only_without_a_bearer_token() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("theme=dark; id_token=c.o.k"));
+        assert_eq!(token_of(&[], &headers, Some("id_token")), Ok(Some("c.o.k".into())));
+        assert_eq!(token_of(&[b"Basic x"], &headers, Some("id_token")), Ok(Some("c.o.k".into())));
+        assert_eq!(token_of(&[b"Bearer a.b.c"], &headers, Some("id_token")), Ok(Some("a.b.c".into())));
+        // Not configured, or another name: not read.
+        assert_eq!(token_of(&[], &headers, None), Ok(None));
+        assert_eq!(token_of(&[], &headers, Some("session")), Ok(None));
+    }
+
+    #[test]
+    fn a_sane_request_id_is_kept_and_any_other_replaced() {
+        let with = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(X_REQUEST_ID.clone(), HeaderValue::from_bytes(v).unwrap());
+            request_id(&h)
+        };
+        assert_eq!(with(b"req-42"), "req-42");
+        for bad in [&b""[..], &[b'a'; 129], b"two words", b"caf\xe9"] {
+            let made = with(bad);
+            assert_ne!(made.as_bytes(), bad);
+            assert_eq!(made.len(), 32);
+            assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit), "{made:?}");
+        }
+        // 128 random bits each time.
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+}
