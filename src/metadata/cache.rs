@@ -837,7 +837,7 @@ async fn fetch(
                     source = source.kind(),
                     kind = kind.as_str(),
                     error = %e,
-                    similar_since_last = folded,
+                    not_logged_since_last = folded,
                     "metadata source failed"
                 ),
                 None => {
