@@ -63,12 +63,23 @@ impl Drop for Killed {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in KiB (0 when absent).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// VmRSS's parts: the heap and stacks (anonymous) and the binary's own pages (file).
+fn rss_parts(pid: u32) -> String {
+    let mib = |field| status_kib(pid, field) as f64 / 1024.0;
+    format!("anonymous {:.1} MiB, file-backed {:.1} MiB", mib("RssAnon:"), mib("RssFile:"))
 }
 
 async fn serve_static(body: Arc<String>) -> SocketAddr {
@@ -234,9 +245,10 @@ audience = "fill-api"
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let rss_ready = rss_kib(pid);
+    let parts_ready = rss_parts(pid);
     println!("users in the {source} metadata source: {users} (in {} organisations)", ORGS.load(Relaxed));
     println!("start to ready: {:.1} ms (spawn to first 200 from /readyz)", ready_after.as_secs_f64() * 1e3);
-    println!("VmRSS when ready: {:.1} MiB", rss_ready as f64 / 1024.0);
+    println!("VmRSS when ready: {:.1} MiB ({parts_ready})", rss_ready as f64 / 1024.0);
 
     // One request per user, each with its own token, 16 at a time.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
@@ -298,9 +310,10 @@ audience = "fill-api"
         println!("  {l}");
     }
     println!(
-        "VmRSS with {requests} users cached: {:.1} MiB ({:.0} bytes per user above the ready state)",
+        "VmRSS with {requests} users cached: {:.1} MiB ({:.0} bytes per user above the ready state; {})",
         rss_full as f64 / 1024.0,
-        (rss_full.saturating_sub(rss_ready) * 1024) as f64 / requests.max(1) as f64
+        (rss_full.saturating_sub(rss_ready) * 1024) as f64 / requests.max(1) as f64,
+        rss_parts(pid)
     );
     if failed > 0 {
         std::process::exit(1);
