@@ -42,16 +42,15 @@ export TOKENS_FILE=$OUT/tokens.txt
 
 # cpu PID: user and system clock ticks of PID and its threads.
 cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
-# measure NAME URL PID SECONDS: one wrk run; prints "req/s user_us sys_us" per request.
+# measure URL PID SECONDS: one wrk run; prints "req/s user_us sys_us" per request.
 measure() {
-  local before after reqs
-  before=$(cpu "$3")
-  reqs=$(taskset -c 1 wrk -t1 -c64 -d"$4s" --timeout 5s -s "$ROOT/benches/rotate_tokens.lua" "$2" -- "$PATH_API" |
+  local before after reqs hz
+  before=$(cpu "$2")
+  reqs=$(taskset -c 1 wrk -t1 -c64 -d"$3s" --timeout 5s -s "$ROOT/benches/rotate_tokens.lua" "$1" -- "$PATH_API" |
     awk '/requests in/ {print $1}')
-  after=$(cpu "$3")
-  local hz
+  after=$(cpu "$2")
   hz=$(getconf CLK_TCK)
-  awk -v r="$reqs" -v d="$4" -v b="$before" -v a="$after" -v hz="$hz" 'BEGIN {
+  awk -v r="$reqs" -v d="$3" -v b="$before" -v a="$after" -v hz="$hz" 'BEGIN {
     split(b, x, " "); split(a, y, " ");
     printf "%.0f %.1f %.1f\n", r / d, (y[1] - x[1]) * 1e6 / hz / r, (y[2] - x[2]) * 1e6 / hz / r }'
 }
@@ -66,10 +65,12 @@ start() {
   PIDS+=("$MAIN")
   local ready=http://127.0.0.1:$P_CS_ADMIN/readyz
   [[ $1 == nginx ]] && ready=http://127.0.0.1:$P_NGINX/off/x
+  local up=0
   for _ in $(seq 100); do
-    curl -fsS -o /dev/null "$ready" 2>/dev/null && break
+    curl -fsS -o /dev/null "$ready" 2>/dev/null && { up=1; break; }
     sleep 0.1
   done
+  ((up)) || { echo "$1 did not become ready (see $OUT/builds.log)" >&2; exit 1; }
   SERVING=$MAIN
   # nginx's worker is what serves: measure it, not the master.
   if [[ $1 == nginx ]]; then SERVING=$(pgrep -P "$MAIN" | head -1); fi
@@ -83,8 +84,8 @@ for round in $(seq "$ROUNDS"); do
     port=$P_CS
     [[ $t == nginx ]] && port=$P_NGINX
     url=http://127.0.0.1:$port$PATH_API
-    measure "$t" "$url" "$SERVING" "$WARMUP" >/dev/null
-    RESULTS[$t,$round]=$(measure "$t" "$url" "$SERVING" "$DURATION")
+    measure "$url" "$SERVING" "$WARMUP" >/dev/null
+    RESULTS[$t,$round]=$(measure "$url" "$SERVING" "$DURATION")
     echo "round $round  $t  ${RESULTS[$t,$round]}" >&2
     kill "$MAIN"
     wait "$MAIN" 2>/dev/null || true
